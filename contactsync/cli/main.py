@@ -1,7 +1,17 @@
-"""The `contactsync` command line: one entry point, one sub-command group per capability."""
+"""contactsync: two-way contact sync between Business Central and Outlook.
+
+Every command reads its settings from CONTACTSYNC_* variables (and KAFKA_BOOTSTRAP_SERVERS) and
+an optional contactsync.toml; see README.md.
+"""
 
 from __future__ import annotations
 
 import typer
 
+from contactsync.cli import kafka_cmds, sandbox_cmd, schema_cmds
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app.add_typer(kafka_cmds.kafka_app, name="kafka")
+app.add_typer(kafka_cmds.topics_app, name="topics")
+app.add_typer(schema_cmds.schemas_app, name="schemas")
+app.command()(sandbox_cmd.sandbox)

@@ -1,0 +1,74 @@
+"""`contactsync kafka up|status|down` (the local broker) and `contactsync topics ensure`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from kafka import KafkaAdminClient
+
+from contactsync.cli.common import settings_and_logging, user_errors
+from contactsync.kafka.io import local_broker, resolve_bootstrap
+from contactsync.kafka.local_broker import LocalBroker
+from contactsync.kafka.topics import ensure_topics
+from contactsync.settings import Settings
+
+kafka_app = typer.Typer(no_args_is_help=True, help="The local single-node Kafka broker (KRaft).")
+topics_app = typer.Typer(no_args_is_help=True, help="The pipeline's topics.")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where the broker's files live (default: .contactsync/kafka)"),
+]
+
+
+def _broker(settings: Settings, data_dir: Path | None) -> LocalBroker:
+    if data_dir is not None:
+        settings = settings.model_copy(update={"kafka_data_dir": data_dir})
+    return local_broker(settings)
+
+
+@kafka_app.command()
+def up(data_dir: DataDir = None) -> None:
+    """Fetch the broker jars (first time), start the broker, print its bootstrap address."""
+    settings = settings_and_logging()
+    with user_errors():
+        typer.echo(_broker(settings, data_dir).up())
+
+
+@kafka_app.command()
+def status(data_dir: DataDir = None) -> None:
+    """Say whether the local broker runs, and where."""
+    settings = settings_and_logging()
+    state = _broker(settings, data_dir).status()
+    if state.running:
+        typer.echo(f"running pid={state.pid} bootstrap={state.bootstrap} data={state.data_dir}")
+    else:
+        typer.echo(f"stopped data={state.data_dir}")
+        raise typer.Exit(3)
+
+
+@kafka_app.command()
+def down(data_dir: DataDir = None) -> None:
+    """Stop the local broker; no Java process is left behind."""
+    settings = settings_and_logging()
+    was_running = _broker(settings, data_dir).down()
+    typer.echo("stopped" if was_running else "not running")
+
+
+@topics_app.command()
+def ensure() -> None:
+    """Create the topics (partitions, replication, retention from settings); idempotent."""
+    settings = settings_and_logging()
+    with user_errors():
+        admin = KafkaAdminClient(bootstrap_servers=resolve_bootstrap(settings))
+        try:
+            report = ensure_topics(admin, settings)
+        finally:
+            admin.close()
+    for name in report.created:
+        typer.echo(f"created  {name}")
+    for name in report.existing:
+        note = " (retention updated)" if name in report.retention_updated else ""
+        typer.echo(f"exists   {name}{note}")

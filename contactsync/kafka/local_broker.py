@@ -1,0 +1,348 @@
+"""A real, single-node Apache Kafka 4.x broker (KRaft) run from Maven Central jars, without Docker.
+
+`contactsync kafka up|status|down` and the test fixtures use it (reference/kafka.md 1):
+1. resolve `kafka_2.13` and a log4j2 runtime with Maven into a cache shared by every checkout
+   (`~/.cache/contactsync/kafka-<version>/libs`); Kafka's POM leaves logging out, and without a
+   binding the broker would fail silently, so log4j-slf4j-impl + log4j-core are added;
+2. write server.properties for 127.0.0.1 on free ports (kept in `broker.json`, so a restart
+   comes back on the same address and clients reconnect), format storage once;
+3. start the JVM in its own session, wait for "Kafka Server started" and an admin client answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG4J_VERSION = "2.24.3"
+READY_LINE = "Kafka Server started"
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, started or stopped; the message says what to do."""
+
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.contactsync</groupId><artifactId>kafka-broker-libs</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
+      <version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = STDOUT
+logger.req.name = kafka.request.logger
+logger.req.level = WARN
+"""
+
+
+def _require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        hint = "Java 17 or newer (apt-get install openjdk-17-jre-headless)"
+        if name == "mvn":
+            hint = "Apache Maven (apt-get install maven)"
+        raise BrokerError(
+            f"`{name}` was not found: install {hint} to run the local Kafka broker, "
+            "or set KAFKA_BOOTSTRAP_SERVERS to an existing broker."
+        )
+    return path
+
+
+def ensure_jars(version: str, cache_dir: Path) -> Path:
+    """Return the folder of broker jars for `version`, fetching it with Maven the first time."""
+    home = cache_dir / f"kafka-{version}"
+    libs = home / "libs"
+    done = home / ".complete"
+    if done.exists():
+        return libs
+    home.mkdir(parents=True, exist_ok=True)
+    # One fetch at a time, across processes (parallel test sessions, CI and a developer).
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return libs
+        mvn = _require_tool("mvn")
+        _require_tool("java")
+        (home / "pom.xml").write_text(_POM.format(kafka=version, log4j=LOG4J_VERSION))
+        shutil.rmtree(libs, ignore_errors=True)
+        result = subprocess.run(
+            [mvn, "-B", "-q", "-f", str(home / "pom.xml"),
+             "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
+             f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+            tail = (result.stdout + result.stderr)[-2000:]
+            raise BrokerError(f"Maven could not fetch Kafka {version} jars:\n{tail}")
+        done.write_text(version)
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _cluster_id() -> str:
+    # Kafka's Uuid: 22 URL-safe base64 characters; one starting with "-" would read as an option.
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    return True
+
+
+@dataclass
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str | None
+    data_dir: Path
+
+
+class LocalBroker:
+    """One broker instance, all its files under `data_dir`."""
+
+    def __init__(
+        self, data_dir: Path, *, version: str, cache_dir: Path, heap_mb: int = 512
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.version = version
+        self.cache_dir = cache_dir
+        self.heap_mb = heap_mb
+
+    # --- files -------------------------------------------------------------------------------
+    @property
+    def _meta_file(self) -> Path:
+        return self.data_dir / "broker.json"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / "stdout.log"
+
+    def _read_meta(self) -> dict[str, int | str]:
+        if self._meta_file.exists():
+            data: dict[str, int | str] = json.loads(self._meta_file.read_text())
+            return data
+        return {}
+
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self._pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    @property
+    def bootstrap(self) -> str | None:
+        port = self._read_meta().get("port")
+        return f"127.0.0.1:{port}" if port else None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def status(self) -> BrokerStatus:
+        pid = self._pid()
+        return BrokerStatus(pid is not None, pid, self.bootstrap if pid else None, self.data_dir)
+
+    def up(self, timeout: float = 90.0) -> str:
+        """Start the broker (or find it running) and return its bootstrap address."""
+        running = self._pid()
+        if running is not None and self.bootstrap:
+            wait_until_ready(self.bootstrap, timeout=timeout)
+            return self.bootstrap
+        libs = ensure_jars(self.version, self.cache_dir)
+        java = _require_tool("java")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        meta = self._read_meta()
+        port, controller = int(meta.get("port", 0)), int(meta.get("controller_port", 0))
+        # Keep the address across restarts when we can, so clients reconnect by themselves.
+        if not (port and controller and _port_free(port) and _port_free(controller)):
+            port, controller = free_port(), free_port()
+            while controller == port:
+                controller = free_port()
+        cluster_id = str(meta.get("cluster_id") or _cluster_id())
+        self._meta_file.write_text(
+            json.dumps({"port": port, "controller_port": controller, "cluster_id": cluster_id,
+                        "version": self.version})
+        )
+        props = self.data_dir / "server.properties"
+        props.write_text(self._server_properties(port, controller))
+        log4j = self.data_dir / "log4j2.properties"
+        log4j.write_text(_LOG4J2)
+        jvm_base = [
+            java, f"-Dlog4j2.configurationFile=file:{log4j}",
+            f"-Dkafka.logs.dir={self.data_dir / 'logs'}", "-Djava.awt.headless=true",
+            f"-Djava.io.tmpdir={self.data_dir}", "-cp", f"{libs}/*",
+        ]
+        if not (self.data_dir / "kraft" / "meta.properties").exists():
+            fmt = subprocess.run(
+                [*jvm_base, "kafka.tools.StorageTool", "format",
+                 "-t", cluster_id, "-c", str(props)],
+                capture_output=True, text=True, check=False,
+            )
+            if fmt.returncode != 0:
+                raise BrokerError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        log = open(self.log_file, "a")  # noqa: SIM115 - handed to the child process
+        proc = subprocess.Popen(
+            [jvm_base[0], f"-Xms{self.heap_mb // 2}m", f"-Xmx{self.heap_mb}m",
+             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExplicitGCInvokesConcurrent",
+             *jvm_base[1:], "kafka.Kafka", str(props)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives the CLI that started it; `down` stops it
+        )
+        log.close()
+        self._pid_file.write_text(str(proc.pid))
+        bootstrap = f"127.0.0.1:{port}"
+        try:
+            self._wait_started(proc, timeout)
+            wait_until_ready(bootstrap, timeout=timeout)
+        except BaseException:
+            self.down()
+            raise
+        return bootstrap
+
+    def _wait_started(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        offset = 0
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BrokerError(
+                    f"the Kafka broker exited with code {proc.returncode}:\n{self._log_tail()}"
+                )
+            text = self.log_file.read_text(errors="replace")
+            if READY_LINE in text[offset:]:
+                return
+            offset = max(0, len(text) - len(READY_LINE))
+            time.sleep(0.2)
+        raise BrokerError(
+            f"the Kafka broker did not start within {timeout:.0f} s:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def down(self, timeout: float = 30.0) -> bool:
+        """Stop the broker; returns whether one was running. Leaves no process behind."""
+        pid = self._pid()
+        if pid is None:
+            self._pid_file.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)  # the JVM's shutdown hook closes logs cleanly
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self._pid_file.unlink(missing_ok=True)
+        return True
+
+    def _server_properties(self, port: int, controller: int) -> str:
+        # Single-node settings: every internal topic at replication 1 (the defaults of 3 make
+        # consumer groups fail on one node), small internal topics for a fast first join.
+        return f"""process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={self.data_dir / 'kraft'}
+num.partitions=1
+default.replication.factor=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=16777216
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+"""
+
+
+def wait_until_ready(bootstrap: str, timeout: float = 60.0) -> None:
+    """Block until an admin client answers on `bootstrap` (an open port alone is not enough)."""
+    from kafka import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="cs-ready"
+            )
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except Exception as exc:  # not ready yet: connection refused, no metadata, ...
+            last = exc
+            time.sleep(0.3)
+    raise BrokerError(f"no Kafka broker answered at {bootstrap} within {timeout:.0f} s: {last}")

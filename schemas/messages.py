@@ -1,0 +1,157 @@
+"""The payload of every message on the topics (DESIGN.md "Flow").
+
+| topic               | key                | message types                          |
+|---------------------|--------------------|----------------------------------------|
+| bc.notifications    | company id         | bc.notification                        |
+| graph.notifications | subscription id    | graph.notification, graph.lifecycle    |
+| bc.contact.changes  | BC contact id      | bc.contact.changed                     |
+| sync.commands       | user id            | sync.command                           |
+| sync.results        | user id            | sync.result                            |
+| deadletter          | the original key   | deadletter                             |
+
+Notifications are hints, never data (DESIGN.md 1): they carry what the service said, nothing a
+worker would write from. Only `bc.contact.changed` carries a snapshot, read from BC itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.contacts import BcContact
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BcNotification(_Payload):
+    """One item of a BC webhook notification, as received (reference/bc.md c.4)."""
+
+    subscription_id: str
+    company_id: str = ""
+    change_type: str = Field(description="created | updated | deleted | collection")
+    resource: str
+    last_modified: datetime | None = None
+    received_at: datetime
+
+
+class GraphNotification(_Payload):
+    """One basic Graph change notification (reference/graph.md 3.4): ids, never contact data."""
+
+    subscription_id: str
+    user_id: str = Field(description="Our user, resolved from the subscription by the webhook")
+    change_type: str = Field(description="created | updated | deleted")
+    resource: str
+    contact_id: str = ""
+    etag: str = ""
+    received_at: datetime
+
+
+class LifecycleEvent(StrEnum):
+    REAUTHORIZATION_REQUIRED = "reauthorizationRequired"
+    SUBSCRIPTION_REMOVED = "subscriptionRemoved"
+    MISSED = "missed"
+
+
+class GraphLifecycle(_Payload):
+    subscription_id: str
+    user_id: str
+    event: LifecycleEvent
+    received_at: datetime
+
+
+class BcChangeKind(StrEnum):
+    UPSERT = "upsert"
+    DELETED = "deleted"
+
+
+class BcContactChanged(_Payload):
+    """A BC contact's state after a change, read from BC by the change feed."""
+
+    company_id: str
+    contact_id: str
+    kind: BcChangeKind
+    snapshot: BcContact | None = Field(
+        default=None, description="The full contact as BC returned it; None for deletions"
+    )
+    last_modified: datetime | None = None
+
+
+class CommandKind(StrEnum):
+    BC_CHANGE = "bc_change"  # one BC contact changed: plan it for this user
+    GRAPH_HINT = "graph_hint"  # something changed in the user's folder: read the Graph delta
+    SYNC = "sync"  # "Sync": changes since the last sync, both ways
+    FULL_SYNC = "full_sync"  # "Full sync" / reconcile: everything, both ways
+
+
+class SyncCommand(_Payload):
+    user_id: str
+    kind: CommandKind
+    bc_change: BcContactChanged | None = None
+    reason: str = ""
+    run_id: str = Field(default="", description="Groups the commands of one reconcile run")
+    dry_run: bool = False
+    force: bool = Field(default=False, description="Override the mass-delete safety rail")
+
+
+class ResultStatus(StrEnum):
+    OK = "ok"
+    STOPPED = "stopped"  # a safety rail stopped the run for this user
+    FAILED = "failed"
+
+
+class SyncResult(_Payload):
+    user_id: str
+    command_id: str
+    kind: CommandKind
+    run_id: str = ""
+    status: ResultStatus
+    dry_run: bool = False
+    summary: dict[str, int] = Field(default_factory=dict)
+    skipped: dict[str, int] = Field(default_factory=dict, description="count by reason")
+    reason: str = ""
+    duration_ms: int = 0
+
+
+class DeadLetter(_Payload):
+    """An input that could not be applied, with enough context to replay it."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    value: str = Field(description="The original message, as text (undecodable bytes escaped)")
+    reason: str
+    error_type: str = ""
+    attempts: int = 1
+    failed_at: datetime
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+# Message type name -> (payload model, current schema version). The envelope's `type` and
+# `schema_version` select the model; a consumer refuses versions newer than it knows.
+MESSAGE_TYPES: dict[str, tuple[type[BaseModel], int]] = {
+    "bc.notification": (BcNotification, 1),
+    "graph.notification": (GraphNotification, 1),
+    "graph.lifecycle": (GraphLifecycle, 1),
+    "bc.contact.changed": (BcContactChanged, 1),
+    "sync.command": (SyncCommand, 1),
+    "sync.result": (SyncResult, 1),
+    "deadletter": (DeadLetter, 1),
+}
+
+
+def type_of(payload: BaseModel) -> str:
+    for name, (model, _) in MESSAGE_TYPES.items():
+        if type(payload) is model:
+            return name
+    raise KeyError(f"{type(payload).__name__} is not a message payload")
+
+
+def payload_json_schema(name: str) -> dict[str, Any]:
+    model, _ = MESSAGE_TYPES[name]
+    return model.model_json_schema()

@@ -1,0 +1,86 @@
+"""The one real Kafka broker of a test session.
+
+Order (reference/kafka.md 3): KAFKA_BOOTSTRAP_SERVERS if set; else testcontainers' Kafka where a
+Docker engine answers (and has the image locally); else the local KRaft broker from the cached
+Maven jars. Every test gets its own topic prefix, so tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from contactsync.kafka.local_broker import LocalBroker
+from contactsync.settings import Settings, default_cache_dir
+
+KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
+
+
+@dataclass
+class KafkaHandle:
+    bootstrap: str
+    kind: str  # "external" | "testcontainers" | "local"
+    local: LocalBroker | None = None
+
+    def restart(self) -> None:
+        """Stop and start the broker on the same address (local broker only)."""
+        if self.local is None:
+            pytest.skip(f"cannot restart a {self.kind} broker from the tests")
+        self.local.down()
+        self.local.up()
+
+
+def _docker_usable() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        client.images.get(KAFKA_IMAGE)  # offline: the image must already be there
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaHandle]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield KafkaHandle(external, "external")
+        return
+    if _docker_usable():
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
+            yield KafkaHandle(container.get_bootstrap_server(), "testcontainers")
+        return
+    data_dir: Path = tmp_path_factory.mktemp("kafka")
+    broker = LocalBroker(data_dir, version=Settings().kafka_version, cache_dir=default_cache_dir())
+    bootstrap = broker.up()
+    try:
+        yield KafkaHandle(bootstrap, "local", broker)
+    finally:
+        broker.down()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def kafka_settings(kafka: KafkaHandle, topic_prefix: str, tmp_path: Path) -> Settings:
+    """Settings pointing at the session broker, with this test's own topics and state dir."""
+    return Settings(
+        kafka_bootstrap_servers=kafka.bootstrap,
+        topic_prefix=topic_prefix,
+        topic_partitions=3,
+        database_url=f"sqlite:///{tmp_path / 'state.db'}",
+        kafka_data_dir=tmp_path / "kafka-unused",
+    )
