@@ -235,6 +235,7 @@ class LocalBroker:
             )
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         log = open(self.log_file, "a")  # noqa: SIM115 - handed to the child process
         proc = subprocess.Popen(
             [jvm_base[0], f"-Xms{self.heap_mb // 2}m", f"-Xmx{self.heap_mb}m",
@@ -247,25 +248,27 @@ class LocalBroker:
         self._pid_file.write_text(str(proc.pid))
         bootstrap = f"127.0.0.1:{port}"
         try:
-            self._wait_started(proc, timeout)
+            self._wait_started(proc, timeout, log_start)
             wait_until_ready(bootstrap, timeout=timeout)
         except BaseException:
             self.down()
             raise
         return bootstrap
 
-    def _wait_started(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    def _wait_started(self, proc: subprocess.Popen[bytes], timeout: float, offset: int) -> None:
+        """Wait for this start's ready line (the log keeps earlier runs' lines before `offset`)."""
         deadline = time.monotonic() + timeout
-        offset = 0
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BrokerError(
                     f"the Kafka broker exited with code {proc.returncode}:\n{self._log_tail()}"
                 )
-            text = self.log_file.read_text(errors="replace")
-            if READY_LINE in text[offset:]:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            if READY_LINE.encode() in chunk:
                 return
-            offset = max(0, len(text) - len(READY_LINE))
+            offset += max(0, len(chunk) - len(READY_LINE))
             time.sleep(0.2)
         raise BrokerError(
             f"the Kafka broker did not start within {timeout:.0f} s:\n{self._log_tail()}"
@@ -335,7 +338,8 @@ def wait_until_ready(bootstrap: str, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="cs-ready"
+                bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="cs-ready",
+                reconnect_backoff_ms=100, reconnect_backoff_max_ms=500,
             )
             try:
                 admin.list_topics()
