@@ -60,7 +60,8 @@ def main() -> None:
     med = statistics.median
     print(f"broker_startup (Kafka {settings.kafka_version}, {RUNS} runs, medians)")
     print(f"  java -version baseline     {med(java):6.2f} s")
-    print(f"  cold start (jars cached)   {med(cold):6.2f} s   = {med(cold) / med(java):.0f}x baseline")
+    ratio = med(cold) / med(java)
+    print(f"  cold start (jars cached)   {med(cold):6.2f} s   = {ratio:.0f}x baseline")
     print(f"  restart (formatted)        {med(restart):6.2f} s")
     print(f"  RSS after start            {med(rss_start):6.0f} MB")
     print(f"  RSS after 6 topics x 12    {med(rss_topics):6.0f} MB")
