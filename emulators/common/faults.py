@@ -3,6 +3,8 @@
 Each fault is consumed as it fires, so a test states exactly how many requests fail:
 `{"kind": "status", "status": 503, "count": 3, "route": "contacts"}` fails the next three
 requests whose path contains "contacts" with 503. Latency applies a delay instead.
+`drop_response` lets the request take effect and then answers `status` instead of the real
+response (a write that landed but whose answer was lost: the client must not repeat it blindly).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pydantic import BaseModel, Field
 
 
 class FaultSpec(BaseModel):
-    kind: str = Field(pattern="^(status|latency)$")
+    kind: str = Field(pattern="^(status|latency|drop_response)$")
     status: int = 503
     count: int = Field(default=1, ge=1)
     route: str = Field(default="", description="substring of the path; empty = every path")
@@ -43,7 +45,8 @@ class FaultInjector:
         return sum(a.remaining for a in self._armed)
 
     async def apply(self, method: str, path: str) -> FaultSpec | None:
-        """Sleep for latency faults; return a status fault to answer with, or None."""
+        """Sleep for latency faults; return a status or drop_response fault, or None.
+        The caller handles drop_response by running the request, then answering `status`."""
         for armed in list(self._armed):
             spec = armed.spec
             if spec.route and spec.route not in path:

@@ -1,0 +1,245 @@
+"""Client-side resilience shared by the Graph and Business Central clients.
+
+Three pieces, usable on their own:
+
+* `RequestBudget`: a per-principal *client-side* budget (max concurrent requests and max requests
+  per sliding window). It awaits instead of failing, so we stay under the service's limits
+  instead of discovering them through 429s (DESIGN.md decision 10). `pause()` lets a 429's
+  Retry-After hold back every request of that principal, not just the one that got it.
+* `RetryPolicy` + `backoff_delay()` / `retry_delay()`: jittered exponential backoff as pure
+  functions (the random source is a parameter), so they are tested without sleeping.
+* `retrying()`: runs an async call, retries `RetryableError`s per the policy, honours
+  `Throttled.retry_after`, and never repeats a non-idempotent call after an *ambiguous* failure
+  (the request may have been applied) unless the caller gives `find_existing` to check first.
+
+Only `contactsync.clients.errors` types are interpreted here; HTTP stays in the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from contactsync.clients.errors import RetryableError, Throttled
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------------------------
+# Request budget
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    """Defaults are Business Central's (5 concurrent, 6,000 per 5 minutes per principal).
+    Graph's per-mailbox limits are `BudgetLimits(4, 10_000, 600)`."""
+
+    max_concurrent: int = 5
+    max_requests: int = 6_000
+    window_seconds: float = 300.0
+
+
+BC_LIMITS = BudgetLimits(5, 6_000, 300.0)
+GRAPH_MAILBOX_LIMITS = BudgetLimits(4, 10_000, 600.0)
+
+
+@dataclass
+class _PrincipalState:
+    sem: asyncio.Semaphore
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stamps: deque[float] = field(default_factory=deque)
+    paused_until: float = 0.0
+
+
+class RequestBudget:
+    """Per-principal admission on the client side. One instance per event loop.
+
+    `async with budget.slot(principal): ...` waits for a concurrency slot and a window slot.
+    Waiters for the window are served in arrival order (the lock is held while sleeping).
+    """
+
+    def __init__(
+        self,
+        limits: BudgetLimits = BC_LIMITS,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if limits.max_concurrent < 1 or limits.max_requests < 1 or limits.window_seconds <= 0:
+            raise ValueError(f"invalid budget limits: {limits}")
+        self.limits = limits
+        self._clock = clock
+        self._sleep = sleep
+        self._states: dict[str, _PrincipalState] = {}
+
+    def _state(self, principal: str) -> _PrincipalState:
+        state = self._states.get(principal)
+        if state is None:
+            state = _PrincipalState(sem=asyncio.Semaphore(self.limits.max_concurrent))
+            self._states[principal] = state
+        return state
+
+    def pause(self, principal: str, seconds: float) -> None:
+        """Hold back new requests of `principal` for `seconds` (e.g. a 429's Retry-After)."""
+        state = self._state(principal)
+        state.paused_until = max(state.paused_until, self._clock() + max(0.0, seconds))
+
+    def in_window(self, principal: str) -> int:
+        """Requests admitted for `principal` within the current window (for tests/metrics)."""
+        state = self._state(principal)
+        self._expire(state, self._clock())
+        return len(state.stamps)
+
+    def _expire(self, state: _PrincipalState, now: float) -> None:
+        start = now - self.limits.window_seconds
+        while state.stamps and state.stamps[0] <= start:
+            state.stamps.popleft()
+
+    async def acquire(self, principal: str) -> None:
+        state = self._state(principal)
+        await state.sem.acquire()
+        try:
+            async with state.lock:
+                while True:
+                    now = self._clock()
+                    if state.paused_until > now:
+                        await self._sleep(state.paused_until - now)
+                        continue
+                    self._expire(state, now)
+                    if len(state.stamps) < self.limits.max_requests:
+                        state.stamps.append(now)
+                        return
+                    wait = state.stamps[0] + self.limits.window_seconds - now
+                    await self._sleep(max(wait, 0.001))
+        except BaseException:
+            state.sem.release()
+            raise
+
+    def release(self, principal: str) -> None:
+        self._state(principal).sem.release()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, principal: str) -> AsyncIterator[None]:
+        await self.acquire(principal)
+        try:
+            yield
+        finally:
+            self.release(principal)
+
+
+# --------------------------------------------------------------------------------------------
+# Backoff policy (pure)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry.
+
+    `max_attempts` counts the first try. Backoff for retry n (0-based) is
+    `min(max_delay, base_delay * multiplier**n)`, then "full jitter" scaled by `jitter`
+    (1.0 = uniform in [0, d], 0.0 = exactly d). A Throttled error's Retry-After is used
+    instead of the backoff (never less than it); one longer than `max_retry_after` is not
+    waited out: the error is raised so the caller can defer the work instead of blocking.
+    """
+
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 1.0
+    max_retry_after: float = 300.0
+
+    @classmethod
+    def fast(cls, max_attempts: int = 5) -> RetryPolicy:
+        """Millisecond delays, for tests."""
+        return cls(max_attempts=max_attempts, base_delay=0.001, max_delay=0.01)
+
+
+def backoff_delay(policy: RetryPolicy, retry_number: int, rand: float) -> float:
+    """Delay before retry `retry_number` (0-based); `rand` is uniform in [0, 1)."""
+    ceiling = min(policy.max_delay, policy.base_delay * policy.multiplier ** max(0, retry_number))
+    jitter = min(1.0, max(0.0, policy.jitter))
+    return ceiling * (1.0 - jitter) + ceiling * jitter * rand
+
+
+def retry_delay(
+    policy: RetryPolicy, retry_number: int, error: RetryableError, rand: float
+) -> float | None:
+    """Seconds to wait before retrying after `error`, or None if we should give up now."""
+    if retry_number + 1 >= policy.max_attempts:
+        return None
+    if isinstance(error, Throttled):
+        if error.retry_after > policy.max_retry_after:
+            return None
+        # Honour Retry-After; add a little jitter so a herd of waiters does not re-arrive at once.
+        return error.retry_after + backoff_delay(policy, 0, rand) * 0.1
+    return backoff_delay(policy, retry_number, rand)
+
+
+def default_is_ambiguous(error: RetryableError) -> bool:
+    """Could the failed request have been applied by the service?
+
+    A 429 is a refusal before any work, so it is safe to repeat. Anything else (5xx, timeout,
+    a connection dropped mid-request) may have been applied. Clients that know a request never
+    left (connect error) mark it with `code="NotSent"`.
+    """
+    return not (isinstance(error, Throttled) or error.code == "NotSent")
+
+
+async def retrying(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    is_idempotent: bool,
+    find_existing: Callable[[], Awaitable[T | None]] | None = None,
+    is_ambiguous: Callable[[RetryableError], bool] = default_is_ambiguous,
+    sleep: Sleep = asyncio.sleep,
+    rng: random.Random | None = None,
+    on_retry: Callable[[int, RetryableError, float], None] | None = None,
+) -> T:
+    """Run `call()`, retrying `RetryableError`s as `policy` allows.
+
+    Non-idempotent calls (a POST create) are retried only after unambiguous failures (429,
+    not sent). After an ambiguous one, `find_existing()` is awaited (after the backoff, so the
+    service has settled): if it finds the result, that is returned; if it returns None, the call
+    is repeated. Without `find_existing` the ambiguous error is raised. Errors that are not
+    `RetryableError` propagate at once. The last error is raised when attempts run out. If
+    `find_existing` itself fails, that error propagates: without an answer we cannot safely
+    repeat the call.
+    """
+    rand = rng.random if rng is not None else random.random
+    retry_number = 0
+    while True:
+        try:
+            return await call()
+        except RetryableError as error:
+            delay = retry_delay(policy, retry_number, error, rand())
+            ambiguous = not is_idempotent and is_ambiguous(error)
+            if delay is None or (ambiguous and find_existing is None):
+                raise
+            if on_retry is not None:
+                on_retry(retry_number + 1, error, delay)
+            log.debug(
+                "retry %d after %s (%.3fs, ambiguous=%s)",
+                retry_number + 1, type(error).__name__, delay, ambiguous,
+            )
+            await sleep(delay)
+            retry_number += 1
+            if ambiguous and find_existing is not None:
+                found = await find_existing()
+                if found is not None:
+                    return found
