@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import typer
 
-from contactsync.cli import kafka_cmds, sandbox_cmd, schema_cmds
+from contactsync.cli import emulate_cmd, kafka_cmds, sandbox_cmd, schema_cmds
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(kafka_cmds.kafka_app, name="kafka")
 app.add_typer(kafka_cmds.topics_app, name="topics")
 app.add_typer(schema_cmds.schemas_app, name="schemas")
 app.command()(sandbox_cmd.sandbox)
+app.command()(emulate_cmd.emulate)
