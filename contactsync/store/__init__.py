@@ -1,0 +1,44 @@
+"""The state store (DESIGN.md 4 and 11): setups, links, sync state, subscriptions, audit, dedupe.
+
+SQLAlchemy 2 Core over SQLite (embedded default) or PostgreSQL (several workers). Every function
+returns our own types (UserSetup, Link, the dataclasses in `records`), never database rows.
+"""
+
+from contactsync.store.db import create_db_engine, normalize_url
+from contactsync.store.migrations import LATEST_VERSION, MIGRATIONS, current_version, migrate
+from contactsync.store.records import (
+    AuditKind,
+    AuditRecord,
+    LinkConflictError,
+    SchemaTooNewError,
+    SetupExistsError,
+    SetupNotFoundError,
+    StoreError,
+    Subscription,
+    SubscriptionService,
+    UserSyncState,
+)
+from contactsync.store.store import Store, Transaction
+from contactsync.store.sync_state import UNSET
+
+__all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "UNSET",
+    "AuditKind",
+    "AuditRecord",
+    "LinkConflictError",
+    "SchemaTooNewError",
+    "SetupExistsError",
+    "SetupNotFoundError",
+    "Store",
+    "StoreError",
+    "Subscription",
+    "SubscriptionService",
+    "Transaction",
+    "UserSyncState",
+    "create_db_engine",
+    "current_version",
+    "migrate",
+    "normalize_url",
+]
