@@ -6,10 +6,15 @@ import contextlib
 from collections.abc import Iterator
 
 import typer
+from pydantic import ValidationError
 
+from contactsync.clients.errors import ServiceError
+from contactsync.engine.bcfilter import FilterError
 from contactsync.kafka.local_broker import BrokerError
 from contactsync.logs import configure_logging
 from contactsync.settings import Settings, load_settings
+from contactsync.store.records import StoreError
+from contactsync.sync.services import ConfigError
 
 
 def settings_and_logging() -> Settings:
@@ -18,11 +23,27 @@ def settings_and_logging() -> Settings:
     return settings
 
 
+def _validation_sentence(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"invalid {where}: {first['msg']}"
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Known failures end the command with one clear sentence and exit code 1, no traceback."""
     try:
         yield
-    except BrokerError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+    except (BrokerError, StoreError, ConfigError, ServiceError) as exc:
+        _fail(str(exc))
+    except FilterError as exc:
+        _fail(f"invalid filter: {exc}")
+    except ValidationError as exc:
+        _fail(_validation_sentence(exc))
+    except OSError as exc:  # a service that cannot be reached at all
+        _fail(f"cannot connect: {exc}")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1) from None

@@ -76,6 +76,7 @@ from contactsync.clients.resilience import (
     retry_delay,
     retrying,
 )
+from contactsync.engine.mapping import BC_ID_PROPERTY  # one tag, shared with the planner
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -88,10 +89,6 @@ Json = dict[str, Any]
 DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-# Our named extended property for the BC contact id. The GUID is ours, fixed forever: changing
-# it (or the name) would orphan every tag already written (reference 1.6).
-BC_ID_PROPERTY_SET = "0d671bb5-1436-455a-8a48-2f020ee6e0c2"
-BC_ID_PROPERTY = f"String {{{BC_ID_PROPERTY_SET}}} Name BcContactId"
 BATCH_LIMIT = 20
 NO_CREDENTIALS = (
     "no Azure credentials configured: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET"

@@ -1,0 +1,143 @@
+"""Full sync of one user against the emulators (issue: the sync engine).
+
+For N BC contacts (10,000 and 100,000; `BENCH_SIZES` overrides): a full sync into an empty
+folder, again with no change, again after 1% of the contacts changed on each side. Prints wall
+time, API requests by kind (the emulators' counters), writes, and the process's peak RSS; and,
+in the same run, the floor: a minimal plain-httpx script making the same requests. The
+emulators run in a child process, so the RSS is the product's alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import httpx
+
+from bench.emulator_process import MAILBOX, EmulatorProcess
+from contactsync.clients.bc import BcClient
+from contactsync.clients.graph import GraphClient
+from contactsync.engine.links import SyncMode
+from contactsync.engine.mapping import BC_ID_PROPERTY
+from contactsync.store import Store
+from contactsync.sync.runner import sync_user
+from schemas.setup import UserSetup
+
+WRITE_METHODS = ("POST", "PATCH", "DELETE")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _summarize(counts: dict[str, int]) -> tuple[int, int, str]:
+    total = sum(counts.values())
+    # A $batch's inner requests are counted on their own routes: count the envelope once.
+    writes = sum(n for k, n in counts.items()
+                 if k.split()[1] in WRITE_METHODS and not k.endswith("$batch"))
+    kinds = ", ".join(f"{k}={n}" for k, n in sorted(counts.items()))
+    return total, writes, kinds
+
+
+async def _floor(urls: dict[str, str], counts: dict[str, int]) -> float:
+    """The same requests, sent by the plainest possible script (no mapping, no store)."""
+    graph, bc = urls["graph"], urls["bc"]
+    company = urls["company"]
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=120) as http:
+        folders = (await http.get(f"{graph}/users/{MAILBOX}/contactFolders")).json()["value"]
+        folder = next((f["id"] for f in folders if f["displayName"] == "Business Central"), None)
+        url: str | None = f"{bc}/companies({company})/contacts"
+        bc_items: list[dict[str, Any]] = []
+        while url:
+            page = (await http.get(url, headers={"Prefer": "odata.maxpagesize=20000"})).json()
+            bc_items.extend(page["value"])
+            url = page.get("@odata.nextLink")
+        graph_items: list[dict[str, Any]] = []
+        if folder:
+            url = (f"{graph}/users/{MAILBOX}/contactFolders/{folder}/contacts?$top=500&$expand="
+                   f"singleValueExtendedProperties($filter=id eq '{BC_ID_PROPERTY}')")
+            while url:
+                page = (await http.get(url)).json()
+                graph_items.extend(page["value"])
+                url = page.get("@odata.nextLink")
+        creates = counts.get("graph POST /v1.0/$batch", 0)
+        scratch = None
+        if creates:  # into a folder of its own, deleted after: the floor must change nothing
+            scratch = (await http.post(f"{graph}/users/{MAILBOX}/contactFolders",
+                                       json={"displayName": f"floor {time.time()}"})).json()["id"]
+        people = iter(bc_items)
+        for _ in range(creates):
+            requests = [{"id": str(i), "method": "POST",
+                         "url": f"/users/{MAILBOX}/contactFolders/{scratch}/contacts",
+                         "headers": {"Content-Type": "application/json"},
+                         "body": {"displayName": p["displayName"],
+                                  "emailAddresses": [{"address": p["email"]}]}}
+                        for i, p in zip(range(20), people, strict=False)]
+            if requests:
+                await http.post(f"{graph}/$batch", json={"requests": requests})
+        if scratch:
+            await http.delete(f"{graph}/users/{MAILBOX}/contactFolders/{scratch}")
+        # Updates: re-send each contact's own job title, so the floor changes nothing.
+        graph_patches = sum(n for k, n in counts.items() if k.startswith("graph PATCH"))
+        for contact in graph_items[:graph_patches]:
+            await http.patch(f"{graph}/users/{MAILBOX}/contacts/{contact['id']}",
+                             json={"jobTitle": contact.get("jobTitle")})
+        bc_patches = sum(n for k, n in counts.items() if k.startswith("bc PATCH"))
+        for contact in bc_items[:bc_patches]:
+            await http.patch(f"{bc}/companies({company})/contacts({contact['id']})",
+                             json={"jobTitle": contact.get("jobTitle", "")},
+                             headers={"If-Match": "*"})
+    return time.perf_counter() - started
+
+
+async def _run(size: int) -> None:
+    emu = EmulatorProcess()
+    try:
+        emu.call("seed", size)
+        urls = emu.urls
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store.open(f"sqlite:///{tmp}/bench.db")
+            setup = store.setups.add(UserSetup(user_id=MAILBOX, mailbox=MAILBOX))
+            graph = GraphClient.create(urls["graph"])
+            bc = await BcClient.create(urls["bc"], urls["company"])
+            print(f"\nsync_full: 1 user, {size:,} BC contacts (cores: {os.cpu_count()})")
+            for phase in ("empty folder", "no change", "1% changed each side"):
+                edited = emu.call("edit", 0.01) if phase.startswith("1%") else None
+                emu.call("reset_counts")
+                started = time.perf_counter()
+                report = await sync_user(setup, SyncMode.FULL, graph=graph, bc=bc, store=store)
+                wall = time.perf_counter() - started
+                counts = emu.call("counts")
+                total, writes, kinds = _summarize(counts)
+                emu.call("reset_counts")
+                floors = [await _floor(urls, counts) for _ in range(3)]
+                floor = statistics.median(floors)
+                print(f"  {phase}: wall {wall:.2f} s, floor {floor:.2f} s "
+                      f"(ratio {wall / floor:.2f}), requests {total}, writes {writes}, "
+                      f"failures {report.failed}, peak RSS {_peak_rss_mb():.0f} MB")
+                if edited:
+                    print(f"    edited: {edited}; planned updates outlook="
+                          f"{report.summary.updated_outlook} bc={report.summary.updated_bc}")
+                print(f"    requests by kind: {kinds}")
+                emu.call("reset_counts")
+            await graph.close()
+            await bc.aclose()
+            store.close()
+    finally:
+        emu.stop()
+
+
+def main() -> None:
+    sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "10000,100000").split(",")]
+    for size in sizes:
+        asyncio.run(_run(size))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+"""The pure planner (DESIGN.md 3): what to write, given both sides, the links and the setup.
+
+Two levels, no I/O:
+- `plan_contact(bc, outlook, link, setup, mode)`: the actions for one pair (rules in
+  pair_rules.py). A side is a wire dict, `None` (known not to exist: deleted, or absent from a
+  complete listing) or `UNREAD` (not read: unknown, never taken as deleted).
+- `plan_user(bc, outlook, links, setup, mode)`: pairs a user's contacts and plans every pair.
+  Snapshots say what was read: a full listing (`complete`: an absent id is gone), a partial one
+  (one changed BC contact, a Graph delta with its removed ids), or None (not read at all).
+
+Pairing, in order: by link; by our BC-id tag on the Outlook contact (a lost link or a retried
+create is found again; several carriers of one BC id: keep the linked one, else the oldest,
+delete the others); by normalized email (trimmed, case-insensitive), as BC does. One Outlook
+contact per email is matched (the oldest; others are skipped as duplicates); a BC contact
+prefers an eligible match, then one that is not privacy-blocked (bc.md a.4).
+
+Mass-delete rail: if the plan would remove (delete, or react to Outlook contacts that vanished
+from a listing) more than `max_delete_share` of the folder AND more than `max_delete_floor`
+contacts, those groups are withheld and `stopped_reason` says why, unless `force=True`.
+
+"Changed" compares a side with its link (DESIGN.md 5): a side whose version (BC ETag or
+modified time, Graph changeKey) or content hash equals the link's is unchanged; that is how
+our own writes echo back without costing a write. BC contacts sync only when eligible: Type
+Person, a name, an email, not privacy-blocked, inside the user's filter (DESIGN.md 6).
+
+Case table (link = we created or linked the pair):
+
+  link | BC                 | Outlook             | actions
+  -----+--------------------+---------------------+----------------------------------------------
+  no   | eligible           | none/unread         | CreateInOutlook + SaveLink (Sync mode: only if
+       |                    |                     |   BC changed after `since`)
+  no   | not eligible       | none/unread         | Skip(reason)
+  no   | eligible           | exists (same email  | link; BC wins: UpdateOutlook if content or tag
+       |                    |   or our BC-id tag) |   differ + Audit(Outlook values that lost)
+  no   | not eligible       | exists, our tag     | DeleteFromOutlook (we put it there)
+  no   | not eligible       | exists, no tag      | Skip (never update BC from an unlinked contact)
+  no   | none               | exists, our tag     | DeleteFromOutlook(bc_deleted)
+  no   | unread             | exists, our tag     | NeedsRead(bc)
+  no   | none/unread        | exists, no tag      | CreateInBc + SaveLink if it has a name and a
+       |                    |                     |   valid email and setup.create_in_bc, else Skip
+  yes  | none               | exists/unread       | [Audit if Outlook changed] DeleteFromOutlook
+       |                    |                     |   + DropLink
+  yes  | not eligible       | exists/unread       | same, reason = why (privacy, filter, type...)
+  yes  | none/not eligible  | none                | DropLink
+  yes  | eligible           | none (deleted there)| policy recreate: DropLink + CreateInOutlook +
+       |                    |                     |   SaveLink; policy unlink: DropLink
+  yes  | unread             | none                | unlink: DropLink; recreate: NeedsRead(bc)
+  yes  | unread             | changed             | NeedsRead(bc)
+  yes  | changed            | unread              | NeedsRead(outlook)
+  yes  | unchanged          | unchanged           | nothing
+  yes  | changed            | unchanged           | UpdateOutlook (every mapped field) + SaveLink
+  yes  | unchanged          | changed             | UpdateBc (fields that differ; rejected fields
+       |                    |                     |   reported) + SaveLink
+  yes  | changed            | changed             | BC wins: UpdateOutlook + Audit(conflict) +
+       |                    |                     |   SaveLink
+  Nothing ever deletes a BC contact; an equal content on both sides costs no write.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from contactsync.engine import mapping as m
+from contactsync.engine.actions import (
+    Action,
+    Audit,
+    CreateInBc,
+    CreateInOutlook,
+    DeleteFromOutlook,
+    DropLink,
+    NeedsRead,
+    Reason,
+    SaveLink,
+    Skip,
+    UpdateBc,
+    UpdateOutlook,
+    is_write,
+)
+from contactsync.engine.bcfilter import ContactFilter
+from contactsync.engine.links import Link, SyncMode
+from contactsync.engine.pair_rules import (
+    UNREAD,
+    Side,
+    Unread,
+    bc_skip_reason,
+    parse_time,
+    plan_contact,
+)
+from schemas.setup import UserSetup
+
+__all__ = [
+    "UNREAD",
+    "BcSnapshot",
+    "OutlookSnapshot",
+    "Plan",
+    "PlanSummary",
+    "Side",
+    "Unread",
+    "plan_contact",
+    "plan_user",
+]
+
+Contact = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class BcSnapshot:
+    """BC contacts as read. `complete`: every BC contact that could concern the user is here,
+    so a linked id that is absent was deleted (or left the listing's filter: same outcome)."""
+
+    contacts: Sequence[Contact] = ()
+    complete: bool = False
+    deleted_ids: frozenset[str] = frozenset()  # known deletions (webhook "deleted")
+
+    @classmethod
+    def full(cls, contacts: Iterable[Contact]) -> BcSnapshot:
+        return cls(tuple(contacts), complete=True)
+
+    @classmethod
+    def changes(cls, contacts: Iterable[Contact], deleted_ids: Iterable[str] = ()) -> BcSnapshot:
+        return cls(tuple(contacts), complete=False, deleted_ids=frozenset(deleted_ids))
+
+
+@dataclass(frozen=True)
+class OutlookSnapshot:
+    """The user's folder as read: a full listing (`complete`) or a delta (changed + removed)."""
+
+    contacts: Sequence[Contact] = ()
+    complete: bool = False
+    removed_ids: frozenset[str] = frozenset()
+
+    @classmethod
+    def full(cls, contacts: Iterable[Contact]) -> OutlookSnapshot:
+        return cls(tuple(contacts), complete=True)
+
+    @classmethod
+    def delta(cls, items: Iterable[Contact], *, initial_round: bool = False) -> OutlookSnapshot:
+        """From Graph delta items; `@removed` entries become removed ids. A delta's first round
+        lists the whole folder, so it is complete."""
+        changed: list[Contact] = []
+        removed: set[str] = set()
+        for item in items:
+            if "@removed" in item:
+                removed.add(m.as_text(item.get("id")))
+            else:
+                changed.append(item)
+        return cls(tuple(changed), complete=initial_round, removed_ids=frozenset(removed))
+
+
+@dataclass
+class PlanSummary:
+    created_in_outlook: int = 0
+    created_in_bc: int = 0
+    updated_outlook: int = 0
+    updated_bc: int = 0
+    deleted_from_outlook: int = 0
+    linked: int = 0  # pairs linked that existed on both sides
+    unlinked: int = 0  # links dropped without a replacement
+    conflicts: int = 0  # Outlook versions that lost to BC (audited)
+    needs_read: int = 0
+    withheld: int = 0  # groups held back by the mass-delete rail
+    skipped: dict[str, int] = field(default_factory=dict)  # by reason
+
+    @property
+    def created(self) -> int:
+        return self.created_in_outlook + self.created_in_bc
+
+    @property
+    def updated(self) -> int:
+        return self.updated_outlook + self.updated_bc
+
+
+@dataclass
+class Plan:
+    """Groups of actions, one group per contact pair, each run in order (see actions.py)."""
+
+    user_id: str
+    mode: SyncMode
+    groups: list[tuple[Action, ...]]
+    summary: PlanSummary
+    stopped_reason: str | None = None
+    needs_bc: frozenset[str] = frozenset()  # read these BC contacts, then plan again
+    needs_outlook: frozenset[str] = frozenset()
+
+    @property
+    def actions(self) -> list[Action]:
+        return [action for group in self.groups for action in group]
+
+    @property
+    def writes(self) -> list[Action]:
+        return [action for action in self.actions if is_write(action)]
+
+
+def _oldest_first(contact: Contact) -> tuple[bool, float, str]:
+    created = parse_time(contact.get("createdDateTime"))
+    return (created is None, created.timestamp() if created else 0.0, m.as_text(contact["id"]))
+
+
+class _Sides:
+    """Looks up a side's state by id: the dict, None (known gone) or UNREAD."""
+
+    def __init__(self, contacts: Sequence[Contact], complete: bool, gone: frozenset[str]):
+        self.by_id = {m.as_text(c.get("id")): c for c in contacts}
+        self.complete, self.gone = complete, gone
+
+    def state(self, contact_id: str) -> Side:
+        found = self.by_id.get(contact_id)
+        if found is not None:
+            return found
+        return None if self.complete or contact_id in self.gone else UNREAD
+
+
+def plan_user(
+    bc: BcSnapshot | None,
+    outlook: OutlookSnapshot | None,
+    links: Iterable[Link],
+    setup: UserSetup,
+    mode: SyncMode,
+    *,
+    since: datetime | None = None,
+    force: bool = False,
+) -> Plan:
+    """Plan one user's sync. None for a side means it was not read: nothing there is deleted."""
+    bc = bc or BcSnapshot()
+    outlook = outlook or OutlookSnapshot()
+    bc_side = _Sides(bc.contacts, bc.complete, bc.deleted_ids)
+    outlook_side = _Sides(outlook.contacts, outlook.complete, outlook.removed_ids)
+    links = list(links)
+    flt = ContactFilter.parse(setup.contact_filter)
+
+    def pair(bc_state: Side, outlook_state: Side, link: Link | None) -> list[Action]:
+        return plan_contact(
+            bc_state, outlook_state, link, setup, mode, contact_filter=flt, since=since
+        )
+
+    groups: list[tuple[Action, ...]] = []
+    removals: list[bool] = []  # per group: does it remove, or react to a vanished contact?
+    # The folder's emails once the plan has run (by Graph id; "+bc id" for creates): a contact
+    # must not be created where the folder will already hold its email.
+    folder_after = {
+        m.as_text(c.get("id")): m.normalize_email(m.graph_email(c)) for c in outlook.contacts
+    }
+
+    def add(actions: list[Action], vanished: bool = False) -> None:
+        if not actions:
+            return
+        groups.append(tuple(actions))
+        removals.append(vanished or any(isinstance(a, DeleteFromOutlook) for a in actions))
+        for a in actions:
+            if isinstance(a, DeleteFromOutlook):
+                folder_after.pop(a.graph_id, None)
+            elif isinstance(a, UpdateOutlook):
+                folder_after[a.graph_id] = m.normalize_email(m.graph_email(a.fields))
+            elif isinstance(a, CreateInOutlook):
+                folder_after["+" + a.bc_id] = m.normalize_email(a.email)
+
+    used_bc = {link.bc_id for link in links}
+    used_outlook = {link.graph_id for link in links}
+    carriers: dict[str, list[Contact]] = {}
+    for contact in sorted(outlook.contacts, key=_oldest_first):
+        tag = m.bc_id_of(contact)
+        if tag and m.as_text(contact.get("id")) not in used_outlook:
+            carriers.setdefault(tag, []).append(contact)
+
+    def drop_duplicates(bc_id: str, extra: list[Contact]) -> None:
+        for dup in extra:
+            dup_id = m.as_text(dup.get("id"))
+            used_outlook.add(dup_id)
+            etag = m.as_text(dup.get("@odata.etag")) or None
+            add([DeleteFromOutlook(dup_id, Reason.DUPLICATE_BC_ID, bc_id, etag)])
+
+    # 1. by link
+    for link in links:
+        outlook_state = outlook_side.state(link.graph_id)
+        extra = carriers.pop(link.bc_id, [])
+        if outlook_state is None and extra:  # ours vanished but another carries our tag
+            keeper, *extra = extra
+            used_outlook.add(m.as_text(keeper.get("id")))
+            actions = pair(bc_side.state(link.bc_id), keeper, None)
+            if not any(isinstance(a, NeedsRead) for a in actions):
+                actions.insert(0, DropLink(link.bc_id, link.graph_id, Reason.DELETED_IN_OUTLOOK))
+            add(actions)
+        else:
+            add(pair(bc_side.state(link.bc_id), outlook_state, link), outlook_state is None)
+        drop_duplicates(link.bc_id, extra)
+
+    # 2. by our BC-id tag (no link)
+    for tag, tagged in carriers.items():
+        keeper, *extra = tagged
+        used_outlook.add(m.as_text(keeper.get("id")))
+        if tag in bc_side.by_id:
+            used_bc.add(tag)
+        add(pair(bc_side.state(tag), keeper, None))
+        drop_duplicates(tag, extra)
+
+    # 3. by normalized email: the oldest Outlook contact of an email meets the best BC match
+    bc_by_email: dict[str, list[Contact]] = {}
+    for contact in bc.contacts:
+        email = m.normalize_email(m.as_text(contact.get("email")))
+        if email:
+            bc_by_email.setdefault(email, []).append(contact)
+    taken = {email for key, email in folder_after.items() if key in used_outlook}
+    taken.discard("")
+
+    def rank(contact: Contact) -> int:
+        reason = bc_skip_reason(contact, flt)
+        return 0 if reason is None else 1 if reason is not Reason.PRIVACY_BLOCKED else 2
+
+    for contact in sorted(outlook.contacts, key=_oldest_first):
+        graph_id = m.as_text(contact.get("id"))
+        if graph_id in used_outlook:
+            continue
+        used_outlook.add(graph_id)
+        email = m.normalize_email(m.graph_email(contact))
+        candidates = [c for c in bc_by_email.get(email, ()) if c["id"] not in used_bc]
+        if email and (email in taken or (email in bc_by_email and not candidates)):
+            # another contact of the folder, or another BC contact, already has this email
+            add([Skip(Reason.DUPLICATE_EMAIL, graph_id=graph_id, detail=email)])
+            continue
+        taken.add(email)
+        if candidates:
+            match = min(candidates, key=rank)  # first of the best rank: min is stable
+            used_bc.add(m.as_text(match.get("id")))
+            add(pair(match, contact, None))
+        else:
+            add(pair(None, contact, None))  # untagged and unmatched: new in Outlook
+
+    # 4. BC contacts left unpaired
+    folder_emails = set(folder_after.values())
+    for contact in bc.contacts:
+        bc_id = m.as_text(contact.get("id"))
+        if bc_id in used_bc:
+            continue
+        email = m.normalize_email(m.as_text(contact.get("email")))
+        if email in folder_emails and bc_skip_reason(contact, flt) is None:
+            add([Skip(Reason.EMAIL_IN_USE, bc_id=bc_id, detail=email)])
+            continue
+        actions = pair(contact, None if outlook.complete else UNREAD, None)
+        if any(isinstance(a, CreateInOutlook) for a in actions):
+            folder_emails.add(email)  # a second BC contact with this email must not create
+        add(actions)
+
+    return _finish(setup, mode, groups, removals, links, outlook_side, force)
+
+
+def _finish(
+    setup: UserSetup,
+    mode: SyncMode,
+    groups: list[tuple[Action, ...]],
+    removals: list[bool],
+    links: list[Link],
+    outlook_side: _Sides,
+    force: bool,
+) -> Plan:
+    """Apply the mass-delete rail, then count."""
+    folder = len(set(outlook_side.by_id) | {link.graph_id for link in links} | outlook_side.gone)
+    removing = sum(removals)
+    stopped_reason = None
+    withheld = 0
+    if removing > setup.max_delete_share * folder and removing > setup.max_delete_floor:
+        stopped_reason = (
+            f"would remove {removing} of {folder} contacts in the folder (limit: more than "
+            f"{setup.max_delete_share:.0%} and more than {setup.max_delete_floor}); "
+            "nothing was removed: check the listings, or run with force"
+        )
+        if not force:
+            withheld = removing
+            groups = [g for g, removal in zip(groups, removals, strict=True) if not removal]
+        else:
+            stopped_reason = None
+    existing = {(link.bc_id, link.graph_id) for link in links}
+    summary = _summarize(groups, existing)
+    summary.withheld = withheld
+    needs_bc = {a.bc_id for g in groups for a in g if isinstance(a, NeedsRead) and a.bc_id}
+    needs_outlook = {
+        a.graph_id for g in groups for a in g if isinstance(a, NeedsRead) and a.graph_id
+    }
+    return Plan(
+        user_id=setup.user_id,
+        mode=mode,
+        groups=groups,
+        summary=summary,
+        stopped_reason=stopped_reason,
+        needs_bc=frozenset(needs_bc),
+        needs_outlook=frozenset(needs_outlook),
+    )
+
+
+def _summarize(groups: list[tuple[Action, ...]], existing: set[tuple[str, str]]) -> PlanSummary:
+    summary = PlanSummary()
+    skipped: Counter[str] = Counter()
+    for group in groups:
+        saves = False
+        drops = 0
+        for action in group:
+            if isinstance(action, CreateInOutlook):
+                summary.created_in_outlook += 1
+            elif isinstance(action, CreateInBc):
+                summary.created_in_bc += 1
+            elif isinstance(action, UpdateOutlook):
+                summary.updated_outlook += 1
+            elif isinstance(action, UpdateBc):
+                summary.updated_bc += 1
+            elif isinstance(action, DeleteFromOutlook):
+                summary.deleted_from_outlook += 1
+            elif isinstance(action, Audit):
+                summary.conflicts += 1
+            elif isinstance(action, Skip):
+                skipped[action.reason.value] += 1
+            elif isinstance(action, NeedsRead):
+                summary.needs_read += 1
+            elif isinstance(action, DropLink):
+                drops += 1
+            elif isinstance(action, SaveLink):
+                saves = True
+                key = (action.link.bc_id, action.link.graph_id)
+                if all(key) and key not in existing:
+                    summary.linked += 1
+        if drops and not saves:
+            summary.unlinked += drops
+    summary.skipped = dict(skipped)
+    return summary

@@ -1,0 +1,285 @@
+"""Carries out a plan: writes to Graph and BC, then records links and audit rows.
+
+A plan is a list of groups, one per contact pair (engine/actions.py). Groups are independent:
+one that fails is reported with its reason and the others go on. Creates in Outlook of all
+groups go out together through `$batch` (20 per request); everything else runs group by group,
+a few groups at a time (the clients' request budgets pace the services).
+
+Idempotent when stopped at any point and run again (DESIGN.md 9): an Outlook contact we created
+carries our BC-id tag, so the next run finds it instead of creating it twice; a BC contact
+created from Outlook is found again by email. Link and audit rows are written in one
+transaction per chunk of groups, after the writes they describe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from contactsync.clients.bc import BcClient
+from contactsync.clients.errors import Conflict, ServiceError
+from contactsync.clients.graph import GraphClient
+from contactsync.engine import mapping as m
+from contactsync.engine.actions import (
+    Action,
+    Audit,
+    CreateInBc,
+    CreateInOutlook,
+    DeleteFromOutlook,
+    DropLink,
+    SaveLink,
+    Skip,
+    UpdateBc,
+    UpdateOutlook,
+)
+from contactsync.engine.links import Link
+from contactsync.engine.pair_rules import parse_time
+from contactsync.store import Store
+from contactsync.store.records import AuditKind, AuditRecord
+
+FLUSH_EVERY = 500  # groups per link/audit transaction: bounds what a crash can leave unrecorded
+PARALLEL_GROUPS = 8
+
+
+@dataclass(frozen=True)
+class Failure:
+    bc_id: str
+    graph_id: str
+    reason: str
+    conflict: bool = False  # the other side moved on during the run: plan that pair again
+
+
+@dataclass
+class ExecutionReport:
+    writes: Counter[str] = field(default_factory=Counter)  # by action kind
+    failures: list[Failure] = field(default_factory=list)
+    field_issues: list[str] = field(default_factory=list)  # fields BC would reject, left out
+    links_saved: int = 0
+    links_dropped: int = 0
+    audited: int = 0
+
+
+@dataclass
+class _GroupState:
+    """Ids and versions a group's writes returned, to complete its SaveLink."""
+
+    bc_id: str = ""
+    graph_id: str = ""
+    graph_change_key: str = ""
+    bc_etag: str = ""
+    bc_modified: datetime | None = None
+
+
+@dataclass
+class _Records:
+    saves: list[Link] = field(default_factory=list)
+    drops: list[str] = field(default_factory=list)
+    audits: list[AuditRecord] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        graph: GraphClient,
+        bc: BcClient,
+        store: Store,
+        user_id: str,
+        mailbox: str,
+        folder_id: str,
+        verify_creates: bool,
+    ) -> None:
+        """`verify_creates`: look the folder up by BC-id tag before each Outlook create; needed
+        when the plan was made from a partial view of the folder (a delta, a hint). A plan made
+        from this run's complete listing has already seen every tagged contact."""
+        self.graph, self.bc, self.store = graph, bc, store
+        self.user_id, self.mailbox, self.folder_id = user_id, mailbox, folder_id
+        self.verify_creates = verify_creates
+        self.report = ExecutionReport()
+
+    async def run(self, groups: Sequence[tuple[Action, ...]]) -> ExecutionReport:
+        for start in range(0, len(groups), FLUSH_EVERY):
+            await self._run_chunk(groups[start : start + FLUSH_EVERY])
+        return self.report
+
+    async def _run_chunk(self, chunk: Sequence[tuple[Action, ...]]) -> None:
+        records = _Records()
+        created = await self._create_in_outlook(chunk)
+        gate = asyncio.Semaphore(PARALLEL_GROUPS)
+
+        async def one(index: int, group: tuple[Action, ...]) -> None:
+            async with gate:
+                await self._run_group(group, created.get(index), records)
+
+        await asyncio.gather(*(one(i, g) for i, g in enumerate(chunk)))
+        self._flush(records)
+
+    # --- Outlook creates, in bulk -------------------------------------------------------------
+    async def _create_in_outlook(
+        self, chunk: Sequence[tuple[Action, ...]]
+    ) -> dict[int, _GroupState | Failure]:
+        wanted = [
+            (i, a) for i, g in enumerate(chunk) for a in g if isinstance(a, CreateInOutlook)
+        ]
+        results: dict[int, _GroupState | Failure] = {}
+        to_create: list[tuple[int, CreateInOutlook]] = []
+        for index, action in wanted:
+            found = None
+            if self.verify_creates:
+                found = await self._quietly(
+                    self.graph.find_by_bc_id(self.mailbox, self.folder_id, action.bc_id)
+                )
+            if isinstance(found, Mapping):
+                # Ours already (a create that landed before a crash): push BC's values onto it.
+                results[index] = await self._adopt(action, found)
+            else:
+                to_create.append((index, action))
+        if to_create:
+            created = await self.graph.create_contacts(
+                self.mailbox, self.folder_id, [(a.bc_id, a.fields) for _, a in to_create]
+            )
+            for (index, action), result in zip(to_create, created, strict=True):
+                if result.ok and result.contact is not None:
+                    self.report.writes["created_in_outlook"] += 1
+                    results[index] = _GroupState(
+                        graph_id=str(result.contact["id"]),
+                        graph_change_key=m.graph_change_key(result.contact),
+                    )
+                else:
+                    results[index] = Failure(action.bc_id, "", _reason(result.error))
+        return results
+
+    async def _adopt(self, action: CreateInOutlook, found: Mapping[str, Any]) -> _GroupState:
+        graph_id = str(found["id"])
+        updated = await self.graph.update_contact(
+            self.mailbox, graph_id, action.fields, bc_id=action.bc_id
+        )
+        self.report.writes["updated_outlook"] += 1
+        return _GroupState(graph_id=graph_id, graph_change_key=m.graph_change_key(updated))
+
+    async def _quietly(self, call: Any) -> Any:
+        try:
+            return await call
+        except ServiceError:
+            return None  # the create then proceeds; the client's own retry looks up again
+
+    # --- one pair ---------------------------------------------------------------------------
+    async def _run_group(
+        self,
+        group: tuple[Action, ...],
+        created: _GroupState | Failure | None,
+        records: _Records,
+    ) -> None:
+        if isinstance(created, Failure):
+            self.report.failures.append(created)
+            return
+        state = created or _GroupState()
+        pending = _Records()
+        try:
+            for action in group:
+                await self._apply(action, state, pending)
+        except ServiceError as exc:
+            bc_id, graph_id = _ids_of(group)
+            self.report.failures.append(
+                Failure(bc_id, graph_id, _reason(exc), conflict=isinstance(exc, Conflict))
+            )
+            return  # its link stays as it was: the next run plans the pair again
+        records.saves.extend(pending.saves)
+        records.drops.extend(pending.drops)
+        records.audits.extend(pending.audits)
+
+    async def _apply(self, action: Action, state: _GroupState, pending: _Records) -> None:
+        if isinstance(action, UpdateOutlook):
+            result = await self.graph.update_contact(
+                self.mailbox, action.graph_id, action.fields, if_match=action.if_match,
+                bc_id=action.bc_id,
+            )
+            state.graph_change_key = m.graph_change_key(result)
+            self.report.writes["updated_outlook"] += 1
+        elif isinstance(action, DeleteFromOutlook):
+            await self.graph.delete_contact(self.mailbox, action.graph_id, if_match=action.if_match)
+            self.report.writes["deleted_from_outlook"] += 1
+        elif isinstance(action, CreateInBc):
+            result = await self.bc.create_contact(dict(action.fields))
+            self._bc_written(state, result)
+            state.bc_id = str(result["id"])
+            self.report.writes["created_in_bc"] += 1
+            self._note_issues(action.issues)
+        elif isinstance(action, UpdateBc):
+            result = await self.bc.update_contact(action.bc_id, dict(action.changes), action.etag)
+            self._bc_written(state, result)
+            self.report.writes["updated_bc"] += 1
+            self._note_issues(action.issues)
+        elif isinstance(action, SaveLink):
+            pending.saves.append(_completed(action.link, state))
+        elif isinstance(action, DropLink):
+            pending.drops.append(action.bc_id)
+        elif isinstance(action, Audit):
+            pending.audits.append(AuditRecord(
+                user_id=self.user_id, kind=_audit_kind(action), bc_id=action.bc_id,
+                graph_id=action.graph_id,
+                details={"reason": str(action.reason), "outlook": dict(action.outlook_values),
+                         "bc": dict(action.bc_values)},
+            ))
+        elif isinstance(action, Skip):
+            pass  # counted by the plan's summary
+        # CreateInOutlook ran in bulk before the group; NeedsRead never reaches the executor.
+
+    def _bc_written(self, state: _GroupState, result: Mapping[str, Any]) -> None:
+        state.bc_etag = m.as_text(result.get("@odata.etag"))
+        state.bc_modified = parse_time(result.get("lastModifiedDateTime"))
+
+    def _note_issues(self, issues: Sequence[m.FieldIssue]) -> None:
+        self.report.field_issues.extend(f"{i.field}: {i.reason}" for i in issues)
+
+    # --- records ----------------------------------------------------------------------------
+    def _flush(self, records: _Records) -> None:
+        if not (records.saves or records.drops or records.audits):
+            return
+        with self.store.transaction() as tx:
+            if records.drops:
+                tx.links.delete_many(self.user_id, records.drops)
+            if records.saves:
+                tx.links.upsert_many(records.saves)
+            if records.audits:
+                tx.audit.append_many(records.audits)
+        self.report.links_saved += len(records.saves)
+        self.report.links_dropped += len(records.drops)
+        self.report.audited += len(records.audits)
+
+
+def _completed(link: Link, state: _GroupState) -> Link:
+    """Fill the ids and versions the planner left empty with what the writes returned."""
+    return dataclasses.replace(
+        link,
+        bc_id=link.bc_id or state.bc_id,
+        graph_id=link.graph_id or state.graph_id,
+        graph_change_key=link.graph_change_key or state.graph_change_key,
+        bc_etag=link.bc_etag or state.bc_etag,
+        bc_modified=link.bc_modified or state.bc_modified,
+    )
+
+
+def _ids_of(group: tuple[Action, ...]) -> tuple[str, str]:
+    bc_id = graph_id = ""
+    for action in group:
+        bc_id = bc_id or str(getattr(action, "bc_id", "") or "")
+        graph_id = graph_id or str(getattr(action, "graph_id", "") or "")
+        if isinstance(action, SaveLink):
+            bc_id, graph_id = bc_id or action.link.bc_id, graph_id or action.link.graph_id
+    return bc_id, graph_id
+
+
+def _audit_kind(action: Audit) -> str:
+    return AuditKind.CONFLICT if action.reason == "conflict" else AuditKind.DUPLICATE
+
+
+def _reason(error: ServiceError | None) -> str:
+    if error is None:
+        return "unknown failure"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,72 @@
+"""Builds what a sync needs from settings: the Graph and BC clients and the store.
+
+Credentials come from azure-identity's standard variables (EnvironmentCredential: a client
+secret or a certificate). Without them the clients accept only loopback URLs: the emulators.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from contactsync.clients.bc import BcClient
+from contactsync.clients.graph import GraphClient
+from contactsync.settings import Settings
+from contactsync.store import Store
+
+
+class ConfigError(RuntimeError):
+    """The settings cannot work; the message says which to set."""
+
+
+@dataclass
+class Services:
+    graph: GraphClient
+    bc: BcClient
+    store: Store
+
+
+def open_store(settings: Settings) -> Store:
+    return Store.open(settings.database_url)
+
+
+def azure_credential() -> Any | None:
+    if not os.environ.get("AZURE_CLIENT_ID"):
+        return None
+    from azure.identity.aio import EnvironmentCredential
+
+    return EnvironmentCredential()
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, store: Store | None = None) -> AsyncIterator[Services]:
+    missing = [name for name, value in (
+        ("CONTACTSYNC_GRAPH_BASE_URL", settings.graph_base_url),
+        ("CONTACTSYNC_BC_BASE_URL", settings.bc_base_url),
+        ("CONTACTSYNC_BC_COMPANY", settings.bc_company),
+    ) if not value]
+    if missing:
+        raise ConfigError(
+            f"no tenant configured: set {', '.join(missing)} "
+            "(or run `contactsync emulate` and use the URLs it prints)"
+        )
+    credential = azure_credential()
+    own_store = store is None
+    store = store or open_store(settings)
+    graph = GraphClient.create(settings.graph_base_url, credential, scopes=(settings.graph_scope,))
+    try:
+        bc = await BcClient.create(settings.bc_base_url, settings.bc_company, credential,
+                                   scope=settings.bc_scope)
+        try:
+            yield Services(graph, bc, store)
+        finally:
+            await bc.aclose()
+    finally:
+        await graph.close()
+        if credential is not None:
+            await credential.close()
+        if own_store:
+            store.close()

@@ -1,0 +1,370 @@
+"""The sync rules as a table: each row is a behaviour a user would notice (DESIGN.md 4-7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from contactsync.engine import mapping as m
+from contactsync.engine.actions import (
+    Action,
+    Audit,
+    CreateInBc,
+    CreateInOutlook,
+    DeleteFromOutlook,
+    DropLink,
+    NeedsRead,
+    Reason,
+    SaveLink,
+    Skip,
+    UpdateBc,
+    UpdateOutlook,
+)
+from contactsync.engine.links import Link, LinkOrigin, SyncMode
+from contactsync.engine.planner import (
+    UNREAD,
+    BcSnapshot,
+    OutlookSnapshot,
+    Plan,
+    plan_contact,
+    plan_user,
+)
+from schemas.setup import OutlookDeletePolicy, UserSetup
+
+USER = "anna@contoso.com"
+
+
+def bc(bc_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "@odata.etag": f'W/"{bc_id}-1"',
+        "id": bc_id,
+        "type": "Person",
+        "displayName": f"Person {bc_id.upper()}",
+        "email": f"{bc_id}@example.com",
+        "city": "Seattle",
+        "phoneNumber": "+1 555 0100",
+        "privacyBlocked": False,
+        "lastModifiedDateTime": "2026-05-01T10:00:00Z",
+        **fields,
+    }
+
+
+def synced(contact: dict[str, Any], graph_id: str, **fields: Any) -> dict[str, Any]:
+    """The Outlook contact as we would have written it from `contact`."""
+    body = m.graph_fields_from_canonical(m.canonical_from_bc(contact), contact["id"])
+    return {
+        "id": graph_id,
+        "changeKey": f"{graph_id}-ck1",
+        "@odata.etag": f'W/"{graph_id}-ck1"',
+        "createdDateTime": "2026-01-01T00:00:00Z",
+        "lastModifiedDateTime": "2026-05-01T10:00:00Z",
+        **body,
+        **fields,
+    }
+
+
+def own(graph_id: str, **fields: Any) -> dict[str, Any]:
+    """A contact the user made in Outlook (no BC tag)."""
+    return {
+        "id": graph_id,
+        "changeKey": f"{graph_id}-ck1",
+        "@odata.etag": f'W/"{graph_id}-ck1"',
+        "createdDateTime": "2026-02-01T00:00:00Z",
+        "lastModifiedDateTime": "2026-05-02T10:00:00Z",
+        "displayName": f"Own {graph_id}",
+        "emailAddresses": [{"address": f"{graph_id}@example.com"}],
+        **fields,
+    }
+
+
+def link(contact: dict[str, Any], outlook: dict[str, Any], **kw: Any) -> Link:
+    return Link(
+        user_id=USER,
+        bc_id=contact["id"],
+        graph_id=outlook["id"],
+        bc_etag=contact["@odata.etag"],
+        graph_change_key=outlook["changeKey"],
+        synced_hash=m.content_hash(m.canonical_from_bc(contact)),
+        origin=kw.pop("origin", LinkOrigin.BC),
+        **kw,
+    )
+
+
+def changed_bc(contact: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {**contact, "@odata.etag": f'W/"{contact["id"]}-2"', **fields}
+
+
+def changed_outlook(contact: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    key = contact["id"] + "-ck2"
+    return {**contact, "changeKey": key, "@odata.etag": f'W/"{key}"', **fields}
+
+
+def sig(action: Action) -> tuple[Any, ...]:
+    """A short, readable signature of an action for the table."""
+    if isinstance(action, CreateInOutlook):
+        return ("create_outlook", action.bc_id)
+    if isinstance(action, UpdateOutlook):
+        return ("update_outlook", action.graph_id)
+    if isinstance(action, DeleteFromOutlook):
+        return ("delete_outlook", action.graph_id, action.reason.value)
+    if isinstance(action, CreateInBc):
+        return ("create_bc", action.graph_id)
+    if isinstance(action, UpdateBc):
+        return ("update_bc", action.bc_id, tuple(sorted(action.changes)))
+    if isinstance(action, SaveLink):
+        return ("save_link", action.link.bc_id, action.link.graph_id)
+    if isinstance(action, DropLink):
+        return ("drop_link", action.bc_id, action.graph_id)
+    if isinstance(action, Audit):
+        return ("audit", action.reason.value)
+    if isinstance(action, Skip):
+        return ("skip", action.reason.value)
+    assert isinstance(action, NeedsRead)
+    return ("read", action.bc_id, action.graph_id)
+
+
+B1 = bc("b1")
+G1 = synced(B1, "g1")
+L1 = link(B1, G1)
+
+
+@dataclass
+class Row:
+    rule: str
+    bc: BcSnapshot | None
+    outlook: OutlookSnapshot | None
+    links: list[Link]
+    expected: list[tuple[Any, ...]]
+    setup: dict[str, Any] = field(default_factory=dict)
+    mode: SyncMode = SyncMode.FULL
+    since: datetime | None = None
+
+
+def full(*contacts: dict[str, Any]) -> BcSnapshot:
+    return BcSnapshot.full(contacts)
+
+
+def folder(*contacts: dict[str, Any]) -> OutlookSnapshot:
+    return OutlookSnapshot.full(contacts)
+
+
+ROWS = [
+    Row("new BC person is created in Outlook", full(B1), folder(), [],
+        [("create_outlook", "b1"), ("save_link", "b1", "")]),
+    Row("a company contact does not sync", full(bc("b1", type="Company")), folder(), [],
+        [("skip", "not_person")]),
+    Row("a contact without email does not sync", full(bc("b1", email="")), folder(), [],
+        [("skip", "no_email")]),
+    Row("a contact without name does not sync", full(bc("b1", displayName=" ")), folder(), [],
+        [("skip", "no_name")]),
+    Row("a privacy-blocked contact does not sync", full(bc("b1", privacyBlocked=True)),
+        folder(), [], [("skip", "privacy_blocked")]),
+    Row("a contact outside the user's filter does not sync", full(bc("b1", city="Paris")),
+        folder(), [], [("skip", "filtered_out")], setup={"contact_filter": {"city": "Seattle"}}),
+    Row("in sync: nothing to do", full(B1), folder(G1), [L1], []),
+    Row("BC edit is pushed, every mapped field", full(changed_bc(B1, city="Redmond")),
+        folder(G1), [L1], [("update_outlook", "g1"), ("save_link", "b1", "g1")]),
+    Row("Outlook edit updates BC, only what differs",
+        full(B1), folder(changed_outlook(G1, jobTitle="Buyer")), [L1],
+        [("update_bc", "b1", ("jobTitle",)), ("save_link", "b1", "g1")]),
+    Row("both edited: BC wins, the Outlook version goes to the audit",
+        full(changed_bc(B1, city="Redmond")), folder(changed_outlook(G1, jobTitle="Buyer")),
+        [L1], [("audit", "conflict"), ("update_outlook", "g1"), ("save_link", "b1", "g1")]),
+    Row("our own write echoing back (same version) costs nothing",
+        full(changed_bc(B1, city="Redmond")), folder(G1),
+        [link(changed_bc(B1, city="Redmond"), G1)], []),
+    Row("a new version with the same content costs nothing",
+        full(changed_bc(B1)), folder(changed_outlook(G1)), [L1], []),
+    Row("a duplicate found by email: linked, BC wins, Outlook's values audited",
+        full(B1), folder(own("g9", emailAddresses=[{"address": " B1@Example.com "}])), [],
+        [("audit", "duplicate_found"), ("update_outlook", "g9"), ("save_link", "b1", "g9")]),
+    Row("a new Outlook contact is created in BC", full(), folder(own("g9")), [],
+        [("create_bc", "g9"), ("save_link", "", "g9")]),
+    Row("creating in BC can be turned off", full(), folder(own("g9")), [],
+        [("skip", "create_in_bc_off")], setup={"create_in_bc": False}),
+    Row("an Outlook contact without email is not created in BC", full(),
+        folder(own("g9", emailAddresses=[])), [], [("skip", "outlook_no_email")]),
+    Row("an Outlook contact without name is not created in BC", full(),
+        folder(own("g9", displayName="")), [], [("skip", "outlook_no_name")]),
+    Row("BC contact deleted: removed from the folder", full(), folder(G1), [L1],
+        [("delete_outlook", "g1", "bc_deleted"), ("drop_link", "b1", "g1")]),
+    Row("BC contact privacy-blocked: removed from the folder",
+        full(changed_bc(B1, privacyBlocked=True)), folder(G1), [L1],
+        [("delete_outlook", "g1", "privacy_blocked"), ("drop_link", "b1", "g1")]),
+    Row("privacy-blocked: an Outlook edit never reaches BC",
+        full(bc("b1", privacyBlocked=True)), folder(changed_outlook(G1, jobTitle="X")), [L1],
+        [("audit", "privacy_blocked"), ("delete_outlook", "g1", "privacy_blocked"),
+         ("drop_link", "b1", "g1")]),
+    Row("privacy-blocked: an unlinked Outlook twin is left alone",
+        full(bc("b1", privacyBlocked=True)), folder(own("g9", emailAddresses=[
+            {"address": "b1@example.com"}])), [], [("skip", "privacy_blocked")]),
+    Row("BC contact leaves the filter: removed from the folder",
+        full(changed_bc(B1, city="Paris")), folder(G1), [L1],
+        [("delete_outlook", "g1", "filtered_out"), ("drop_link", "b1", "g1")],
+        setup={"contact_filter": {"city": "Seattle"}}),
+    Row("an Outlook contact we did not put there is never deleted for a BC reason",
+        full(bc("b1", city="Paris")), folder(own("g9", emailAddresses=[
+            {"address": "b1@example.com"}])), [], [("skip", "bc_match_not_synced")],
+        setup={"contact_filter": {"city": "Seattle"}}),
+    Row("deleted in Outlook: recreated from BC", full(B1), folder(), [L1],
+        [("drop_link", "b1", "g1"), ("create_outlook", "b1"), ("save_link", "b1", "")]),
+    Row("deleted in Outlook with policy unlink: only unlinked", full(B1), folder(), [L1],
+        [("drop_link", "b1", "g1")], setup={"outlook_delete_policy": "unlink"}),
+    Row("a delta's removed id counts as deleted in Outlook",
+        BcSnapshot.changes([B1]), OutlookSnapshot.delta([{"id": "g1", "@removed": {}}]), [L1],
+        [("drop_link", "b1", "g1"), ("create_outlook", "b1"), ("save_link", "b1", "")],
+        mode=SyncMode.SYNC),
+    Row("a lost link is found again by our BC-id tag", full(B1), folder(G1), [],
+        [("save_link", "b1", "g1")]),
+    Row("two Outlook contacts with one BC id: the linked one stays",
+        full(B1), folder(G1, synced(B1, "g2", createdDateTime="2025-01-01T00:00:00Z")), [L1],
+        [("delete_outlook", "g2", "duplicate_bc_id")]),
+    Row("two Outlook contacts with one BC id and no link: the oldest stays",
+        full(B1), folder(G1, synced(B1, "g0", createdDateTime="2025-01-01T00:00:00Z")), [],
+        [("save_link", "b1", "g0"), ("delete_outlook", "g1", "duplicate_bc_id")]),
+    Row("a tagged contact whose BC contact is gone is removed", full(), folder(G1), [],
+        [("delete_outlook", "g1", "bc_deleted")]),
+    Row("two Outlook contacts with one email and no BC: one is created, one skipped",
+        full(), folder(own("g1", emailAddresses=[{"address": "x@example.com"}]),
+                       own("g2", emailAddresses=[{"address": "X@example.com"}],
+                           createdDateTime="2026-03-01T00:00:00Z")), [],
+        [("create_bc", "g1"), ("save_link", "", "g1"), ("skip", "duplicate_email")]),
+    Row("a BC contact whose email the folder already syncs is not created twice",
+        full(B1, bc("b2", email="B1@example.com")), folder(G1), [L1],
+        [("skip", "email_in_use")]),
+    Row("Sync mode: a BC contact unchanged since the last sync is not created",
+        BcSnapshot.changes([B1]), None, [], [], mode=SyncMode.SYNC,
+        since=datetime(2026, 6, 1, tzinfo=UTC)),
+    Row("Full mode creates it whatever the dates", full(B1), folder(), [],
+        [("create_outlook", "b1"), ("save_link", "b1", "")],
+        since=datetime(2026, 6, 1, tzinfo=UTC)),
+    Row("Sync mode: a BC contact missing from a partial snapshot is unknown, not deleted",
+        BcSnapshot.changes([]), folder(G1), [L1], [], mode=SyncMode.SYNC),
+    Row("BC not read: nothing is deleted", None, folder(G1), [L1], []),
+    Row("Outlook not read: nothing is recreated", full(B1), None, [L1], []),
+    Row("BC changed, Outlook not read: read it first",
+        full(changed_bc(B1, city="Redmond")), None, [L1], [("read", "", "g1")]),
+    Row("Outlook changed, BC not read: read it first",
+        None, OutlookSnapshot.delta([changed_outlook(G1, jobTitle="X")]), [L1],
+        [("read", "b1", "")], mode=SyncMode.SYNC),
+    Row("a phone with letters from Outlook is skipped, the rest syncs",
+        full(B1), folder(changed_outlook(G1, businessPhones=["call me"], jobTitle="CFO")),
+        [L1], [("update_bc", "b1", ("jobTitle",)), ("save_link", "b1", "g1")]),
+]
+
+
+def run(row: Row) -> Plan:
+    setup = UserSetup(user_id=USER, mailbox=USER, **row.setup)
+    return plan_user(row.bc, row.outlook, row.links, setup, row.mode, since=row.since)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.rule for r in ROWS])
+def test_rule(row: Row) -> None:
+    plan = run(row)
+    assert plan.stopped_reason is None
+    assert sorted(map(sig, plan.actions)) == sorted(row.expected)
+
+
+def test_no_action_type_can_delete_a_bc_contact() -> None:
+    for row in ROWS:
+        for action in run(row).actions:
+            assert not (isinstance(action, DeleteFromOutlook) and action.graph_id.startswith("b"))
+    # the action vocabulary has no BC delete at all
+    import contactsync.engine.actions as actions
+
+    assert not [name for name in dir(actions) if "delete" in name.lower() and "bc" in name.lower()]
+
+
+def test_conflict_audit_carries_the_outlook_values_that_lost() -> None:
+    row = next(r for r in ROWS if r.rule.startswith("both edited"))
+    audit = next(a for a in run(row).actions if isinstance(a, Audit))
+    assert audit.outlook_values == {"job_title": "Buyer", "city": "Seattle"}
+    assert audit.bc_values == {"job_title": "", "city": "Redmond"}
+    update = next(a for a in run(row).actions if isinstance(a, UpdateOutlook))
+    assert update.fields["jobTitle"] is None  # the push overwrites, blanks included
+    assert update.if_match == 'W/"g1-ck2"'
+
+
+def test_update_bc_is_conditional_and_reports_skipped_fields() -> None:
+    row = next(r for r in ROWS if r.rule.startswith("a phone with letters"))
+    update = next(a for a in run(row).actions if isinstance(a, UpdateBc))
+    assert update.etag == B1["@odata.etag"]
+    assert [(i.field, i.reason) for i in update.issues] == [
+        ("phoneNumber", "must not contain letters")
+    ]
+
+
+def test_created_bc_contact_is_a_person_and_links_to_outlook() -> None:
+    row = next(r for r in ROWS if r.rule == "a new Outlook contact is created in BC")
+    create, save = run(row).actions
+    assert isinstance(create, CreateInBc) and isinstance(save, SaveLink)
+    assert create.fields["type"] == "Person"
+    assert save.link.origin is LinkOrigin.OUTLOOK and save.link.graph_change_key == "g9-ck1"
+
+
+def _many(count: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Link]]:
+    contacts = [bc(f"b{i}") for i in range(count)]
+    outlook = [synced(c, f"g{i}") for i, c in enumerate(contacts)]
+    return contacts, outlook, [link(c, o) for c, o in zip(contacts, outlook, strict=True)]
+
+
+def test_mass_delete_rail_stops_a_run_that_would_empty_the_folder() -> None:
+    _contacts, outlook, links = _many(30)
+    setup = UserSetup(user_id=USER, mailbox=USER)
+    plan = plan_user(BcSnapshot.full([]), OutlookSnapshot.full(outlook), links, setup,
+                     SyncMode.FULL)
+    assert plan.stopped_reason is not None and "30 of 30" in plan.stopped_reason
+    assert not [a for a in plan.actions if isinstance(a, DeleteFromOutlook)]
+    assert plan.summary.withheld == 30
+    forced = plan_user(BcSnapshot.full([]), OutlookSnapshot.full(outlook), links, setup,
+                       SyncMode.FULL, force=True)
+    assert forced.stopped_reason is None and forced.summary.deleted_from_outlook == 30
+
+
+def test_mass_delete_rail_stops_an_empty_outlook_listing_too() -> None:
+    contacts, _outlook, links = _many(30)
+    setup = UserSetup(user_id=USER, mailbox=USER)
+    plan = plan_user(BcSnapshot.full(contacts), OutlookSnapshot.full([]), links, setup,
+                     SyncMode.FULL)
+    assert plan.stopped_reason is not None
+    assert not plan.writes
+
+
+def test_small_deletes_pass_the_rail() -> None:
+    contacts, outlook, links = _many(30)
+    setup = UserSetup(user_id=USER, mailbox=USER)  # 3 of 30 is 10%, but under the floor of 20
+    plan = plan_user(BcSnapshot.full(contacts[3:]), OutlookSnapshot.full(outlook), links, setup,
+                     SyncMode.FULL)
+    assert plan.stopped_reason is None and plan.summary.deleted_from_outlook == 3
+
+
+def test_summary_counts() -> None:
+    b2, b3 = bc("b2"), bc("b3", type="Company")
+    plan = plan_user(
+        full(changed_bc(B1, city="X"), b2, b3),
+        folder(changed_outlook(G1, jobTitle="Y"), own("g9")),
+        [L1],
+        UserSetup(user_id=USER, mailbox=USER),
+        SyncMode.FULL,
+    )
+    s = plan.summary
+    assert (s.created_in_outlook, s.created_in_bc, s.updated_outlook, s.conflicts) == (1, 1, 1, 1)
+    assert s.created == 2 and s.updated == 1
+    assert s.skipped == {"not_person": 1}
+
+
+def test_plan_contact_single_pair_and_unread_sides() -> None:
+    setup = UserSetup(user_id=USER, mailbox=USER)
+    assert plan_contact(B1, G1, L1, setup, SyncMode.SYNC) == []
+    assert plan_contact(UNREAD, UNREAD, L1, setup, SyncMode.SYNC) == []
+    actions = plan_contact(changed_bc(B1, city="Z"), UNREAD, L1, setup, SyncMode.SYNC)
+    assert actions == [NeedsRead(graph_id="g1")]
+    delete_policy = UserSetup(user_id=USER, mailbox=USER,
+                              outlook_delete_policy=OutlookDeletePolicy.UNLINK)
+    assert [sig(a) for a in plan_contact(UNREAD, None, L1, delete_policy, SyncMode.SYNC)] == [
+        ("drop_link", "b1", "g1")
+    ]
+    assert Reason.CONFLICT.value == "conflict"
