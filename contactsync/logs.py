@@ -89,4 +89,6 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
 
 
 def get_logger(name: str = "contactsync", **context: Any) -> Any:
-    return structlog.get_logger(name).bind(**context)
+    """A lazy logger: it takes the configuration in force when it logs, not when it was made,
+    so a module-level logger created before `configure_logging` still redacts."""
+    return structlog.get_logger(name, **context)

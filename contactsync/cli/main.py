@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import typer
 
-from contactsync.cli import emulate_cmd, kafka_cmds, sandbox_cmd, schema_cmds
+from contactsync.cli import (
+    dlq_cmds,
+    emulate_cmd,
+    kafka_cmds,
+    sandbox_cmd,
+    schema_cmds,
+    sync_cmd,
+    users_cmds,
+    webhook_cmd,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(kafka_cmds.kafka_app, name="kafka")
 app.add_typer(kafka_cmds.topics_app, name="topics")
 app.add_typer(schema_cmds.schemas_app, name="schemas")
+app.add_typer(users_cmds.users_app, name="users")
 app.command()(sandbox_cmd.sandbox)
 app.command()(emulate_cmd.emulate)
+app.add_typer(dlq_cmds.dlq_app, name="dlq")
+app.command()(webhook_cmd.webhook)
+app.command()(sync_cmd.sync)

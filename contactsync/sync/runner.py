@@ -31,7 +31,6 @@ from contactsync.store.records import AuditKind, AuditRecord
 from contactsync.sync.executor import ExecutionReport, Executor
 from schemas.setup import UserSetup
 
-
 SINCE_SLACK = timedelta(seconds=2)
 
 

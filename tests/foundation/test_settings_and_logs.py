@@ -62,3 +62,13 @@ def test_logs_redact_secrets_tokens_and_emails():
     assert record["contact"]["email"] == "b***@fabrikam.com"
     assert record["contact"]["displayName"] == "Bob"
     assert record["event"] == "token refreshed"
+
+
+def test_a_logger_made_before_configuration_still_redacts():
+    early = get_logger("early", component="test")
+    out = io.StringIO()
+    configure_logging("INFO", "json", stream=out)
+    early.info("sent", client_state="very-secret-value", to="carol@example.com")
+    line = out.getvalue()
+    assert "very-secret-value" not in line and "carol@" not in line
+    assert json.loads(line)["component"] == "test"

@@ -1,0 +1,35 @@
+"""`contactsync webhook`: the notification endpoint in the foreground (uvicorn).
+
+Subscriptions (and their clientState secrets) come from the state store (settings.database_url);
+Kafka from the settings. Graph requires HTTPS: run it behind a TLS-terminating proxy.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from contactsync.cli.common import settings_and_logging, user_errors
+
+
+def webhook(
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on")] = "127.0.0.1",
+) -> None:
+    """Receive Graph and Business Central notifications and publish them to Kafka."""
+    settings = settings_and_logging()
+    # Imported here: the web stack is not loaded for every other command.
+    import uvicorn
+
+    from contactsync.store import Store
+    from producers.webhook import StoreRegistry, create_webhook_app
+
+    with user_errors():
+        store = Store.open(settings.database_url)
+        try:
+            app = create_webhook_app(settings, StoreRegistry(store))
+            uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning",
+                        timeout_graceful_shutdown=5)
+        finally:
+            store.close()

@@ -1,0 +1,322 @@
+"""The at-least-once consumer loop the router and the applier share (DESIGN.md 9).
+
+    poll a batch -> decode envelopes -> group (by record, by key, ...) -> handler(group)
+      -> commit, per partition, up to the first record not finished
+
+- A record that does not decode (`MessageError`) goes straight to the dead-letter topic: the
+  error is deterministic, retrying cannot help.
+- A group whose handler raises `RetryableError` is retried with jittered exponential backoff
+  (honouring `Throttled.retry_after`) for at most `RetryPolicy.timeout` seconds, then every
+  record of the group is dead-lettered: the service is down for all of them alike.
+- Any other exception is deterministic: a group of one record is dead-lettered at once; a larger
+  group is split and each record runs alone, so one bad record does not fail its neighbours.
+- A dead letter counts as finished only once the broker acked it (acks=all, idempotent).
+- Offsets are committed after each batch and in `on_partitions_revoked`, only past finished
+  records (contiguous per partition). Stopping (the `threading.Event`) mid-batch leaves the rest
+  uncommitted: it is delivered again, which the handlers must tolerate (idempotent effects).
+
+Keep `max_poll_records` x (handler time + retry budget) under the consumer's
+max_poll_interval_ms (300 s by default), or the group evicts the worker mid-batch.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from contactsync.clients.errors import RetryableError, Throttled
+from contactsync.kafka.deadletter import DeadLetterSink
+from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
+from contactsync.kafka.topics import DEADLETTER, topic_name
+from contactsync.logs import get_logger
+from contactsync.settings import Settings
+from schemas.envelope import Envelope, MessageError, decode
+
+
+def _log() -> Any:
+    # Resolved per call: a logger bound at import would miss configure_logging (and redaction).
+    return get_logger("contactsync.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkRecord:
+    """One decoded record, with where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    envelope: Envelope[Any]
+    record: Any = field(repr=False, compare=False)  # the ConsumerRecord, for dead-lettering
+
+    @property
+    def payload(self) -> Any:
+        return self.envelope.payload
+
+
+Handler = Callable[[Sequence[WorkRecord]], None]
+GroupBy = Callable[[WorkRecord], Hashable]
+
+
+def by_record(record: WorkRecord) -> Hashable:
+    return (record.topic, record.partition, record.offset)
+
+
+def by_key(record: WorkRecord) -> Hashable:
+    """Records of one key together, in offset order (a keyless record stands alone)."""
+    if record.key is None:
+        return by_record(record)
+    return (record.topic, record.partition, "key", record.key)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    initial_delay: float = 0.3
+    max_delay: float = 10.0
+    timeout: float = 60.0  # total retry budget of one group
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Doubling from `initial_delay`, jittered; past `max_delay` a random delay below it."""
+        base = self.initial_delay * (2 ** (attempt - 1))
+        if base >= self.max_delay:
+            return rng.uniform(0, self.max_delay)
+        return rng.uniform(base / 2, base)
+
+
+class OffsetTracker:
+    """Per partition: which polled offsets are not finished yet, and what may be committed."""
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, set[int]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    def track(self, tp: TopicPartition, offset: int) -> None:
+        self._pending.setdefault(tp, set()).add(offset)
+        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        self._pending.get(tp, set()).discard(offset)
+
+    def committable(self, only: set[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        out = {}
+        for tp, next_offset in self._next.items():
+            if only is not None and tp not in only:
+                continue
+            pending = self._pending.get(tp)
+            position = min(pending) if pending else next_offset
+            if position > self._committed.get(tp, -1):
+                out[tp] = position
+        return out
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        self._committed.update(offsets)
+
+    def forget(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            self._pending.pop(tp, None)
+            self._next.pop(tp, None)
+            self._committed.pop(tp, None)
+
+
+@dataclass
+class _Outcome:
+    error: Exception | None
+    attempts: int
+    retryable: bool = False
+    stopped: bool = False
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._worker.commit(set(revoked))
+        self._worker.tracker.forget(set(revoked))
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self._worker.tracker.forget(set(lost))  # evicted: a commit would fail anyway
+
+
+class Worker:
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        topics: Sequence[str],
+        handler: Handler,
+        dead_letters: DeadLetterSink,
+        *,
+        group_by: GroupBy = by_record,
+        retry: RetryPolicy | None = None,
+        poll_timeout_ms: int = 500,
+        owned_producer: KafkaProducer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.topics = list(topics)
+        self.handler = handler
+        self.dead_letters = dead_letters
+        self.group_by = group_by
+        self.retry = retry or RetryPolicy()
+        self.poll_timeout_ms = poll_timeout_ms
+        self.tracker = OffsetTracker()
+        self._owned_producer = owned_producer
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._subscribed = False
+
+    # --- the loop ---
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll and process until `stop` is set; commits finished work on the way out."""
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                self.run_once()
+        finally:
+            self.commit()
+
+    def run_once(self) -> int:
+        """One poll, process, commit cycle; returns how many records were polled."""
+        if not self._subscribed:
+            self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
+            self._subscribed = True
+        polled: dict[TopicPartition, list[Any]] = self.consumer.poll(
+            timeout_ms=self.poll_timeout_ms
+        )
+        records = [r for tp in sorted(polled) for r in polled[tp]]
+        for r in records:
+            self.tracker.track(TopicPartition(r.topic, r.partition), r.offset)
+        groups: dict[Hashable, list[WorkRecord]] = {}
+        for r in records:
+            try:
+                envelope = decode(r.value)
+            except MessageError as exc:
+                self._dead_letter([r], str(exc), type(exc).__name__, attempts=1)
+                continue
+            key = r.key.decode("utf-8", "replace") if r.key is not None else None
+            work = WorkRecord(r.topic, r.partition, r.offset, key, envelope, r)
+            groups.setdefault(self.group_by(work), []).append(work)
+        for group in groups.values():
+            if self._stop.is_set():
+                break  # the rest stays uncommitted and is delivered again
+            self._run_group(group)
+        self.commit()
+        return len(records)
+
+    def _run_group(self, group: list[WorkRecord]) -> None:
+        outcome = self._attempt(group)
+        if outcome.stopped:
+            return
+        if outcome.error is None:
+            for work in group:
+                self._finished(work.record)
+            return
+        if not outcome.retryable and len(group) > 1:
+            for work in group:  # isolate the bad record(s)
+                if self._stop.is_set():
+                    return
+                self._run_group([work])
+            return
+        reason = str(outcome.error) or type(outcome.error).__name__
+        if outcome.retryable:
+            reason = f"gave up after {outcome.attempts} attempts: {reason}"
+        self._dead_letter([w.record for w in group], reason, type(outcome.error).__name__,
+                          outcome.attempts)
+
+    def _attempt(self, group: list[WorkRecord]) -> _Outcome:
+        deadline = time.monotonic() + self.retry.timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.handler(group)
+                return _Outcome(None, attempt)
+            except RetryableError as exc:
+                delay = self.retry.delay(attempt, self._rng)
+                if isinstance(exc, Throttled):
+                    delay = max(delay, exc.retry_after)
+                if time.monotonic() + delay > deadline:
+                    return _Outcome(exc, attempt, retryable=True)
+                _log().info("retryable failure; backing off", attempt=attempt,
+                            delay=round(delay, 3), error=str(exc), topic=group[0].topic,
+                            partition=group[0].partition, offset=group[0].offset)
+                if self._stop.wait(delay):
+                    return _Outcome(exc, attempt, retryable=True, stopped=True)
+            except Exception as exc:
+                return _Outcome(exc, attempt)
+
+    def _dead_letter(self, records: list[Any], reason: str, error_type: str,
+                     attempts: int) -> None:
+        for record in records:
+            delay = 0.5
+            while True:
+                try:
+                    self.dead_letters.send(record, reason=reason, error_type=error_type,
+                                           attempts=attempts)
+                    break
+                except Exception as exc:
+                    # Never commit past a record whose dead letter is not on the broker.
+                    _log().warning("could not write the dead letter; retrying", error=str(exc),
+                                   topic=record.topic, partition=record.partition,
+                                   offset=record.offset)
+                    if self._stop.wait(delay):
+                        return
+                    delay = min(delay * 2, 10.0)
+            _log().warning("dead-lettered", reason=reason, error_type=error_type,
+                           attempts=attempts, topic=record.topic, partition=record.partition,
+                           offset=record.offset)
+            self._finished(record)
+
+    def _finished(self, record: Any) -> None:
+        self.tracker.done(TopicPartition(record.topic, record.partition), record.offset)
+
+    # --- commits ---
+
+    def commit(self, only: set[TopicPartition] | None = None) -> None:
+        offsets = self.tracker.committable(only)
+        if not offsets:
+            return
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except Exception as exc:  # rebalanced away: the records are delivered again elsewhere
+            _log().warning("offset commit failed", error=str(exc))
+            return
+        self.tracker.committed(offsets)
+
+    def close(self) -> None:
+        """Close the consumer without committing anything more (and our own producer)."""
+        self.consumer.close(autocommit=False)
+        if self._owned_producer is not None:
+            self._owned_producer.close(timeout=10)
+
+
+def build_worker(
+    settings: Settings,
+    group_id: str,
+    topic_bases: Sequence[str],
+    handler: Handler,
+    *,
+    group_by: GroupBy = by_record,
+    retry: RetryPolicy | None = None,
+    **consumer_overrides: Any,
+) -> Worker:
+    """A worker on the settings' broker: consumer in `group_id`, dead letters to `deadletter`."""
+    bootstrap = resolve_bootstrap(settings)
+    consumer = make_consumer(bootstrap, group_id, **consumer_overrides)
+    producer = make_producer(bootstrap, client_id=f"contactsync-{group_id}-dlq")
+    sink = DeadLetterSink(producer, topic_name(settings, DEADLETTER))
+    topics = [topic_name(settings, base) for base in topic_bases]
+    return Worker(consumer, topics, handler, sink, group_by=group_by, retry=retry,
+                  owned_producer=producer)

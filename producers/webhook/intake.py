@@ -1,0 +1,131 @@
+"""Which items of a body are accepted, and the messages they become.
+
+An item is accepted only when its subscription is ours, for the service of the route, and it
+carries that subscription's clientState (compared in constant time). Everything else is refused
+with a reason (a metric label; never the value). Accepted items become envelopes:
+
+    Graph change     -> graph.notifications, key subscription id, GraphNotification
+    Graph lifecycle  -> graph.notifications, key subscription id, GraphLifecycle
+    BC               -> bc.notifications,    key company id,      BcNotification
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from producers.webhook.parsing import BcItem, GraphChangeItem, GraphLifecycleItem
+from producers.webhook.publisher import OutgoingMessage
+from producers.webhook.registry import CachedRegistry, Service, SubscriptionInfo
+from schemas.envelope import encode, wrap
+from schemas.messages import BcNotification, GraphLifecycle, GraphNotification
+
+UNKNOWN_SUBSCRIPTION = "unknown_subscription"
+WRONG_SERVICE = "wrong_service"
+CLIENT_STATE_MISMATCH = "client_state_mismatch"
+
+
+def refusal_reason(
+    info: SubscriptionInfo | None, service: Service, presented: str | None
+) -> str | None:
+    """None when the item may be published, else why not."""
+    if info is None:
+        return UNKNOWN_SUBSCRIPTION
+    if info.service != service:
+        return WRONG_SERVICE
+    # A subscription stored without a secret cannot authenticate anything: refuse.
+    if not info.client_state or presented is None:
+        return CLIENT_STATE_MISMATCH
+    if not hmac.compare_digest(info.client_state.encode(), presented.encode()):
+        return CLIENT_STATE_MISMATCH
+    return None
+
+
+@dataclass
+class Intake:
+    messages: list[OutgoingMessage] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)
+    # Subscription ids refused, for the log line (ids are not secrets).
+    refused_ids: set[str] = field(default_factory=set)
+
+    def refuse(self, reason: str, subscription_id: str) -> None:
+        self.refused[reason] += 1
+        self.refused_ids.add(subscription_id)
+
+
+async def _lookup_all(
+    registry: CachedRegistry, ids: Iterable[str]
+) -> dict[str, SubscriptionInfo | None]:
+    return {sid: await registry.lookup(sid) for sid in dict.fromkeys(ids)}
+
+
+async def graph_intake(
+    items: Sequence[GraphChangeItem | GraphLifecycleItem],
+    registry: CachedRegistry,
+    topic: str,
+    received_at: datetime,
+    trace_id: str,
+) -> Intake:
+    known = await _lookup_all(registry, (item.subscription_id for item in items))
+    intake = Intake()
+    for item in items:
+        info = known[item.subscription_id]
+        reason = refusal_reason(info, "graph", item.client_state)
+        if reason is not None or info is None:
+            intake.refuse(reason or UNKNOWN_SUBSCRIPTION, item.subscription_id)
+            continue
+        payload: GraphNotification | GraphLifecycle
+        if isinstance(item, GraphLifecycleItem):
+            payload = GraphLifecycle(
+                subscription_id=item.subscription_id,
+                user_id=info.owner_id,
+                event=item.lifecycle_event,
+                received_at=received_at,
+            )
+        else:
+            data = item.resource_data
+            payload = GraphNotification(
+                subscription_id=item.subscription_id,
+                user_id=info.owner_id,
+                change_type=item.change_type,
+                resource=item.resource,
+                contact_id=data.id if data else "",
+                etag=data.etag if data else "",
+                received_at=received_at,
+            )
+        value = encode(wrap(payload, trace_id=trace_id))
+        intake.messages.append(OutgoingMessage(topic, item.subscription_id.encode(), value))
+    return intake
+
+
+async def bc_intake(
+    items: Sequence[BcItem],
+    registry: CachedRegistry,
+    topic: str,
+    received_at: datetime,
+    trace_id: str,
+) -> Intake:
+    known = await _lookup_all(registry, (item.subscription_id for item in items))
+    intake = Intake()
+    for item in items:
+        info = known[item.subscription_id]
+        reason = refusal_reason(info, "bc", item.client_state)
+        if reason is not None or info is None:
+            intake.refuse(reason or UNKNOWN_SUBSCRIPTION, item.subscription_id)
+            continue
+        payload = BcNotification(
+            subscription_id=item.subscription_id,
+            company_id=info.owner_id,
+            change_type=item.change_type,
+            resource=item.resource,
+            last_modified=item.last_modified,
+            received_at=received_at,
+        )
+        value = encode(wrap(payload, trace_id=trace_id))
+        # Keyed by company: one company's hints stay in order (schemas/messages.py table).
+        key = (info.owner_id or item.subscription_id).encode()
+        intake.messages.append(OutgoingMessage(topic, key, value))
+    return intake
