@@ -1,9 +1,12 @@
-"""What the planner decides: small frozen records the executor carries out, in order.
+"""What the planner decides: small frozen records the executor carries out, in order, and the
+`Plan` that holds them with its summary.
 
 A plan is a list of groups, one per contact pair. The executor runs a group's actions in order
-and finishes it with the group's `SaveLink`/`DropLink`. In a `SaveLink`, an empty `bc_id` or
-`graph_id` is the id that this group's create returned, and an empty `bc_etag` /
-`graph_change_key` is the version this group's write returned (the executor fills them in).
+and finishes it with the group's `SaveLink`/`DropLink`; a failed write ends its group (the next
+run plans that pair again). In a `SaveLink`, an empty `bc_id` or `graph_id` is the id that this
+group's create returned, and an empty `bc_etag` / `graph_change_key` is the version this group's
+write returned (the executor fills them in). A `SaveLink` replaces any link of the user with
+the same BC id or the same Graph id. `Audit` and `Skip` are records for the log, not writes.
 
 Creates are never blind (DESIGN.md 10): before `CreateInOutlook` the executor looks the folder
 up by our BC-id property and then by email; before `CreateInBc` it looks BC up by email. If
@@ -12,12 +15,13 @@ something is found, it creates nothing and plans that pair again with what it fo
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from contactsync.engine.links import Link
+from contactsync.engine.links import Link, SyncMode
 from contactsync.engine.mapping import FieldIssue
 
 
@@ -144,3 +148,83 @@ WRITE_ACTIONS = (CreateInOutlook, UpdateOutlook, DeleteFromOutlook, CreateInBc, 
 def is_write(action: Action) -> bool:
     """A write to Graph or BC (link and audit records are ours, not the services')."""
     return isinstance(action, WRITE_ACTIONS)
+
+
+@dataclass
+class PlanSummary:
+    created_in_outlook: int = 0
+    created_in_bc: int = 0
+    updated_outlook: int = 0
+    updated_bc: int = 0
+    deleted_from_outlook: int = 0
+    linked: int = 0  # pairs linked that existed on both sides
+    unlinked: int = 0  # links dropped without a replacement
+    conflicts: int = 0  # Outlook versions that lost to BC (audited)
+    needs_read: int = 0
+    withheld: int = 0  # groups held back by the mass-delete rail
+    skipped: dict[str, int] = field(default_factory=dict)  # by reason
+
+    @property
+    def created(self) -> int:
+        return self.created_in_outlook + self.created_in_bc
+
+    @property
+    def updated(self) -> int:
+        return self.updated_outlook + self.updated_bc
+
+
+@dataclass
+class Plan:
+    """Groups of actions, one group per contact pair, each run in order (see actions.py)."""
+
+    user_id: str
+    mode: SyncMode
+    groups: list[tuple[Action, ...]]
+    summary: PlanSummary
+    stopped_reason: str | None = None
+    needs_bc: frozenset[str] = frozenset()  # read these BC contacts, then plan again
+    needs_outlook: frozenset[str] = frozenset()
+
+    @property
+    def actions(self) -> list[Action]:
+        return [action for group in self.groups for action in group]
+
+    @property
+    def writes(self) -> list[Action]:
+        return [action for action in self.actions if is_write(action)]
+
+
+def summarize(groups: list[tuple[Action, ...]], existing: set[tuple[str, str]]) -> PlanSummary:
+    summary = PlanSummary()
+    skipped: Counter[str] = Counter()
+    for group in groups:
+        saves = False
+        drops = 0
+        for action in group:
+            if isinstance(action, CreateInOutlook):
+                summary.created_in_outlook += 1
+            elif isinstance(action, CreateInBc):
+                summary.created_in_bc += 1
+            elif isinstance(action, UpdateOutlook):
+                summary.updated_outlook += 1
+            elif isinstance(action, UpdateBc):
+                summary.updated_bc += 1
+            elif isinstance(action, DeleteFromOutlook):
+                summary.deleted_from_outlook += 1
+            elif isinstance(action, Audit):
+                summary.conflicts += 1
+            elif isinstance(action, Skip):
+                skipped[action.reason.value] += 1
+            elif isinstance(action, NeedsRead):
+                summary.needs_read += 1
+            elif isinstance(action, DropLink):
+                drops += 1
+            elif isinstance(action, SaveLink):
+                saves = True
+                key = (action.link.bc_id, action.link.graph_id)
+                if all(key) and key not in existing:
+                    summary.linked += 1
+        if drops and not saves:
+            summary.unlinked += drops
+    summary.skipped = dict(skipped)
+    return summary

@@ -363,20 +363,26 @@ def bc_fields_from_canonical(
     return fields, issues
 
 
-def _normalized(contact: Canonical, field: str) -> str:
-    value = " ".join(cast(Mapping[str, str], contact)[field].split())
-    return value.lower() if field == "email" else value
+_EMAIL_INDEX: Final = HASHED_FIELDS.index("email")
+
+
+def _normalized(contact: Canonical) -> list[str]:
+    """Hashed fields with whitespace collapsed and the email case-folded."""
+    data = cast(Mapping[str, str], contact)
+    values = [" ".join(data[f].split()) for f in HASHED_FIELDS]
+    values[_EMAIL_INDEX] = values[_EMAIL_INDEX].lower()
+    return values
 
 
 def content_hash(contact: Canonical) -> str:
     """Stable hash of the synced content (whitespace collapsed, email case-folded)."""
-    joined = "\x1f".join(_normalized(contact, f) for f in HASHED_FIELDS)
-    return hashlib.sha256(joined.encode()).hexdigest()[:32]
+    return hashlib.sha256("\x1f".join(_normalized(contact)).encode()).hexdigest()[:32]
 
 
 def differing_fields(left: Canonical, right: Canonical) -> list[str]:
     """Hashed fields whose normalized values differ."""
-    return [f for f in HASHED_FIELDS if _normalized(left, f) != _normalized(right, f)]
+    pairs = zip(HASHED_FIELDS, _normalized(left), _normalized(right), strict=True)
+    return [f for f, a, b in pairs if a != b]
 
 
 def values_of(contact: Canonical, fields: Iterable[str]) -> dict[str, str]:

@@ -94,7 +94,7 @@ def outlook_changed(outlook: Mapping[str, Any], link: Link, content_hash: str) -
     return content_hash != link.synced_hash
 
 
-class _Pair:
+class _Context:
     """The per-call context: setup, mode, compiled filter, watermark."""
 
     def __init__(
@@ -137,7 +137,7 @@ def _bc_versions(bc: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _create_in_outlook(ctx: _Pair, bc: Mapping[str, Any]) -> list[Action]:
+def _create_in_outlook(ctx: _Context, bc: Mapping[str, Any]) -> list[Action]:
     bc_id = m.as_text(bc.get("id"))
     contact = m.canonical_from_bc(bc)
     fields = m.graph_fields_from_canonical(contact, bc_id)
@@ -153,7 +153,7 @@ def _create_in_outlook(ctx: _Pair, bc: Mapping[str, Any]) -> list[Action]:
     ]
 
 
-def _create_in_bc(ctx: _Pair, outlook: Mapping[str, Any]) -> list[Action]:
+def _create_in_bc(ctx: _Context, outlook: Mapping[str, Any]) -> list[Action]:
     graph_id = m.as_text(outlook.get("id"))
     contact = m.canonical_from_graph(outlook)
     reason = outlook_skip_reason(contact)
@@ -182,7 +182,7 @@ def _create_in_bc(ctx: _Pair, outlook: Mapping[str, Any]) -> list[Action]:
 
 
 def _push(
-    ctx: _Pair,
+    ctx: _Context,
     bc: Mapping[str, Any],
     outlook: Mapping[str, Any],
     reason: Reason,
@@ -213,7 +213,7 @@ def _push(
 
 
 def _pull(
-    ctx: _Pair, bc: Mapping[str, Any], outlook: Mapping[str, Any], link: Link
+    ctx: _Context, bc: Mapping[str, Any], outlook: Mapping[str, Any], link: Link
 ) -> list[Action]:
     """Only Outlook changed: write the fields that differ into BC, field by field."""
     bc_id, graph_id = link.bc_id, link.graph_id
@@ -248,7 +248,7 @@ def _pull(
     return actions
 
 
-def _plan_unlinked(ctx: _Pair, bc: Side, outlook: Side) -> list[Action]:
+def _plan_unlinked(ctx: _Context, bc: Side, outlook: Side) -> list[Action]:
     if isinstance(bc, Mapping):
         bc_id = m.as_text(bc.get("id"))
         reason = bc_skip_reason(bc, ctx.filter)
@@ -278,7 +278,7 @@ def _plan_unlinked(ctx: _Pair, bc: Side, outlook: Side) -> list[Action]:
 
 
 def _remove(
-    ctx: _Pair, link: Link, reason: Reason, bc: Mapping[str, Any] | None, outlook: Side
+    ctx: _Context, link: Link, reason: Reason, bc: Mapping[str, Any] | None, outlook: Side
 ) -> list[Action]:
     """The BC contact left the sync (deleted, privacy-blocked, filtered...): take it out."""
     if outlook is None:
@@ -296,7 +296,7 @@ def _remove(
     return actions
 
 
-def _plan_linked(ctx: _Pair, bc: Side, outlook: Side, link: Link) -> list[Action]:
+def _plan_linked(ctx: _Context, bc: Side, outlook: Side, link: Link) -> list[Action]:
     recreate = ctx.setup.outlook_delete_policy is OutlookDeletePolicy.RECREATE
     if bc is None:
         return _remove(ctx, link, Reason.BC_DELETED, None, outlook)
@@ -345,7 +345,7 @@ def plan_contact(
     flt = (
         contact_filter if contact_filter is not None else ContactFilter.parse(setup.contact_filter)
     )
-    ctx = _Pair(setup, mode, flt, since)
+    ctx = _Context(setup, mode, flt, since)
     if link is None:
         return _plan_unlinked(ctx, bc, outlook)
     return _plan_linked(ctx, bc, outlook, link)

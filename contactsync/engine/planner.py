@@ -38,6 +38,7 @@ Case table (link = we created or linked the pair):
   no   | unread             | exists, our tag     | NeedsRead(bc)
   no   | none/unread        | exists, no tag      | CreateInBc + SaveLink if it has a name and a
        |                    |                     |   valid email and setup.create_in_bc, else Skip
+       |                    |                     |   (outside the user's filter: no SaveLink)
   yes  | none               | exists/unread       | [Audit if Outlook changed] DeleteFromOutlook
        |                    |                     |   + DropLink
   yes  | not eligible       | exists/unread       | same, reason = why (privacy, filter, type...)
@@ -50,7 +51,10 @@ Case table (link = we created or linked the pair):
   yes  | unchanged          | unchanged           | nothing
   yes  | changed            | unchanged           | UpdateOutlook (every mapped field) + SaveLink
   yes  | unchanged          | changed             | UpdateBc (fields that differ; rejected fields
-       |                    |                     |   reported) + SaveLink
+       |                    |                     |   reported) + SaveLink; if the edit takes it
+       |                    |                     |   out of the filter: + DeleteFromOutlook
+  yes  | eligible           | tagged with another | UpdateOutlook (the link wins, retag) + SaveLink
+       |                    |   BC id             |
   yes  | changed            | changed             | BC wins: UpdateOutlook + Audit(conflict) +
        |                    |                     |   SaveLink
   Nothing ever deletes a BC contact; an equal content on both sides costs no write.
@@ -58,27 +62,24 @@ Case table (link = we created or linked the pair):
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from contactsync.engine import mapping as m
 from contactsync.engine.actions import (
     Action,
-    Audit,
-    CreateInBc,
     CreateInOutlook,
     DeleteFromOutlook,
     DropLink,
     NeedsRead,
+    Plan,
+    PlanSummary,
     Reason,
-    SaveLink,
     Skip,
-    UpdateBc,
     UpdateOutlook,
-    is_write,
+    summarize,
 )
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.links import Link, SyncMode
@@ -149,50 +150,6 @@ class OutlookSnapshot:
             else:
                 changed.append(item)
         return cls(tuple(changed), complete=initial_round, removed_ids=frozenset(removed))
-
-
-@dataclass
-class PlanSummary:
-    created_in_outlook: int = 0
-    created_in_bc: int = 0
-    updated_outlook: int = 0
-    updated_bc: int = 0
-    deleted_from_outlook: int = 0
-    linked: int = 0  # pairs linked that existed on both sides
-    unlinked: int = 0  # links dropped without a replacement
-    conflicts: int = 0  # Outlook versions that lost to BC (audited)
-    needs_read: int = 0
-    withheld: int = 0  # groups held back by the mass-delete rail
-    skipped: dict[str, int] = field(default_factory=dict)  # by reason
-
-    @property
-    def created(self) -> int:
-        return self.created_in_outlook + self.created_in_bc
-
-    @property
-    def updated(self) -> int:
-        return self.updated_outlook + self.updated_bc
-
-
-@dataclass
-class Plan:
-    """Groups of actions, one group per contact pair, each run in order (see actions.py)."""
-
-    user_id: str
-    mode: SyncMode
-    groups: list[tuple[Action, ...]]
-    summary: PlanSummary
-    stopped_reason: str | None = None
-    needs_bc: frozenset[str] = frozenset()  # read these BC contacts, then plan again
-    needs_outlook: frozenset[str] = frozenset()
-
-    @property
-    def actions(self) -> list[Action]:
-        return [action for group in self.groups for action in group]
-
-    @property
-    def writes(self) -> list[Action]:
-        return [action for action in self.actions if is_write(action)]
 
 
 def _oldest_first(contact: Contact) -> tuple[bool, float, str]:
@@ -373,7 +330,7 @@ def _finish(
         else:
             stopped_reason = None
     existing = {(link.bc_id, link.graph_id) for link in links}
-    summary = _summarize(groups, existing)
+    summary = summarize(groups, existing)
     summary.withheld = withheld
     needs_bc = {a.bc_id for g in groups for a in g if isinstance(a, NeedsRead) and a.bc_id}
     needs_outlook = {
@@ -388,39 +345,3 @@ def _finish(
         needs_bc=frozenset(needs_bc),
         needs_outlook=frozenset(needs_outlook),
     )
-
-
-def _summarize(groups: list[tuple[Action, ...]], existing: set[tuple[str, str]]) -> PlanSummary:
-    summary = PlanSummary()
-    skipped: Counter[str] = Counter()
-    for group in groups:
-        saves = False
-        drops = 0
-        for action in group:
-            if isinstance(action, CreateInOutlook):
-                summary.created_in_outlook += 1
-            elif isinstance(action, CreateInBc):
-                summary.created_in_bc += 1
-            elif isinstance(action, UpdateOutlook):
-                summary.updated_outlook += 1
-            elif isinstance(action, UpdateBc):
-                summary.updated_bc += 1
-            elif isinstance(action, DeleteFromOutlook):
-                summary.deleted_from_outlook += 1
-            elif isinstance(action, Audit):
-                summary.conflicts += 1
-            elif isinstance(action, Skip):
-                skipped[action.reason.value] += 1
-            elif isinstance(action, NeedsRead):
-                summary.needs_read += 1
-            elif isinstance(action, DropLink):
-                drops += 1
-            elif isinstance(action, SaveLink):
-                saves = True
-                key = (action.link.bc_id, action.link.graph_id)
-                if all(key) and key not in existing:
-                    summary.linked += 1
-        if drops and not saves:
-            summary.unlinked += drops
-    summary.skipped = dict(skipped)
-    return summary
