@@ -22,7 +22,7 @@ from typing import Any
 from contactsync.clients.bc import BcClient, odata_literal
 from contactsync.clients.errors import NotFound, SyncStateExpired
 from contactsync.clients.graph import GraphClient
-from contactsync.engine.actions import Action, CreateInBc, is_write
+from contactsync.engine.actions import Action, CreateInBc
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, PlanSummary, plan_user
@@ -215,7 +215,3 @@ async def sync_user(
         store.state.mark_synced(user, started_at, full=full)
     report.duration_s = time.perf_counter() - started_clock
     return report
-
-
-def count_writes(actions: list[Action]) -> int:
-    return sum(1 for a in actions if is_write(a))
