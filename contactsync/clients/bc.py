@@ -29,7 +29,6 @@ once more after a 401. They are never logged; neither are request bodies.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import inspect
 import ipaddress
 import json
@@ -53,6 +52,7 @@ from contactsync.clients.errors import (
     ServiceUnavailable,
     Throttled,
     Unauthorized,
+    error_for_status,
 )
 from contactsync.clients.resilience import (
     BC_LIMITS,
@@ -79,20 +79,6 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------------
 
 
-def _retry_after_seconds(value: str | None, default: float = 1.0) -> float:
-    if not value:
-        return default
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return default
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def error_from_response(
     status: int, body: bytes | str, headers: httpx.Headers | dict[str, str]
 ) -> ServiceError:
@@ -106,23 +92,8 @@ def error_from_response(
             message = str(payload["error"].get("message") or message)
     except ValueError:
         pass
-    kw: dict[str, Any] = {"service": SERVICE, "status": status, "code": code}
-    if status == 429:
-        return Throttled(message, retry_after=_retry_after_seconds(headers.get("Retry-After")),
-                         **kw)
-    if status == 408 or status >= 500:
-        return ServiceUnavailable(message, **kw)
-    if status == 404:
-        return NotFound(message, **kw)
-    if status in (409, 412):
-        # 412: stale If-Match per the API docs; 409 Request_EntityChanged per BC's runtime
-        # mapping; 409 also means a duplicate key. All mean "re-read before writing again".
-        return Conflict(message, **kw)
-    if status in (401, 403):
-        return Unauthorized(message, **kw)
-    if 400 <= status < 500:
-        return Invalid(message, **kw)
-    return ServiceError(message, **kw)
+    return error_for_status(status, message, service=SERVICE, code=code,
+                            retry_after=headers.get("Retry-After"))
 
 
 def error_from_transport(exc: httpx.TransportError) -> ServiceUnavailable:

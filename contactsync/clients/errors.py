@@ -17,6 +17,9 @@ message (never a token or a request body).
 
 from __future__ import annotations
 
+import email.utils
+import time
+
 
 class ServiceError(Exception):
     def __init__(
@@ -79,3 +82,49 @@ class Invalid(ServiceError):
 
 class SyncStateExpired(ServiceError):
     pass
+
+
+DEFAULT_RETRY_AFTER = 1.0
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: integer, decimal (Graph's docs show `2.128`) or an
+    HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_for_status(
+    status: int, message: str, *, service: str, code: str = "", retry_after: str | None = None
+) -> ServiceError:
+    """The status ladder both services share; each client handles its own special cases
+    (Graph's delta 410) before calling this."""
+    if status == 429:
+        seconds = parse_retry_after(retry_after) or DEFAULT_RETRY_AFTER
+        return Throttled(message or "throttled", retry_after=seconds, service=service,
+                         status=status, code=code)
+    kind: type[ServiceError]
+    if status == 408 or status >= 500:
+        kind, default = ServiceUnavailable, "service unavailable"
+    elif status in (404, 410):
+        kind, default = NotFound, "not found"
+    elif status in (409, 412):
+        # 412: a stale If-Match; BC's runtime may answer 409 for the same, and 409 also means
+        # a duplicate key. Either way: re-read before writing again.
+        kind, default = Conflict, "version conflict"
+    elif status in (401, 403):
+        kind, default = Unauthorized, "not authorized"
+    elif 400 <= status < 500:
+        kind, default = Invalid, f"request refused ({status})"
+    else:
+        kind, default = ServiceError, f"HTTP {status}"
+    return kind(message or default, service=service, status=status, code=code)
