@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hmac
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from producers.webhook.parsing import BcItem, GraphChangeItem, GraphLifecycleItem
 from producers.webhook.publisher import OutgoingMessage
@@ -62,6 +63,33 @@ async def _lookup_all(
     return {sid: await registry.lookup(sid) for sid in dict.fromkeys(ids)}
 
 
+Item = TypeVar("Item", GraphChangeItem | GraphLifecycleItem, BcItem)
+Payload = GraphNotification | GraphLifecycle | BcNotification
+
+
+async def _intake(
+    items: Sequence[Item],
+    registry: CachedRegistry,
+    service: Service,
+    topic: str,
+    trace_id: str,
+    build: Callable[[Item, SubscriptionInfo], tuple[Payload, str]],
+) -> Intake:
+    """Check every item against its subscription; accepted ones become (payload, key)."""
+    known = await _lookup_all(registry, (item.subscription_id for item in items))
+    intake = Intake()
+    for item in items:
+        info = known[item.subscription_id]
+        reason = refusal_reason(info, service, item.client_state)
+        if reason is not None or info is None:
+            intake.refuse(reason or UNKNOWN_SUBSCRIPTION, item.subscription_id)
+            continue
+        payload, key = build(item, info)
+        value = encode(wrap(payload, trace_id=trace_id))
+        intake.messages.append(OutgoingMessage(topic, key.encode(), value))
+    return intake
+
+
 async def graph_intake(
     items: Sequence[GraphChangeItem | GraphLifecycleItem],
     registry: CachedRegistry,
@@ -69,36 +97,28 @@ async def graph_intake(
     received_at: datetime,
     trace_id: str,
 ) -> Intake:
-    known = await _lookup_all(registry, (item.subscription_id for item in items))
-    intake = Intake()
-    for item in items:
-        info = known[item.subscription_id]
-        reason = refusal_reason(info, "graph", item.client_state)
-        if reason is not None or info is None:
-            intake.refuse(reason or UNKNOWN_SUBSCRIPTION, item.subscription_id)
-            continue
-        payload: GraphNotification | GraphLifecycle
+    def build(
+        item: GraphChangeItem | GraphLifecycleItem, info: SubscriptionInfo
+    ) -> tuple[Payload, str]:
         if isinstance(item, GraphLifecycleItem):
-            payload = GraphLifecycle(
+            return GraphLifecycle(
                 subscription_id=item.subscription_id,
                 user_id=info.owner_id,
                 event=item.lifecycle_event,
                 received_at=received_at,
-            )
-        else:
-            data = item.resource_data
-            payload = GraphNotification(
-                subscription_id=item.subscription_id,
-                user_id=info.owner_id,
-                change_type=item.change_type,
-                resource=item.resource,
-                contact_id=data.id if data else "",
-                etag=data.etag if data else "",
-                received_at=received_at,
-            )
-        value = encode(wrap(payload, trace_id=trace_id))
-        intake.messages.append(OutgoingMessage(topic, item.subscription_id.encode(), value))
-    return intake
+            ), item.subscription_id
+        data = item.resource_data
+        return GraphNotification(
+            subscription_id=item.subscription_id,
+            user_id=info.owner_id,
+            change_type=item.change_type,
+            resource=item.resource,
+            contact_id=data.id if data else "",
+            etag=data.etag if data else "",
+            received_at=received_at,
+        ), item.subscription_id
+
+    return await _intake(items, registry, "graph", topic, trace_id, build)
 
 
 async def bc_intake(
@@ -108,24 +128,15 @@ async def bc_intake(
     received_at: datetime,
     trace_id: str,
 ) -> Intake:
-    known = await _lookup_all(registry, (item.subscription_id for item in items))
-    intake = Intake()
-    for item in items:
-        info = known[item.subscription_id]
-        reason = refusal_reason(info, "bc", item.client_state)
-        if reason is not None or info is None:
-            intake.refuse(reason or UNKNOWN_SUBSCRIPTION, item.subscription_id)
-            continue
-        payload = BcNotification(
+    def build(item: BcItem, info: SubscriptionInfo) -> tuple[Payload, str]:
+        # Keyed by company: one company's hints stay in order (schemas/messages.py table).
+        return BcNotification(
             subscription_id=item.subscription_id,
             company_id=info.owner_id,
             change_type=item.change_type,
             resource=item.resource,
             last_modified=item.last_modified,
             received_at=received_at,
-        )
-        value = encode(wrap(payload, trace_id=trace_id))
-        # Keyed by company: one company's hints stay in order (schemas/messages.py table).
-        key = (info.owner_id or item.subscription_id).encode()
-        intake.messages.append(OutgoingMessage(topic, key, value))
-    return intake
+        ), info.owner_id or item.subscription_id
+
+    return await _intake(items, registry, "bc", topic, trace_id, build)
