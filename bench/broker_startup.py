@@ -14,10 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kafka import KafkaAdminClient
-
 from contactsync.kafka.local_broker import LocalBroker, ensure_jars
-from contactsync.kafka.topics import ensure_topics
+from contactsync.kafka.topics import ensure_topics_at
 from contactsync.settings import Settings
 
 RUNS = 3
@@ -48,9 +46,7 @@ def main() -> None:
             cold.append(time.perf_counter() - t)
             pid = broker.status().pid or 0
             rss_start.append(_rss_mb(pid))
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-            ensure_topics(admin, settings.model_copy(update={"kafka_bootstrap_servers": bootstrap}))
-            admin.close()
+            ensure_topics_at(bootstrap, settings)
             rss_topics.append(_rss_mb(pid))
             broker.down()
             t = time.perf_counter()

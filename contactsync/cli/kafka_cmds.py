@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from kafka import KafkaAdminClient
 
 from contactsync.cli.common import settings_and_logging, user_errors
 from contactsync.kafka.io import local_broker, resolve_bootstrap
 from contactsync.kafka.local_broker import LocalBroker
-from contactsync.kafka.topics import ensure_topics
+from contactsync.kafka.topics import ensure_topics_at
 from contactsync.settings import Settings
 
 kafka_app = typer.Typer(no_args_is_help=True, help="The local single-node Kafka broker (KRaft).")
@@ -62,11 +61,7 @@ def ensure() -> None:
     """Create the topics (partitions, replication, retention from settings); idempotent."""
     settings = settings_and_logging()
     with user_errors():
-        admin = KafkaAdminClient(bootstrap_servers=resolve_bootstrap(settings))
-        try:
-            report = ensure_topics(admin, settings)
-        finally:
-            admin.close()
+        report = ensure_topics_at(resolve_bootstrap(settings), settings)
     for name in report.created:
         typer.echo(f"created  {name}")
     for name in report.existing:

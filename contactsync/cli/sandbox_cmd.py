@@ -10,11 +10,10 @@ import signal
 import threading
 
 import typer
-from kafka import KafkaAdminClient
 
 from contactsync.cli.common import settings_and_logging, user_errors
 from contactsync.kafka.io import local_broker
-from contactsync.kafka.topics import ensure_topics
+from contactsync.kafka.topics import ensure_topics_at
 
 
 def sandbox() -> None:
@@ -30,11 +29,7 @@ def sandbox() -> None:
             broker = local_broker(settings)
             typer.echo("starting the local Kafka broker ...")
             bootstrap = broker.up()
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        try:
-            ensure_topics(admin, settings.model_copy(update={"kafka_bootstrap_servers": bootstrap}))
-        finally:
-            admin.close()
+        ensure_topics_at(bootstrap, settings)
     typer.echo(f"kafka: {bootstrap}")
     typer.echo("sandbox running; Ctrl-C stops it")
     try:

@@ -104,3 +104,12 @@ def _align_retention(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[st
         ])
     return [s.name for s in changed]
 
+
+
+def ensure_topics_at(bootstrap: str, settings: Settings) -> EnsureReport:
+    """`ensure_topics` with an admin client of its own, for commands and the sandbox."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return ensure_topics(admin, settings)
+    finally:
+        admin.close()

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer
-from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, ensure_topics, topic_name
+from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, ensure_topics_at, topic_name
 from contactsync.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -32,11 +32,7 @@ class Failed(NamedTuple):
 
 @pytest.fixture
 def settings(kafka_settings: Settings) -> Settings:
-    admin = KafkaAdminClient(bootstrap_servers=kafka_settings.kafka_bootstrap_servers)
-    try:
-        ensure_topics(admin, kafka_settings)
-    finally:
-        admin.close()
+    ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
     return kafka_settings
 
 

@@ -12,13 +12,13 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,
     GRAPH_NOTIFICATIONS,
-    ensure_topics,
+    ensure_topics_at,
     topic_name,
 )
 from contactsync.logs import configure_logging
@@ -58,11 +58,7 @@ def _registry() -> DictRegistry:
 @pytest.fixture
 def settings(kafka_settings: Settings) -> Settings:
     small = kafka_settings.model_copy(update={"webhook_max_body_bytes": 4096})
-    admin = KafkaAdminClient(bootstrap_servers=small.kafka_bootstrap_servers)
-    try:
-        ensure_topics(admin, small)
-    finally:
-        admin.close()
+    ensure_topics_at(small.kafka_bootstrap_servers, small)
     return small
 
 

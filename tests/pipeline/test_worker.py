@@ -8,12 +8,12 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from contactsync.clients.errors import ServiceUnavailable, Throttled
 from contactsync.kafka.deadletter import read_dead_letters
 from contactsync.kafka.io import make_producer
-from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, ensure_topics, topic_name
+from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, ensure_topics_at, topic_name
 from contactsync.kafka.worker import (
     OffsetTracker,
     RetryPolicy,
@@ -37,11 +37,7 @@ class Crash(BaseException):
 
 @pytest.fixture
 def settings(kafka_settings: Settings) -> Settings:
-    admin = KafkaAdminClient(bootstrap_servers=kafka_settings.kafka_bootstrap_servers)
-    try:
-        ensure_topics(admin, kafka_settings)
-    finally:
-        admin.close()
+    ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
     return kafka_settings
 
 
