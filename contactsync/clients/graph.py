@@ -567,7 +567,8 @@ class GraphClient:
     async def _batch(self, mailbox: str, requests: list[Json]) -> dict[str, Json]:
         """POST one `$batch` (never retried here: creates are not idempotent). Graph runs up to
         4 inner requests of a batch at once against the mailbox, so the batch holds that many
-        of the mailbox's concurrency slots; batches of one mailbox go one at a time."""
+        of the mailbox's concurrency slots, and every inner request counts against the
+        mailbox's request window; batches of one mailbox go one at a time."""
         lock = self._batch_locks.setdefault(mailbox, asyncio.Lock())
         slots = min(len(requests), self.options.limits.max_concurrent)
         async with lock:
@@ -576,6 +577,8 @@ class GraphClient:
                 for _ in range(slots):
                     await self._budget.acquire(mailbox)
                     taken += 1
+                # Graph throttles each inner request: the rest count against the window too.
+                await self._budget.charge(mailbox, len(requests) - slots)
                 ri = self._request(Method.POST, "{+baseurl}/$batch", {}, {"requests": requests})
                 resp = await self._send_once(ri)
             finally:

@@ -112,21 +112,34 @@ class RequestBudget:
         state = self._state(principal)
         await state.sem.acquire()
         try:
-            async with state.lock:
-                while True:
-                    now = self._clock()
-                    if state.paused_until > now:
-                        await self._sleep(state.paused_until - now)
-                        continue
-                    self._expire(state, now)
-                    if len(state.stamps) < self.limits.max_requests:
-                        state.stamps.append(now)
-                        return
-                    wait = state.stamps[0] + self.limits.window_seconds - now
-                    await self._sleep(max(wait, 0.001))
+            await self._admit(state, 1)
         except BaseException:
             state.sem.release()
             raise
+
+    async def charge(self, principal: str, requests: int) -> None:
+        """Count `requests` more against the window without a concurrency slot: the inner
+        requests of a `$batch`, which the service throttles one by one."""
+        if requests > 0:
+            await self._admit(self._state(principal), requests)
+
+    async def _admit(self, state: _PrincipalState, requests: int) -> None:
+        requests = min(requests, self.limits.max_requests)
+        async with state.lock:
+            while True:
+                now = self._clock()
+                if state.paused_until > now:
+                    await self._sleep(state.paused_until - now)
+                    continue
+                self._expire(state, now)
+                room = self.limits.max_requests - len(state.stamps)
+                if room >= requests:
+                    state.stamps.extend([now] * requests)
+                    return
+                # Wait until enough of the oldest stamps leave the window.
+                oldest_needed = state.stamps[requests - room - 1]
+                wait = oldest_needed + self.limits.window_seconds - now
+                await self._sleep(max(wait, 0.001))
 
     def release(self, principal: str) -> None:
         self._state(principal).sem.release()

@@ -140,6 +140,19 @@ async def test_budget_window_waits_instead_of_failing() -> None:
     assert clock.now == pytest.approx(10.0, abs=0.01)
 
 
+async def test_batch_inner_requests_count_against_the_window() -> None:
+    clock = FakeClock()
+    budget = RequestBudget(BudgetLimits(4, 20, 60.0), clock=clock, sleep=clock.sleep)
+    await budget.charge("mailbox", 19)  # a $batch's 20 inner requests, one with a slot
+    async with budget.slot("mailbox"):
+        pass
+    assert budget.in_window("mailbox") == 20 and clock.now == 0
+    clock.now = 30.0
+    await budget.charge("mailbox", 5)  # the window is full until the first 20 leave it
+    assert clock.now == pytest.approx(60.0, abs=0.01)
+    assert budget.in_window("mailbox") == 5
+
+
 async def test_budget_concurrency_and_pause() -> None:
     budget = RequestBudget(BudgetLimits(2, 1000, 60))
     active = 0
