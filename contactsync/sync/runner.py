@@ -148,6 +148,65 @@ async def _bc_contacts_with_emails_of(
     return found
 
 
+@dataclass
+class _Inputs:
+    """What one run read: both sides (None = not read), the links, and where to write."""
+
+    setup: UserSetup
+    mode: SyncMode
+    bc: BcSnapshot | None
+    outlook: OutlookSnapshot | None
+    folder_id: str | None
+    since: datetime | None = None
+    force: bool = False
+
+
+async def _plan_and_apply(
+    inputs: _Inputs, *, graph: GraphClient, bc: BcClient, store: Store, dry_run: bool
+) -> SyncReport:
+    """Plan (reading what the planner asks for, and BC by email before creating there), then
+    execute unless this is a dry run."""
+    setup, mode = inputs.setup, inputs.mode
+    links = store.links.for_user(setup.user_id)
+    bc_snap, outlook_snap = inputs.bc or BcSnapshot(), inputs.outlook or OutlookSnapshot()
+
+    def plan_now() -> Plan:
+        return plan_user(bc_snap, outlook_snap, links, setup, mode, since=inputs.since,
+                         force=inputs.force)
+
+    plan = plan_now()
+    if plan.needs_bc or plan.needs_outlook:
+        bc_snap, outlook_snap = await _read_needed(
+            plan, bc, graph, setup.mailbox, bc_snap, outlook_snap
+        )
+        plan = plan_now()
+    found = await _bc_contacts_with_emails_of(plan, bc, bc_snap)
+    if found:
+        bc_snap = BcSnapshot((*bc_snap.contacts, *found), bc_snap.complete,
+                             bc_snap.deleted_ids)
+        plan = plan_now()
+
+    report = SyncReport(setup.user_id, mode, dry_run, plan.summary, plan.stopped_reason,
+                        planned_writes=plan.writes)
+    if dry_run or inputs.folder_id is None:
+        return report
+    if plan.stopped_reason:
+        store.audit.append(AuditRecord(user_id=setup.user_id, kind=AuditKind.DELETE_RAIL,
+                                       details={"reason": plan.stopped_reason}))
+    executor = Executor(
+        graph=graph, bc=bc, store=store, user_id=setup.user_id, mailbox=setup.mailbox,
+        folder_id=inputs.folder_id, verify_creates=not outlook_snap.complete,
+    )
+    report.execution = await executor.run(plan.groups)
+    return report
+
+
+async def _folder(graph: GraphClient, setup: UserSetup, dry_run: bool) -> str | None:
+    if dry_run:
+        return await _find_folder(graph, setup.mailbox, setup.folder_name)
+    return await graph.find_or_create_folder(setup.mailbox, setup.folder_name)
+
+
 async def sync_user(
     setup: UserSetup,
     mode: SyncMode,
@@ -158,18 +217,12 @@ async def sync_user(
     dry_run: bool = False,
     force: bool = False,
 ) -> SyncReport:
+    """BC's "Sync" (changes since the last sync, both ways) or "Full sync" (everything)."""
     started_clock = time.perf_counter()
     started_at = datetime.now(UTC)
-    user = setup.user_id
-    state = store.state.get(user)
+    state = store.state.get(setup.user_id)
     full = mode is SyncMode.FULL or state.last_sync_at is None
-    folder_id = (
-        await _find_folder(graph, setup.mailbox, setup.folder_name)
-        if dry_run
-        else await graph.find_or_create_folder(setup.mailbox, setup.folder_name)
-    )
-    links = store.links.for_user(user)
-
+    folder_id = await _folder(graph, setup, dry_run)
     if full:
         odata = ContactFilter.parse(setup.contact_filter).to_odata()
         bc_snap = BcSnapshot.full(await bc.list_contacts(odata))
@@ -179,39 +232,45 @@ async def sync_user(
     outlook_snap, new_delta_link = await _read_outlook(
         graph, setup.mailbox, folder_id, state.delta_link, full
     )
-
     # Graph's lastModifiedDateTime has whole seconds: a contact changed in the same second as
     # the last run's start must still count as changed since it (re-planning one is harmless).
     since = None if full or state.last_sync_at is None else state.last_sync_at - SINCE_SLACK
-    plan = plan_user(bc_snap, outlook_snap, links, setup, mode, since=since, force=force)
-    if plan.needs_bc or plan.needs_outlook:
-        bc_snap, outlook_snap = await _read_needed(
-            plan, bc, graph, setup.mailbox, bc_snap, outlook_snap
-        )
-        plan = plan_user(bc_snap, outlook_snap, links, setup, mode, since=since, force=force)
-    found = await _bc_contacts_with_emails_of(plan, bc, bc_snap)
-    if found:
-        bc_snap = BcSnapshot((*bc_snap.contacts, *found), bc_snap.complete,
-                             bc_snap.deleted_ids)
-        plan = plan_user(bc_snap, outlook_snap, links, setup, mode, since=since, force=force)
-
-    report = SyncReport(user, mode, dry_run, plan.summary, plan.stopped_reason,
-                        planned_writes=plan.writes)
-    if dry_run or folder_id is None:
-        report.duration_s = time.perf_counter() - started_clock
-        return report
-
-    if plan.stopped_reason:
-        store.audit.append(AuditRecord(user_id=user, kind=AuditKind.DELETE_RAIL,
-                                       details={"reason": plan.stopped_reason}))
-    executor = Executor(
-        graph=graph, bc=bc, store=store, user_id=user, mailbox=setup.mailbox,
-        folder_id=folder_id, verify_creates=not outlook_snap.complete,
-    )
-    report.execution = await executor.run(plan.groups)
-    if not report.execution.failures:
+    inputs = _Inputs(setup, mode, bc_snap, outlook_snap, folder_id, since, force)
+    report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store, dry_run=dry_run)
+    if report.execution is not None and not report.execution.failures:
         # Only a clean run moves the marks: a failed pair is read and planned again next time.
-        store.state.update(user, delta_link=new_delta_link)
-        store.state.mark_synced(user, started_at, full=full)
+        store.state.update(setup.user_id, delta_link=new_delta_link)
+        store.state.mark_synced(setup.user_id, started_at, full=full)
+    report.duration_s = time.perf_counter() - started_clock
+    return report
+
+
+async def apply_changes(
+    setup: UserSetup,
+    *,
+    graph: GraphClient,
+    bc: BcClient,
+    store: Store,
+    bc_changes: BcSnapshot | None = None,
+    read_outlook_delta: bool = False,
+) -> SyncReport:
+    """The near-real-time path: apply known BC changes (snapshots from the change feed) and/or
+    the Outlook folder's delta since the stored link (a notification hint), without listing
+    either side. Every item given is a change, so no "since" applies. The stored delta link
+    advances only after a clean run; the last-sync mark of "Sync" is left alone."""
+    started_clock = time.perf_counter()
+    folder_id = await _folder(graph, setup, dry_run=False)
+    outlook_snap: OutlookSnapshot | None = None
+    new_delta_link: str | None = None
+    if read_outlook_delta:
+        state = store.state.get(setup.user_id)
+        outlook_snap, new_delta_link = await _read_outlook(
+            graph, setup.mailbox, folder_id, state.delta_link, full=False
+        )
+    inputs = _Inputs(setup, SyncMode.SYNC, bc_changes, outlook_snap, folder_id)
+    report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store, dry_run=False)
+    if (read_outlook_delta and report.execution is not None
+            and not report.execution.failures):
+        store.state.set_delta_link(setup.user_id, new_delta_link)
     report.duration_s = time.perf_counter() - started_clock
     return report

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from contactsync.engine.links import SyncMode
 from contactsync.engine.mapping import BC_ID_PROPERTY
+from contactsync.engine.planner import BcSnapshot
 from contactsync.store.records import AuditKind
+from contactsync.sync.runner import apply_changes
 from tests.sync.conftest import MAILBOX, World
 
 
@@ -186,3 +188,32 @@ async def test_a_run_that_fails_midway_is_finished_by_the_next_run_without_dupli
     folder = await world.folder()
     tags = [c["_ext"][BC_ID_PROPERTY] for c in folder]
     assert len(folder) == 45 and len(set(tags)) == 45, "one Outlook contact per BC contact"
+
+
+async def test_near_real_time_changes_apply_without_listing_either_side(world: World):
+    bc = world.emulators.bc
+    people = [bc.create_contact(_person(f"P {i}", f"p{i}@example.com")) for i in range(20)]
+    await world.sync(SyncMode.FULL)
+    setup = world.setup()
+    # A BC change arrives as a snapshot from the change feed.
+    changed = bc.update_contact(people[3]["id"], {"jobTitle": "Buyer"})
+    world.emulators.graph.reset_counters()
+    world.emulators.bc.reset_counters()
+    report = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                                 bc_changes=BcSnapshot.changes([changed]))
+    assert report.summary.updated_outlook == 1
+    assert _by_email(await world.folder())["p3@example.com"]["jobTitle"] == "Buyer"
+    listings = [r for r in world.emulators.bc.counters_snapshot()["by_route"]
+                if r["method"] == "GET"]
+    assert listings == [], "the snapshot is enough: BC is not listed"
+    # An Outlook edit arrives as a notification hint: the folder's delta is read.
+    folder = _by_email(await world.folder())
+    world.emulators.graph.person_update_contact(MAILBOX, folder["p5@example.com"]["id"],
+                                                {"jobTitle": "Manager"})
+    await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                        read_outlook_delta=True)
+    assert bc.contact(people[5]["id"])["jobTitle"] == "Manager"
+    # Applying the same hint again writes nothing (our own writes echo back unchanged).
+    again = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                                read_outlook_delta=True)
+    assert again.execution is not None and sum(again.execution.writes.values()) == 0
