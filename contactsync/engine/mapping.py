@@ -89,6 +89,20 @@ _BC_SIMPLE: Final = {
     "website": "website",
 }
 # BC Contact table 5050 sizes of the API properties we write (reference/bc.md b).
+# What the mapping and the planner read of each side: listings ask for these fields only
+# ($select), which keeps 100,000-contact listings small in bytes and in memory. Keep them in
+# step with the functions below.
+BC_SELECT: Final[tuple[str, ...]] = (
+    "id", "type", "displayName", "email", "privacyBlocked", "jobTitle", "companyName",
+    "addressLine1", "addressLine2", "city", "state", "country", "postalCode", "phoneNumber",
+    "mobilePhoneNumber", "website", "lastModifiedDateTime",
+)
+GRAPH_SELECT: Final[tuple[str, ...]] = (
+    "id", "changeKey", "createdDateTime", "lastModifiedDateTime", "displayName", "givenName",
+    "middleName", "surname", "emailAddresses", "businessPhones", "mobilePhone",
+    "businessAddress", "jobTitle", "companyName", "businessHomePage", "categories",
+)
+
 BC_FIELD_SIZES: Final[Mapping[str, int]] = {
     "displayName": 100,
     "email": 80,

@@ -25,6 +25,7 @@ from contactsync.clients.graph import GraphClient
 from contactsync.engine.actions import Action, CreateInBc
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.links import SyncMode
+from contactsync.engine.mapping import BC_SELECT, GRAPH_SELECT
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, PlanSummary, plan_user
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord
@@ -88,7 +89,8 @@ async def _read_outlook(
     if folder_id is None:  # dry run, folder not created yet: it would be empty
         return OutlookSnapshot.full([]), None
     if full:
-        return OutlookSnapshot.full(await graph.list_contacts(mailbox, folder_id)), delta_link
+        contacts = await graph.list_contacts(mailbox, folder_id, select=GRAPH_SELECT)
+        return OutlookSnapshot.full(contacts), delta_link
     try:
         result = await graph.delta(mailbox, folder_id, delta_link)
         initial = delta_link is None
@@ -225,7 +227,8 @@ async def sync_user(
     folder_id = await _folder(graph, setup, dry_run)
     if full:
         odata = ContactFilter.parse(setup.contact_filter).to_odata()
-        bc_snap = BcSnapshot.full(await bc.list_contacts(odata))
+        select = sorted({*BC_SELECT, *setup.contact_filter})  # the filter's fields, evaluated
+        bc_snap = BcSnapshot.full(await bc.list_contacts(odata, select=select))
     else:
         assert state.last_sync_at is not None
         bc_snap = BcSnapshot.changes(await bc.list_changed_since(state.last_sync_at))
