@@ -12,6 +12,7 @@ from contactsync.cli import (
     dlq_cmds,
     emulate_cmd,
     kafka_cmds,
+    pipeline_cmds,
     sandbox_cmd,
     schema_cmds,
     sync_cmd,
@@ -29,3 +30,5 @@ app.command()(emulate_cmd.emulate)
 app.add_typer(dlq_cmds.dlq_app, name="dlq")
 app.command()(webhook_cmd.webhook)
 app.command()(sync_cmd.sync)
+app.command()(pipeline_cmds.router)
+app.command()(pipeline_cmds.applier)
