@@ -1,0 +1,368 @@
+"""consumers/applier: one user at a time, in order (DESIGN.md "Flow", decisions 1, 2, 7, 9).
+
+    sync.commands (key user id) --> Applier --> Graph / BC writes, links
+                                        +--> sync.results (key user id)
+
+Each poll's records are grouped by key (the user). Within a user's group the commands run in
+offset order, and consecutive `bc_change` / `graph_hint` commands coalesce into ONE
+`apply_changes`: their BC snapshots merge (the last one per contact id wins) and a single
+Graph delta read answers every hint. A `sync` / `full_sync` command runs `sync_user` (with its
+dry_run and force) where it stands in that order.
+
+Every command gets one `SyncResult` (ok / stopped by the safety rail / failed with a reason),
+acked by the broker before the handler returns. An unknown or disabled user yields a failed
+result (no retry, no dead letter). A `RetryableError` from the services propagates: the Worker
+retries the group, then dead-letters it. A non-retryable service error (a mailbox that does not
+exist, refused credentials, ...) fails the command's result and the stream goes on.
+
+The Graph and BC clients are async: the applier owns ONE event loop, created in the worker's
+thread, with the clients opened once on it (`open_services`) and reused across batches; `close`
+(called by `run` on the way out, in that same thread) closes them and the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from sqlalchemy.exc import OperationalError
+
+from contactsync.clients.errors import RetryableError, ServiceError, ServiceUnavailable
+from contactsync.engine.bcfilter import FilterError
+from contactsync.engine.links import SyncMode
+from contactsync.engine.planner import BcSnapshot
+from contactsync.kafka.io import make_producer, resolve_bootstrap
+from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
+from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker, by_key
+from contactsync.logs import get_logger
+from contactsync.settings import Settings
+from contactsync.store import Store
+from contactsync.sync.runner import SyncReport, apply_changes, sync_user
+from contactsync.sync.services import Services, open_services
+from schemas.envelope import encode, wrap
+from schemas.messages import (
+    BcChangeKind,
+    CommandKind,
+    ResultStatus,
+    SyncCommand,
+    SyncResult,
+)
+from schemas.setup import UserSetup
+
+GROUP_ID = "contactsync-applier"
+TOPICS = (SYNC_COMMANDS,)
+UNKNOWN_USER = "unknown user"
+NEAR_REAL_TIME = (CommandKind.BC_CHANGE, CommandKind.GRAPH_HINT)
+SEND_TIMEOUT_S = 30.0
+# A full sync of a large folder can take minutes: allow it between two polls.
+MAX_POLL_INTERVAL_MS = 15 * 60 * 1000
+
+T = TypeVar("T")
+
+
+def _log() -> Any:
+    return get_logger("contactsync.applier")
+
+
+@dataclass
+class _Command:
+    record: WorkRecord
+    command: SyncCommand
+
+    @property
+    def event_id(self) -> str:
+        return str(self.record.envelope.event_id)
+
+    @property
+    def trace_id(self) -> str:
+        return str(self.record.envelope.trace_id)
+
+
+@dataclass
+class _Outcome:
+    status: ResultStatus
+    reason: str = ""
+    summary: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    duration_ms: int = 0
+
+
+def merge_bc_changes(commands: Sequence[SyncCommand]) -> BcSnapshot | None:
+    """The commands' BC changes as one snapshot: per contact id the last change wins."""
+    latest: dict[str, tuple[bool, dict[str, Any] | None]] = {}
+    for command in commands:
+        change = command.bc_change
+        if command.kind is not CommandKind.BC_CHANGE or change is None:
+            continue
+        if change.kind is BcChangeKind.DELETED:
+            latest.pop(change.contact_id, None)  # keep insertion order = order of last change
+            latest[change.contact_id] = (True, None)
+        elif change.snapshot is not None:
+            latest.pop(change.contact_id, None)
+            latest[change.contact_id] = (False, change.snapshot.model_dump(mode="json",
+                                                                           by_alias=True))
+    if not latest:
+        return None
+    contacts = [snap for deleted, snap in latest.values() if not deleted and snap is not None]
+    deleted_ids = [cid for cid, (deleted, _) in latest.items() if deleted]
+    return BcSnapshot.changes(contacts, deleted_ids)
+
+
+def outcome_of(report: SyncReport) -> _Outcome:
+    """A run's report as a result: stopped by the rail, failed pairs, or ok."""
+    summary = {k: v for k, v in dataclasses.asdict(report.summary).items()
+               if isinstance(v, int) and not isinstance(v, bool)}
+    summary["failed"] = report.failed
+    if report.execution is not None:
+        summary["writes"] = sum(report.execution.writes.values())
+    skipped = dict(report.summary.skipped)
+    duration_ms = int(report.duration_s * 1000)
+    if report.stopped_reason:
+        return _Outcome(ResultStatus.STOPPED, report.stopped_reason, summary, skipped, duration_ms)
+    if report.failed:
+        assert report.execution is not None
+        first = report.execution.failures[0]
+        reason = f"{report.failed} contact(s) failed; first: {first.reason}"
+        return _Outcome(ResultStatus.FAILED, reason, summary, skipped, duration_ms)
+    return _Outcome(ResultStatus.OK, "", summary, skipped, duration_ms)
+
+
+class Applier:
+    """The applier role: `handle` is the Worker's handler; `run` polls until stopped.
+
+    `services_factory` (tests, embedding) replaces `open_services(settings, store)`; it is
+    entered once on the applier's own event loop.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        producer: KafkaProducer | None = None,
+        services_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._producer = producer
+        self._owns_producer = producer is None
+        self._services_factory = services_factory or (lambda: open_services(settings, store))
+        self._results_topic = topic_name(settings, SYNC_RESULTS)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._stack: AsyncExitStack | None = None
+        self._services: Services | None = None
+        self.published = 0  # results published, for logs and tests
+
+    # --- the role ---
+
+    def build_worker(self, *, retry: RetryPolicy | None = None, **consumer_overrides: Any
+                     ) -> Worker:
+        consumer_overrides.setdefault("max_poll_interval_ms", MAX_POLL_INTERVAL_MS)
+        return build_worker(self.settings, GROUP_ID, TOPICS, self.handle, group_by=by_key,
+                            retry=retry, **consumer_overrides)
+
+    def run(self, stop: threading.Event, worker: Worker | None = None) -> None:
+        """Open the services first (a missing tenant fails here, not as dead letters), then
+        poll until `stop` is set; everything is closed in this thread on the way out."""
+        try:
+            self._services_now()
+            worker = worker or self.build_worker()
+            try:
+                worker.run(stop)
+            finally:
+                worker.close()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the clients and the loop (in the thread that made them), then our producer."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            try:
+                if self._stack is not None:
+                    loop.run_until_complete(self._stack.aclose())
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+                self._stack = None
+                self._services = None
+                self._loop_thread = None
+        if self._producer is not None and self._owns_producer:
+            self._producer.close(timeout=10)
+            self._producer = None
+
+    # --- the event loop and the services ---
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._ensure_loop()
+        return loop.run_until_complete(coro)
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._loop_thread = threading.get_ident()
+        elif self._loop_thread != threading.get_ident():
+            raise RuntimeError("the applier's event loop is used from another thread")
+        return self._loop
+
+    def _services_now(self) -> Services:
+        if self._services is None:
+            stack = AsyncExitStack()
+
+            async def enter() -> Services:
+                services: Services = await stack.enter_async_context(self._services_factory())
+                return services
+
+            self._services = self._run(enter())
+            self._stack = stack
+        return self._services
+
+    # --- applying ---
+
+    def handle(self, records: Sequence[WorkRecord]) -> None:
+        """One user's commands of one poll, in offset order; results acked before returning."""
+        commands = [_Command(r, r.payload) for r in records if isinstance(r.payload, SyncCommand)]
+        if not commands:
+            return
+        futures: list[Any] = []
+        try:
+            for user_id, user_commands in _by_user(commands):
+                self._handle_user(user_id, user_commands, futures)
+        except OperationalError as exc:  # the database is away or locked: worth retrying
+            self._flush_quietly()
+            raise ServiceUnavailable(f"state store unavailable: {exc}", service="store") from exc
+        except BaseException:
+            self._flush_quietly()  # the results of the work done so far still go out
+            raise
+        self._await(futures)
+
+    def _handle_user(self, user_id: str, commands: list[_Command], futures: list[Any]) -> None:
+        setup = self.store.setups.get(user_id)
+        if setup is None or not setup.enabled:
+            reason = UNKNOWN_USER if setup is None else f"{UNKNOWN_USER}: sync is disabled"
+            _log().warning("commands for an unknown or disabled user", user_id=user_id,
+                           commands=len(commands))
+            for c in commands:
+                futures.append(self._send(c, _Outcome(ResultStatus.FAILED, reason)))
+            return
+        for segment in _segments(commands):
+            outcome = self._apply_segment(setup, segment)
+            for c in segment:
+                futures.append(self._send(c, outcome))
+
+    def _apply_segment(self, setup: UserSetup, segment: list[_Command]) -> _Outcome:
+        first = segment[0].command
+        started = time.perf_counter()
+        try:
+            if first.kind in NEAR_REAL_TIME:
+                if first.dry_run:  # a dry-run near-real-time command stands alone
+                    return _Outcome(ResultStatus.FAILED,
+                                    "dry_run applies to sync and full_sync commands only")
+                report = self._apply_changes(setup, [c.command for c in segment])
+            else:
+                mode = SyncMode.FULL if first.kind is CommandKind.FULL_SYNC else SyncMode.SYNC
+                services = self._services_now()
+                report = self._run(sync_user(setup, mode, graph=services.graph, bc=services.bc,
+                                             store=self.store, dry_run=first.dry_run,
+                                             force=first.force))
+        except RetryableError:
+            raise  # the Worker retries the whole group, then dead-letters it
+        except (ServiceError, FilterError) as exc:
+            # Deterministic: retrying cannot help; the result says why and the stream goes on.
+            _log().warning("command failed", user_id=setup.user_id, kind=str(first.kind),
+                           error=str(exc))
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, FilterError):
+                reason = f"invalid filter: {reason}"
+            return _Outcome(ResultStatus.FAILED, reason,
+                            duration_ms=int((time.perf_counter() - started) * 1000))
+        outcome = outcome_of(report)
+        _log().info("applied", user_id=setup.user_id, kind=str(first.kind),
+                    commands=len(segment), status=str(outcome.status), reason=outcome.reason,
+                    **{k: v for k, v in outcome.summary.items() if v})
+        return outcome
+
+    def _apply_changes(self, setup: UserSetup, commands: list[SyncCommand]) -> SyncReport:
+        services = self._services_now()
+        bc_changes = merge_bc_changes(commands)
+        hint = any(c.kind is CommandKind.GRAPH_HINT for c in commands)
+        return self._run(apply_changes(setup, graph=services.graph, bc=services.bc,
+                                       store=self.store, bc_changes=bc_changes,
+                                       read_outlook_delta=hint))
+
+    # --- results ---
+
+    def _get_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = make_producer(resolve_bootstrap(self.settings),
+                                           client_id="contactsync-applier")
+        return self._producer
+
+    def _send(self, c: _Command, outcome: _Outcome) -> Any:
+        result = SyncResult(
+            user_id=c.command.user_id, command_id=c.event_id, kind=c.command.kind,
+            run_id=c.command.run_id, status=outcome.status, dry_run=c.command.dry_run,
+            summary=outcome.summary, skipped=outcome.skipped, reason=outcome.reason,
+            duration_ms=outcome.duration_ms,
+        )
+        try:
+            return self._get_producer().send(
+                self._results_topic, value=encode(wrap(result, trace_id=c.trace_id)),
+                key=c.command.user_id.encode())
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"could not publish a sync result: {exc}",
+                                     service="kafka") from exc
+
+    def _flush_quietly(self) -> None:
+        if self._producer is None:
+            return
+        try:
+            self._producer.flush(timeout=SEND_TIMEOUT_S)
+        except Exception as exc:
+            _log().warning("could not flush sync results", error=str(exc))
+
+    def _await(self, futures: list[Any]) -> None:
+        if not futures:
+            return
+        try:
+            self._get_producer().flush(timeout=SEND_TIMEOUT_S)
+            for future in futures:
+                future.get(timeout=SEND_TIMEOUT_S)
+        except KafkaError as exc:
+            # Retried as a group: the work is idempotent, a result may then appear twice.
+            raise ServiceUnavailable(f"could not publish sync results: {exc}",
+                                     service="kafka") from exc
+        self.published += len(futures)
+
+
+def _by_user(commands: list[_Command]) -> list[tuple[str, list[_Command]]]:
+    """Commands by user id (the key groups them already; the payload's user id decides)."""
+    users: dict[str, list[_Command]] = {}
+    for c in commands:
+        users.setdefault(c.command.user_id, []).append(c)
+    return list(users.items())
+
+
+def _segments(commands: list[_Command]) -> list[list[_Command]]:
+    """Runs of consecutive near-real-time commands coalesce; sync / full_sync (and a dry-run
+    near-real-time command, which is refused) stand alone."""
+
+    def coalescible(c: _Command) -> bool:
+        return c.command.kind in NEAR_REAL_TIME and not c.command.dry_run
+
+    segments: list[list[_Command]] = []
+    for c in commands:
+        if coalescible(c) and segments and coalescible(segments[-1][0]):
+            segments[-1].append(c)
+        else:
+            segments.append([c])
+    return segments

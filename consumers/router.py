@@ -1,0 +1,281 @@
+"""consumers/router: which users does this concern? (DESIGN.md "Flow", decisions 1, 8, 9)
+
+    bc.contact.changes (key BC contact id)  ----+
+                                                +--> Router --> sync.commands (key user id)
+    graph.notifications (key subscription id) --+
+
+- A BC change (upsert) goes, as a `bc_change` command, to every enabled user whose filter
+  matches the snapshot, plus every enabled user holding a link to that BC id (so a contact
+  that left a filter, was privacy-blocked or turned into a company is removed from the folder
+  by the planner). Eligibility (Person, name, email, privacy) is the planner's call, not ours.
+  A deletion goes to the link holders only.
+- A Graph change notification becomes a `graph_hint` for its (enabled) user; one per user per
+  poll group, since one delta read answers them all (decision 2). A `missed` lifecycle event
+  becomes a `sync` command; the other lifecycle events belong to the subscription keeper.
+
+Routing reads the enabled setups and their parsed filters from a cache refreshed every
+`refresh_seconds`, and looks the links of a whole poll group up in one query. Commands keep the
+incoming envelope's trace id; their event id is derived from the input's event id and the user,
+so a redelivered input yields the very same command ids. The handler returns only once every
+command is acked by the broker (acks=all), so offsets are committed past published work only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from sqlalchemy.exc import OperationalError
+
+from contactsync.clients.errors import ServiceUnavailable
+from contactsync.engine.bcfilter import ContactFilter, FilterError
+from contactsync.kafka.io import make_producer, resolve_bootstrap
+from contactsync.kafka.topics import (
+    BC_CONTACT_CHANGES,
+    GRAPH_NOTIFICATIONS,
+    SYNC_COMMANDS,
+    topic_name,
+)
+from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
+from contactsync.logs import get_logger
+from contactsync.settings import Settings
+from contactsync.store import Store
+from schemas.envelope import encode, wrap
+from schemas.messages import (
+    BcChangeKind,
+    BcContactChanged,
+    CommandKind,
+    GraphLifecycle,
+    GraphNotification,
+    LifecycleEvent,
+    SyncCommand,
+)
+from schemas.setup import UserSetup
+
+GROUP_ID = "contactsync-router"
+TOPICS = (BC_CONTACT_CHANGES, GRAPH_NOTIFICATIONS)
+MISSED_REASON = "missed notifications"
+_COMMAND_IDS = uuid.UUID("5b0c1c1e-8f57-4c53-9d7e-3a1f0d2b6c41")  # namespace of command ids
+SEND_TIMEOUT_S = 30.0
+
+
+def _log() -> Any:
+    return get_logger("contactsync.router")
+
+
+def command_event_id(source_event_id: str, user_id: str, kind: CommandKind) -> str:
+    """The same input routed again yields the same command id (duplicates are recognisable)."""
+    return uuid.uuid5(_COMMAND_IDS, f"{source_event_id}\x1f{user_id}\x1f{kind}").hex
+
+
+def by_partition(record: WorkRecord) -> Hashable:
+    """One group per topic partition and poll: the link lookup is batched over it."""
+    return (record.topic, record.partition)
+
+
+@dataclass(frozen=True)
+class RoutedUser:
+    setup: UserSetup
+    contact_filter: ContactFilter | None  # None: the filter does not parse, matches nothing
+
+
+class SetupCache:
+    """The enabled setups and their parsed filters, re-read at most every `refresh_seconds`."""
+
+    def __init__(self, store: Store, refresh_seconds: float = 5.0) -> None:
+        self._store = store
+        self.refresh_seconds = refresh_seconds
+        self._users: dict[str, RoutedUser] = {}
+        self._absent: set[str] = set()
+        self._loaded_at: float | None = None
+        self._lock = threading.Lock()
+
+    def users(self) -> dict[str, RoutedUser]:
+        with self._lock:
+            now = time.monotonic()
+            if self._loaded_at is None or now - self._loaded_at >= self.refresh_seconds:
+                self._users = self._load()
+                self._absent = set()
+                self._loaded_at = now
+            return self._users
+
+    def is_enabled(self, user_id: str) -> bool:
+        """In the cache, or (a user added since the last refresh) enabled in the store; a miss
+        is remembered until the next refresh, so unknown users cost one read per period."""
+        users = self.users()
+        if user_id in users:
+            return True
+        if user_id in self._absent:
+            return False
+        setup = self._store.setups.get(user_id)
+        if setup is not None and setup.enabled:
+            self.invalidate()
+            return True
+        self._absent.add(user_id)
+        return False
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._loaded_at = None
+
+    def _load(self) -> dict[str, RoutedUser]:
+        users: dict[str, RoutedUser] = {}
+        for setup in self._store.setups.list_all(enabled=True):
+            try:
+                parsed: ContactFilter | None = ContactFilter.parse(setup.contact_filter)
+            except FilterError as exc:
+                _log().warning("user filter does not parse; routing by links only",
+                               user_id=setup.user_id, error=str(exc))
+                parsed = None
+            users[setup.user_id] = RoutedUser(setup, parsed)
+        return users
+
+
+@dataclass
+class _Outgoing:
+    user_id: str
+    command: SyncCommand
+    trace_id: str
+    event_id: str
+
+
+class Router:
+    """The router role: `handle` is the Worker's handler; `run` polls until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        refresh_seconds: float = 5.0,
+        producer: KafkaProducer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.cache = SetupCache(store, refresh_seconds)
+        self._producer = producer
+        self._owns_producer = producer is None
+        self._commands_topic = topic_name(settings, SYNC_COMMANDS)
+        self.routed = 0  # commands published, for logs and tests
+
+    # --- the role ---
+
+    def build_worker(self, *, retry: RetryPolicy | None = None, **consumer_overrides: Any
+                     ) -> Worker:
+        return build_worker(self.settings, GROUP_ID, TOPICS, self.handle, group_by=by_partition,
+                            retry=retry, **consumer_overrides)
+
+    def run(self, stop: threading.Event, worker: Worker | None = None) -> None:
+        worker = worker or self.build_worker()
+        try:
+            worker.run(stop)
+        finally:
+            worker.close()
+            self.close()
+
+    def close(self) -> None:
+        if self._producer is not None and self._owns_producer:
+            self._producer.close(timeout=10)
+            self._producer = None
+
+    # --- routing ---
+
+    def handle(self, records: Sequence[WorkRecord]) -> None:
+        """Route one poll group and wait until every command is on the broker."""
+        try:
+            outgoing = self.route(records)
+        except OperationalError as exc:  # the database is away or locked: worth retrying
+            raise ServiceUnavailable(f"state store unavailable: {exc}", service="store") from exc
+        self._publish(outgoing)
+
+    def route(self, records: Sequence[WorkRecord]) -> list[_Outgoing]:
+        """The commands for these records, in record order (no I/O but the DB reads)."""
+        users = self.cache.users()
+        bc_ids = {r.payload.contact_id for r in records
+                  if isinstance(r.payload, BcContactChanged)}
+        holders = self.store.links.users_for_bc_ids(bc_ids) if bc_ids else {}
+        out: list[_Outgoing] = []
+        hinted: set[tuple[str, CommandKind]] = set()
+        for record in records:
+            payload = record.payload
+            if isinstance(payload, BcContactChanged):
+                linked = holders.get(payload.contact_id, [])
+                for user_id in self._bc_targets(payload, users, linked):
+                    out.append(self._outgoing(record, user_id, SyncCommand(
+                        user_id=user_id, kind=CommandKind.BC_CHANGE, bc_change=payload,
+                        reason=f"bc contact {payload.kind}")))
+            elif isinstance(payload, GraphNotification):
+                self._once(out, hinted, record, payload.user_id, CommandKind.GRAPH_HINT,
+                           f"graph {payload.change_type}")
+            elif isinstance(payload, GraphLifecycle):
+                if payload.event is LifecycleEvent.MISSED:
+                    self._once(out, hinted, record, payload.user_id, CommandKind.SYNC,
+                               MISSED_REASON)
+            else:
+                _log().warning("unexpected message type on a router topic; ignored",
+                               type=record.envelope.type, topic=record.topic,
+                               partition=record.partition, offset=record.offset)
+        return out
+
+    def _bc_targets(self, change: BcContactChanged, users: dict[str, RoutedUser],
+                    link_holders: Iterable[str]) -> list[str]:
+        targets: dict[str, None] = {}  # ordered set
+        if change.kind is BcChangeKind.UPSERT and change.snapshot is not None:
+            snapshot = change.snapshot.model_dump(mode="json", by_alias=True)
+            for user_id, user in users.items():
+                if user.contact_filter is not None and user.contact_filter.matches(snapshot):
+                    targets[user_id] = None
+        for user_id in sorted(link_holders):
+            if user_id in users:  # a disabled user's links wait until it is enabled again
+                targets[user_id] = None
+        return list(targets)
+
+    def _once(self, out: list[_Outgoing], seen: set[tuple[str, CommandKind]], record: WorkRecord,
+              user_id: str, kind: CommandKind, reason: str) -> None:
+        if (user_id, kind) in seen or not self.cache.is_enabled(user_id):
+            return
+        seen.add((user_id, kind))
+        out.append(self._outgoing(record, user_id,
+                                  SyncCommand(user_id=user_id, kind=kind, reason=reason)))
+
+    @staticmethod
+    def _outgoing(record: WorkRecord, user_id: str, command: SyncCommand) -> _Outgoing:
+        return _Outgoing(user_id, command, record.envelope.trace_id,
+                         command_event_id(record.envelope.event_id, user_id, command.kind))
+
+    # --- publishing ---
+
+    def _get_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = make_producer(resolve_bootstrap(self.settings),
+                                           client_id="contactsync-router")
+        return self._producer
+
+    def _publish(self, outgoing: Sequence[_Outgoing]) -> None:
+        if not outgoing:
+            return
+        producer = self._get_producer()
+        try:
+            futures = [
+                producer.send(self._commands_topic,
+                              value=encode(wrap(o.command, trace_id=o.trace_id,
+                                                event_id=o.event_id)),
+                              key=o.user_id.encode())
+                for o in outgoing
+            ]
+            producer.flush(timeout=SEND_TIMEOUT_S)
+            for future in futures:
+                future.get(timeout=SEND_TIMEOUT_S)
+        except KafkaError as exc:
+            # The broker is away or slow: the Worker retries the whole group (duplicates are
+            # harmless: every command's effect is idempotent).
+            raise ServiceUnavailable(f"could not publish sync commands: {exc}",
+                                     service="kafka") from exc
+        self.routed += len(outgoing)
+        _log().debug("routed", commands=len(outgoing))
