@@ -4,6 +4,8 @@ memory is the product's alone (the emulators hold every contact of both sides)."
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,12 +47,48 @@ def _edit(running: RunningEmulators, share: float) -> dict[str, int]:
     return {"bc": len(bc_people[::step]), "outlook": len(outlook)}
 
 
-def _serve(conn: Connection) -> None:
-    running = start_emulators(
-        graph_config=GraphEmulatorConfig(**UNTHROTTLED_GRAPH),
-        bc_config=BcEmulatorConfig(**UNTHROTTLED_BC),
-    )
-    running.graph.add_user(MAILBOX)
+class _Watcher:
+    """Records when each `tok-...` job title first shows up at each place (BC, or a user's
+    folder): the end-to-end latency of a change, measured where its write lands."""
+
+    def __init__(self, running: RunningEmulators, mailboxes: list[str]) -> None:
+        self.running, self.mailboxes = running, mailboxes
+        self.seen: dict[tuple[str, str], float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.02):
+            now = time.time()
+            for contact in self.running.bc.contacts():
+                self._note("bc", contact.get("jobTitle"), now)
+            for mailbox in self.mailboxes:
+                for contact in _folder(self.running, mailbox):
+                    self._note(mailbox, contact.get("jobTitle"), now)
+
+    def _note(self, place: str, title: Any, now: float) -> None:
+        if isinstance(title, str) and title.startswith("tok-"):
+            self.seen.setdefault((place, title), now)
+
+
+def _folder(running: RunningEmulators, mailbox: str) -> list[dict[str, Any]]:
+    state = running.graph.state
+    for folder in state.child_folders(state.user(mailbox)):
+        if folder.display_name == "Business Central":
+            return running.graph.contacts(mailbox, str(folder.id))
+    return []
+
+
+def _serve(conn: Connection, fast: bool, mailboxes: list[str]) -> None:
+    graph_config = (GraphEmulatorConfig.fast(**UNTHROTTLED_GRAPH) if fast
+                    else GraphEmulatorConfig(**UNTHROTTLED_GRAPH))
+    bc_config = (BcEmulatorConfig.for_tests(**UNTHROTTLED_BC) if fast
+                 else BcEmulatorConfig(**UNTHROTTLED_BC))
+    running = start_emulators(graph_config=graph_config, bc_config=bc_config)
+    for mailbox in mailboxes:
+        running.graph.add_user(mailbox)
+    watcher: _Watcher | None = None
     conn.send({"graph": running.graph_base_url, "bc": running.bc_base_url,
                "company": running.bc.company_id})
     while True:
@@ -65,7 +103,24 @@ def _serve(conn: Connection) -> None:
             running.bc.reset_counters()
         elif command == "edit":
             result = _edit(running, float(arg))
+        elif command == "bc_people":
+            result = [(c["id"], c["email"], c["city"], c["country"])
+                      for c in running.bc.contacts()
+                      if c["type"] == "Person" and c["email"]]
+        elif command == "folder":  # mailbox -> {email: Outlook contact id}
+            result = {(c.get("emailAddresses") or [{}])[0].get("address", ""): c["id"]
+                      for c in _folder(running, str(arg))}
+        elif command == "bc_edit":
+            running.bc.update_contact(arg[0], arg[1])
+        elif command == "outlook_edit":
+            running.graph.person_update_contact(arg[0], arg[1], arg[2])
+        elif command == "watch":
+            watcher = _Watcher(running, mailboxes)
+        elif command == "seen":
+            result = dict(watcher.seen) if watcher else {}
         elif command == "stop":
+            if watcher is not None:
+                watcher.stop.set()
             running.stop()
             conn.send(None)
             return
@@ -73,10 +128,12 @@ def _serve(conn: Connection) -> None:
 
 
 class EmulatorProcess:
-    def __init__(self) -> None:
+    def __init__(self, *, fast: bool = False, mailboxes: tuple[str, ...] = (MAILBOX,)) -> None:
+        """`fast`: the emulators' test timings (notifications within milliseconds)."""
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self._proc = ctx.Process(target=_serve, args=(child, fast, list(mailboxes)),
+                                 daemon=True)
         self._proc.start()
         self.urls: dict[str, str] = self._conn.recv()
 

@@ -1,43 +1,260 @@
 """`contactsync sandbox`: the README's main job, everything on this machine.
 
-It starts the local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS names one), creates the topics,
-and runs until Ctrl-C, then stops what it started.
+With no tenant configured it starts the local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS
+names one), the Graph and BC emulators seeded with contacts, three users with their own
+filters, and every role of the pipeline; queues a full sync for each user, then shows a live
+view of the results. `--demo` edits contacts on both sides, as people would, and the view
+shows them arrive. Ctrl-C (or `--duration`) stops everything it started.
 """
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
 
 import typer
+from kafka import KafkaAdminClient
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from contactsync.cli.common import settings_and_logging, user_errors
-from contactsync.kafka.io import local_broker
-from contactsync.kafka.topics import ensure_topics_at
+from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
+from contactsync.kafka.io import local_broker, make_consumer, make_producer
+from contactsync.kafka.local_broker import free_port
+from contactsync.kafka.topics import (
+    DEADLETTER,
+    SYNC_COMMANDS,
+    SYNC_RESULTS,
+    ensure_topics_at,
+    topic_name,
+)
+from contactsync.pipeline import Pipeline
+from contactsync.settings import Settings
+from contactsync.store import Store
+from emulators.bc import BcEmulatorConfig
+from emulators.bc import SeedSpec as BcSeed
+from emulators.graph import GraphEmulatorConfig
+from schemas.envelope import decode, encode, wrap
+from schemas.messages import CommandKind, SyncCommand
+from schemas.setup import UserSetup
+
+SANDBOX_PREFIX = "sandbox."
+# Three people with their own filters (BC filter syntax) over the seeded cities.
+SANDBOX_USERS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("anna@contoso.test", {}),
+    ("ben@contoso.test", {"city": "Seattle|Redmond"}),
+    ("chloe@contoso.test", {"country": "DK|GB"}),
+)
 
 
-def sandbox() -> None:
-    """Run the whole pipeline locally (against the emulators when no tenant is configured)."""
-    settings = settings_and_logging()
+@dataclass
+class LiveState:
+    results: dict[str, dict[str, int]] = field(default_factory=dict)
+    last: dict[str, str] = field(default_factory=dict)
+    dead_letters: int = 0
+    events: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        self.events = [*self.events[-9:], f"{time.strftime('%H:%M:%S')} {text}"]
+
+
+def _fresh_topics(bootstrap: str, settings: Settings) -> None:
+    """The emulators start empty each time, so must the sandbox's topics: messages of an
+    earlier sandbox name contacts that no longer exist. Production topics are not touched."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        old = [t for t in admin.list_topics() if t.startswith(SANDBOX_PREFIX)]
+        if old:
+            admin.delete_topics(old)
+            deadline = time.monotonic() + 30
+            while set(old) & set(admin.list_topics()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        admin.close()
+    ensure_topics_at(bootstrap, settings)
+
+
+def _seed_users(store: Store, emulators: RunningEmulators) -> list[UserSetup]:
+    setups = []
+    for mailbox, contact_filter in SANDBOX_USERS:
+        emulators.graph.add_user(mailbox)
+        setups.append(store.setups.add(UserSetup(user_id=mailbox, mailbox=mailbox,
+                                                 contact_filter=contact_filter)))
+    return setups
+
+
+def _queue_full_syncs(settings: Settings, bootstrap: str, setups: list[UserSetup]) -> None:
+    producer = make_producer(bootstrap)
+    try:
+        for setup in setups:
+            command = SyncCommand(user_id=setup.user_id, kind=CommandKind.FULL_SYNC,
+                                  reason="sandbox start")
+            producer.send(topic_name(settings, SYNC_COMMANDS), key=setup.user_id.encode(),
+                          value=encode(wrap(command)))
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def _follow_results(settings: Settings, bootstrap: str, state: LiveState,
+                    stop: threading.Event) -> None:
+    consumer = make_consumer(bootstrap, f"sandbox-view-{time.time_ns()}",
+                             topic_name(settings, SYNC_RESULTS), topic_name(settings, DEADLETTER),
+                             auto_offset_reset="latest")
+    try:
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.topic.endswith(DEADLETTER):
+                        state.dead_letters += 1
+                        state.note("dead letter: an event could not be applied")
+                        continue
+                    result = decode(record.value).payload
+                    totals = state.results.setdefault(result.user_id, {})
+                    for key, count in result.summary.items():
+                        totals[key] = totals.get(key, 0) + count
+                    state.last[result.user_id] = f"{result.kind} {result.status}"
+                    if result.summary.get("writes"):
+                        changed = {k: v for k, v in result.summary.items()
+                                   if v and k not in ("writes", "failed")}
+                        state.note(f"{result.user_id}: {result.kind} -> {changed}")
+    finally:
+        consumer.close()
+
+
+def _demo(emulators: RunningEmulators, state: LiveState, stop: threading.Event) -> None:
+    """Edits as people make them: a BC edit, then an Outlook edit, every few seconds."""
+    rng = random.Random(7)
+    titles = ["Buyer", "Purchasing Manager", "Sales Rep", "CFO", "Engineer"]
+    while not stop.wait(3.0):
+        people = [c for c in emulators.bc.contacts() if c["type"] == "Person" and c["email"]]
+        if people:
+            who = rng.choice(people)
+            title = rng.choice(titles)
+            emulators.bc.update_contact(who["id"], {"jobTitle": title})
+            state.note(f"BC: {who['displayName']} is now {title!r}")
+        mailbox = SANDBOX_USERS[0][0]
+        folders = emulators.graph.state.child_folders(emulators.graph.state.user(mailbox))
+        folder = next((f for f in folders if f.display_name == "Business Central"), None)
+        if folder is not None and stop.wait(1.5) is False:
+            contacts = emulators.graph.contacts(mailbox, str(folder.id))
+            if contacts:
+                who = rng.choice(contacts)
+                phone = f"+1 425 555 {rng.randint(1000, 9999)}"
+                emulators.graph.person_update_contact(mailbox, who["id"], {"mobilePhone": phone})
+                state.note(f"Outlook ({mailbox}): {who['displayName']} mobile {phone}")
+
+
+def _view(state: LiveState, emulators: RunningEmulators) -> Table:
+    table = Table(title="contactsync sandbox (Ctrl-C stops)", expand=True)
+    for column in ("user", "last result", "created", "updated", "deleted", "conflicts"):
+        table.add_column(column)
+    for mailbox, _ in SANDBOX_USERS:
+        totals = state.results.get(mailbox, {})
+        table.add_row(
+            mailbox, state.last.get(mailbox, "waiting"),
+            str(totals.get("created_in_outlook", 0) + totals.get("created_in_bc", 0)),
+            str(totals.get("updated_outlook", 0) + totals.get("updated_bc", 0)),
+            str(totals.get("deleted_from_outlook", 0)), str(totals.get("conflicts", 0)),
+        )
+    table.caption = "\n".join([*state.events, f"dead letters: {state.dead_letters}"])
+    return table
+
+
+def sandbox(
+    demo: Annotated[bool, typer.Option(help="Edit contacts on both sides, as people would")]
+    = False,
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: Ctrl-C)")]
+    = 0.0,
+    contacts: Annotated[int, typer.Option(help="BC persons to seed")] = 200,
+) -> None:
+    """Run the whole pipeline locally against the emulators."""
+    base = settings_and_logging()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     broker = None
     with user_errors():
-        if settings.kafka_bootstrap_servers:
-            bootstrap = settings.kafka_bootstrap_servers
+        if base.kafka_bootstrap_servers:
+            bootstrap = base.kafka_bootstrap_servers
         else:
-            broker = local_broker(settings)
+            broker = local_broker(base)
             typer.echo("starting the local Kafka broker ...")
             bootstrap = broker.up()
-        ensure_topics_at(bootstrap, settings)
-    typer.echo(f"kafka: {bootstrap}")
-    typer.echo("sandbox running; Ctrl-C stops it")
+    emulators = start_emulators(
+        graph_config=GraphEmulatorConfig(),
+        bc_config=BcEmulatorConfig(notification_delay_seconds=1.0),
+    )
+    emulators.bc.seed(BcSeed(persons=contacts, companies=max(1, contacts // 20),
+                             without_email=contacts // 50, privacy_blocked=contacts // 100))
+    webhook_port = free_port()
+    state_dir = base.kafka_data_dir.parent
+    db = state_dir / "sandbox.db"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (db, db.with_name("sandbox.db-wal"), db.with_name("sandbox.db-shm")):
+        stale.unlink(missing_ok=True)  # the emulators start empty: so do the links
+    settings = base.model_copy(update={
+        "kafka_bootstrap_servers": bootstrap,
+        "graph_base_url": emulators.graph_base_url,
+        "bc_base_url": emulators.bc_base_url,
+        "bc_company": emulators.bc.company_id,
+        "webhook_public_url": f"http://127.0.0.1:{webhook_port}",
+        "database_url": f"sqlite:///{db}",
+        "topic_prefix": SANDBOX_PREFIX,
+    })
+    _fresh_topics(bootstrap, settings)
+    store = Store.open(settings.database_url)
+    pipeline = Pipeline(settings, store, webhook_port=webhook_port)
+    live_state = LiveState()
+    helpers: list[threading.Thread] = []
     try:
-        while not stop.wait(0.5):
-            pass
+        setups = _seed_users(store, emulators)
+        pipeline.start()
+        helpers.append(threading.Thread(target=_follow_results, daemon=True,
+                                        args=(settings, bootstrap, live_state, stop)))
+        if demo:
+            helpers.append(threading.Thread(target=_demo, daemon=True,
+                                            args=(emulators, live_state, stop)))
+        for helper in helpers:
+            helper.start()
+        time.sleep(1.0)  # let the view's consumer join before the first results
+        _queue_full_syncs(settings, bootstrap, setups)
+        typer.echo(f"kafka {bootstrap} | graph {emulators.graph_base_url} | "
+                   f"bc {emulators.bc_base_url} | webhook {pipeline.webhook_url}")
+        deadline = time.monotonic() + duration if duration > 0 else None
+        console = Console()
+        with Live(_view(live_state, emulators), console=console, refresh_per_second=2,
+                  transient=not console.is_terminal) as live:
+            while not stop.wait(0.5) and not pipeline.stop_event.is_set():
+                live.update(_view(live_state, emulators))
+                if deadline is not None and time.monotonic() > deadline:
+                    break
     except KeyboardInterrupt:
         pass
     finally:
+        stop.set()
+        pipeline.stop()
+        for helper in helpers:
+            helper.join(timeout=10)
+        failed = pipeline.failed_roles
+        _print_summary(live_state, failed)
+        store.close()
+        emulators.stop()
         if broker is not None:
             broker.down()
         typer.echo("stopped")
+    if pipeline.failed_roles:
+        raise typer.Exit(1)
+
+
+def _print_summary(state: LiveState, failed: dict[str, BaseException]) -> None:
+    for mailbox, _ in SANDBOX_USERS:
+        totals = state.results.get(mailbox, {})
+        typer.echo(f"{mailbox}: {state.last.get(mailbox, 'no result')} {totals}")
+    typer.echo(f"dead letters: {state.dead_letters}")
+    for name, error in failed.items():
+        typer.echo(f"role {name} failed: {type(error).__name__}: {error}")

@@ -1,0 +1,61 @@
+"""`contactsync run`: every role of the pipeline in one process, against the configured tenant.
+
+Embedded defaults: the local Kafka broker (started if KAFKA_BOOTSTRAP_SERVERS names none) and
+the SQLite store. For the whole thing against the emulators, use `contactsync sandbox`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated, Any
+
+import typer
+
+from contactsync.cli.common import settings_and_logging, user_errors
+from contactsync.kafka.io import local_broker
+from contactsync.kafka.topics import ensure_topics_at
+from contactsync.pipeline import ALL_ROLES, Pipeline
+from contactsync.store import Store
+from contactsync.sync.services import ConfigError
+
+
+def run(
+    roles: Annotated[str, typer.Option(help="Comma-separated roles to run")] = ",".join(ALL_ROLES),
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The webhook's port")] = 8080,
+) -> None:
+    """Run the pipeline's roles (webhook, subscriptions, bc-changes, router, applier)."""
+    settings = settings_and_logging()
+    stop = threading.Event()
+
+    def handler(*_: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    chosen = tuple(r.strip() for r in roles.split(",") if r.strip())
+    with user_errors():
+        unknown = sorted(set(chosen) - set(ALL_ROLES))
+        if unknown:
+            raise ConfigError(f"unknown roles {unknown}; roles: {', '.join(ALL_ROLES)}")
+        if settings.uses_emulators:
+            raise ConfigError("no tenant configured: set CONTACTSYNC_GRAPH_BASE_URL and "
+                              "CONTACTSYNC_BC_BASE_URL, or run `contactsync sandbox`")
+        bootstrap = settings.kafka_bootstrap_servers or local_broker(settings).up()
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+        ensure_topics_at(bootstrap, settings)
+        store = Store.open(settings.database_url)
+    pipeline = Pipeline(settings, store, roles=chosen, webhook_host=host, webhook_port=port)
+    try:
+        pipeline.start()
+        typer.echo(f"running {', '.join(chosen)}; Ctrl-C stops them")
+        while not stop.wait(0.5) and not pipeline.stop_event.is_set():
+            pass
+    finally:
+        pipeline.stop()
+        store.close()
+    for name, error in pipeline.failed_roles.items():
+        typer.echo(f"role {name} failed: {type(error).__name__}: {error}", err=True)
+    if pipeline.failed_roles:
+        raise typer.Exit(1)

@@ -1,0 +1,103 @@
+"""Every role of the pipeline in one process: `contactsync run` and `contactsync sandbox`.
+
+Each role runs in a thread of its own with one shared stop event; scale-out runs the same roles
+as separate processes (`contactsync webhook|router|applier|bc-changes|subscriptions`). A role
+that dies is reported and the others stop too: a half pipeline would silently lose work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from contactsync.logs import get_logger
+from contactsync.settings import Settings
+from contactsync.store import Store
+
+ALL_ROLES = ("webhook", "subscriptions", "bc-changes", "router", "applier")
+
+
+@dataclass
+class _Role:
+    name: str
+    run: Callable[[threading.Event], None]
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: Store
+    roles: tuple[str, ...] = ALL_ROLES
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 0
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    _roles: list[_Role] = field(default_factory=list)
+    _webhook: Any = None
+
+    @property
+    def webhook_url(self) -> str:
+        return self._webhook.url if self._webhook is not None else ""
+
+    def start(self) -> None:
+        if "webhook" in self.roles:
+            self._start_webhook()
+        for name in self.roles:
+            if name == "webhook":
+                continue
+            role = _Role(name, self._runner(name))
+            role.thread = threading.Thread(target=self._guard, args=(role,), name=name,
+                                           daemon=True)
+            self._roles.append(role)
+            role.thread.start()
+
+    def _start_webhook(self) -> None:
+        from emulators.common.server import BackgroundServer
+        from producers.webhook import StoreRegistry, create_webhook_app
+
+        app = create_webhook_app(self.settings, StoreRegistry(self.store))
+        self._webhook = BackgroundServer(app, host=self.webhook_host,
+                                         port=self.webhook_port).start()
+
+    def _runner(self, name: str) -> Callable[[threading.Event], None]:
+        if name == "router":
+            from consumers.router import Router
+
+            return Router(self.settings, self.store).run
+        if name == "applier":
+            from consumers.applier import Applier
+
+            return Applier(self.settings, self.store).run
+        if name == "bc-changes":
+            from producers.change_feed import run_bc_changes
+
+            return lambda stop: run_bc_changes(self.settings, self.store, stop)
+        if name == "subscriptions":
+            from producers.subscription_keeper import run_subscriptions
+
+            return lambda stop: run_subscriptions(self.settings, self.store, stop)
+        raise ValueError(f"unknown role {name!r}; roles: {', '.join(ALL_ROLES)}")
+
+    def _guard(self, role: _Role) -> None:
+        try:
+            role.run(self.stop_event)
+        except BaseException as exc:  # reported, and everything stops
+            role.error = exc
+            get_logger("contactsync.pipeline").error("role failed", role=role.name,
+                                                     error=exc)
+            self.stop_event.set()
+
+    @property
+    def failed_roles(self) -> dict[str, BaseException]:
+        return {r.name: r.error for r in self._roles if r.error is not None}
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        for role in self._roles:
+            if role.thread is not None:
+                role.thread.join(timeout)
+        if self._webhook is not None:
+            self._webhook.stop()

@@ -1,0 +1,40 @@
+"""The README's main-job command: `contactsync sandbox --demo` runs everything and stops."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kafka_fixtures import KafkaHandle
+
+pytestmark = pytest.mark.kafka
+
+
+def test_sandbox_demo_syncs_every_user_shows_edits_arriving_and_stops_cleanly(
+    kafka: KafkaHandle, tmp_path: Path
+):
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
+               CONTACTSYNC_STATE_DIR=str(tmp_path), CONTACTSYNC_LOG_LEVEL="WARNING")
+    for var in ("CONTACTSYNC_GRAPH_BASE_URL", "CONTACTSYNC_BC_BASE_URL", "AZURE_CLIENT_ID"):
+        env.pop(var, None)
+    exe = str(Path(sys.executable).parent / "contactsync")
+    run = subprocess.run([exe, "sandbox", "--demo", "--duration", "25", "--contacts", "60"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240,
+                         check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    out = run.stdout
+    assert "dead letters: 0" in out and out.rstrip().endswith("stopped")
+    created = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"^(\S+@contoso\.test): .*'created_in_outlook': (\d+)", out, re.MULTILINE)}
+    # Everyone got a folder; the unfiltered user holds the most.
+    assert set(created) == {"anna@contoso.test", "ben@contoso.test", "chloe@contoso.test"}
+    assert created["anna@contoso.test"] > max(created["ben@contoso.test"],
+                                              created["chloe@contoso.test"]) > 0
+    # The demo's edits arrived: updates flowed after the first full syncs.
+    updates = sum(int(n) for n in re.findall(r"'updated_(?:outlook|bc)': (\d+)", out))
+    assert updates > 0
