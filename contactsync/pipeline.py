@@ -72,11 +72,11 @@ class Pipeline:
 
             return Applier(self.settings, self.store).run
         if name == "bc-changes":
-            from producers.change_feed import run_bc_changes
+            from producers.bc_changes import run_bc_changes
 
             return lambda stop: run_bc_changes(self.settings, self.store, stop)
         if name == "subscriptions":
-            from producers.subscription_keeper import run_subscriptions
+            from producers.subscriptions import run_subscriptions
 
             return lambda stop: run_subscriptions(self.settings, self.store, stop)
         raise ValueError(f"unknown role {name!r}; roles: {', '.join(ALL_ROLES)}")

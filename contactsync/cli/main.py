@@ -13,6 +13,8 @@ from contactsync.cli import (
     emulate_cmd,
     kafka_cmds,
     pipeline_cmds,
+    producer_cmds,
+    run_cmd,
     sandbox_cmd,
     schema_cmds,
     sync_cmd,
@@ -32,3 +34,6 @@ app.command()(webhook_cmd.webhook)
 app.command()(sync_cmd.sync)
 app.command()(pipeline_cmds.router)
 app.command()(pipeline_cmds.applier)
+app.command(name="bc-changes")(producer_cmds.bc_changes)
+app.command()(producer_cmds.subscriptions)
+app.command()(run_cmd.run)

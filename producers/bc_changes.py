@@ -1,0 +1,435 @@
+"""producers/bc_changes: BC hints in, full contact snapshots out (DESIGN.md "Flow", 1, 2, 9).
+
+    bc.notifications (hints, key company id) --+
+    polling timer ------------------------------+--> one `lastModifiedDateTime gt W - overlap`
+                                                      query per round
+                                                 --> bc.contact.changes (key BC contact id)
+
+A *round* is one query: every contact BC reports modified after the company's watermark minus
+`overlap` is published as a `bc.contact.changed` (kind upsert, the full contact as BC returned
+it), and every `deleted` hint received since the last round as kind deleted (the id comes from
+the hint's resource, `.../contacts(<id>)`: BC has nothing else to read for a deletion).
+
+- Hints are hints (decision 1): `created`, `updated` and `collection` notifications only ask for
+  a round. Every hint that arrives while a round is gathered (`coalesce_seconds` after the
+  first, or while BC's own 30 s window batched them into one POST) is answered by that one
+  query (decision 2); so is a `collection` notification (its filter is always at or after our
+  watermark), and so is a missed one, by the timer.
+- The timer runs a round every `poll_interval` seconds (30 s), or every
+  `fallback_poll_interval` (5 s) when BC says it offers no webhooks on contacts
+  (`webhook_supported()`, asked at start; a failed answer counts as "no").
+- The watermark (the largest `lastModifiedDateTime` seen) is stored per company id and advances
+  only after the broker acknowledged every message of the round (flush, then each future):
+  a round that fails publishes again next time, never skips. The overlap re-reads contacts
+  committed out of order around the watermark; those already published with the same ETag are
+  not published again (remembered in memory; after a restart one duplicate is harmless).
+- Offsets of `bc.notifications` are committed only after the round that answered them
+  succeeded (at least once, decision 9). A failed round is retried with backoff; a record that
+  cannot be decoded goes to `deadletter`.
+- First start of a company (no watermark stored): the watermark starts at *now minus overlap*.
+  History is not replayed into the stream (that would flood it with every contact ever); the
+  reconcile job (`full_sync`) covers the past. Our clock stands in for BC's there, so a skew
+  larger than the overlap can miss edits of the first seconds; reconcile covers those too.
+
+The BC client is async: the feed runs it on one event loop of its own (`loop`), in the thread
+that calls `run` / `run_round`. Build the client on that same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from contactsync.clients.bc import BcClient
+from contactsync.clients.errors import ServiceError, ServiceUnavailable
+from contactsync.kafka.deadletter import DeadLetterSink
+from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
+from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, DEADLETTER, topic_name
+from contactsync.logs import get_logger
+from contactsync.settings import Settings
+from contactsync.store import Store
+from contactsync.sync.services import ConfigError, azure_credential
+from schemas.contacts import BcContact
+from schemas.envelope import MessageError, decode, encode, wrap
+from schemas.messages import BcChangeKind, BcContactChanged, BcNotification
+
+GROUP_ID = "contactsync-bc-changes"
+DEFAULT_POLL_INTERVAL = 30.0
+DEFAULT_FALLBACK_POLL_INTERVAL = 5.0
+DEFAULT_OVERLAP = timedelta(seconds=2)
+SEND_TIMEOUT_S = 30.0
+MAX_BACKOFF_S = 30.0
+_CONTACT_ID = re.compile(r"contacts\(([^)]+)\)\s*$", re.IGNORECASE)
+_EVENT_IDS = uuid.UUID("0d7c3a52-2f0e-4b8e-9c41-6a2b1f9e7d13")  # namespace of message ids
+
+
+def _log() -> Any:
+    return get_logger("contactsync.bc_changes")
+
+
+def contact_id_from_resource(resource: str) -> str | None:
+    """`api/v2.0/companies(...)/contacts(<id>)` (relative or absolute) -> `<id>`, else None."""
+    path = resource.split("?", 1)[0].strip().rstrip("/")
+    m = _CONTACT_ID.search(path)
+    if m is None:
+        return None
+    return m.group(1).strip().strip("'{}") or None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _PendingDelete:
+    contact_id: str
+    last_modified: datetime | None
+    trace_id: str | None
+
+
+@dataclass
+class RoundReport:
+    """What one round did."""
+
+    watermark_before: datetime
+    watermark_after: datetime
+    upserts: int = 0  # snapshots published
+    deletes: int = 0  # deletions published
+    unchanged: int = 0  # re-read in the overlap with an ETag already published: skipped
+    duration_s: float = 0.0
+
+
+@dataclass
+class _Intake:
+    """Polled, not yet committed: what the next successful round settles."""
+
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    dead: list[tuple[Any, str, str]] = field(default_factory=list)  # record, reason, type
+
+
+class BcChangeFeed:
+    """The change feed of one BC company (the client's)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bc_client: BcClient,
+        producer: KafkaProducer,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        fallback_poll_interval: float = DEFAULT_FALLBACK_POLL_INTERVAL,
+        overlap: timedelta = DEFAULT_OVERLAP,
+        coalesce_seconds: float = 0.25,
+        consumer: KafkaConsumer | None = None,
+        group_id: str = GROUP_ID,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bc = bc_client
+        self.producer = producer
+        self.loop = loop or asyncio.new_event_loop()
+        self._owns_loop = loop is None
+        self.poll_interval = poll_interval
+        self.fallback_poll_interval = fallback_poll_interval
+        self.overlap = overlap
+        self.coalesce_seconds = coalesce_seconds
+        self.group_id = group_id
+        self._consumer = consumer
+        self._owns_consumer = consumer is None
+        self._changes_topic = topic_name(settings, BC_CONTACT_CHANGES)
+        self._hints_topic = topic_name(settings, BC_NOTIFICATIONS)
+        self._dead_letters = DeadLetterSink(producer, topic_name(settings, DEADLETTER))
+        self._pending_deletes: dict[str, _PendingDelete] = {}
+        self._round_requested = False
+        self._published: dict[str, tuple[datetime | None, str]] = {}  # id -> (modified, etag)
+        self._intake = _Intake()
+        self.webhooks: bool | None = None  # None until `start`
+        self.rounds = 0  # successful rounds, for logs and tests
+        self.failed_rounds = 0
+
+    # --- setup ---------------------------------------------------------------------------
+
+    @property
+    def company_id(self) -> str:
+        return self.bc.company_id
+
+    @property
+    def interval(self) -> float:
+        """Seconds between timer rounds: shorter when BC sends no webhooks for contacts."""
+        return self.poll_interval if self.webhooks else self.fallback_poll_interval
+
+    def start(self) -> None:
+        """Ask BC whether contacts have webhooks; make sure the company has a watermark."""
+        if self.webhooks is None:
+            try:
+                self.webhooks = self.loop.run_until_complete(self.bc.webhook_supported())
+            except ServiceError as exc:
+                _log().warning("could not ask BC about webhooks; polling as without them",
+                               error=str(exc))
+                self.webhooks = False
+            _log().info("bc change feed", company=self.company_id, webhooks=self.webhooks,
+                        interval_s=self.interval)
+        self.watermark()
+
+    def watermark(self) -> datetime:
+        """The stored watermark; on a company's first start, now minus the overlap (stored)."""
+        stored = self.store.state.get_watermark(self.company_id)
+        if stored is not None:
+            return _aware(stored)
+        initial = datetime.now(UTC) - self.overlap
+        self.store.state.set_watermark(self.company_id, initial)
+        _log().info("no watermark yet: starting from now (the reconcile job covers the past)",
+                    company=self.company_id, watermark=initial.isoformat())
+        return initial
+
+    # --- hints ---------------------------------------------------------------------------
+
+    def add_hint(self, note: BcNotification, trace_id: str | None = None) -> None:
+        """Take one notification: a deletion is remembered for the next round; any hint of
+        this company asks for a round."""
+        if note.company_id and note.company_id.strip("{}").lower() != self.company_id.lower():
+            _log().warning("hint for another company ignored", company=note.company_id,
+                           subscription_id=note.subscription_id)
+            return
+        self._round_requested = True
+        if note.change_type.lower() != "deleted":
+            return
+        contact_id = contact_id_from_resource(note.resource)
+        if contact_id is None:
+            _log().warning("deleted hint without a contact id in its resource",
+                           subscription_id=note.subscription_id)
+            return
+        self._pending_deletes[contact_id] = _PendingDelete(contact_id, note.last_modified,
+                                                           trace_id)
+
+    @property
+    def round_requested(self) -> bool:
+        return self._round_requested
+
+    # --- a round -------------------------------------------------------------------------
+
+    def run_round(self) -> RoundReport:
+        """One query, its snapshots and the pending deletions published and acknowledged, then
+        the watermark advanced. Raises a `RetryableError` (BC or the broker away) with nothing
+        advanced; the pending deletions stay for the next round."""
+        self.start()
+        try:
+            report = self.loop.run_until_complete(self._round())
+        except BaseException:
+            self.failed_rounds += 1
+            raise
+        self.rounds += 1
+        return report
+
+    async def _round(self) -> RoundReport:
+        started = time.perf_counter()
+        watermark = self.watermark()
+        self._round_requested = False
+        deletes = list(self._pending_deletes.values())
+        report = RoundReport(watermark, watermark)
+        futures: list[Any] = []
+        fresh: dict[str, tuple[datetime | None, str]] = {}
+        highest = watermark
+        try:
+            for d in deletes:  # they happened before the query below: it cannot return them
+                change = BcContactChanged(company_id=self.company_id, contact_id=d.contact_id,
+                                          kind=BcChangeKind.DELETED,
+                                          last_modified=d.last_modified)
+                futures.append(self._send(change, d.trace_id, "deleted"))
+            report.deletes = len(deletes)
+            flt = BcClient.changed_since_filter(watermark, self.overlap)
+            async for page in self.bc.iter_contact_pages(flt):
+                for raw in page:
+                    contact = BcContact.model_validate(raw)
+                    modified = contact.last_modified_date_time
+                    if modified is not None:
+                        modified = _aware(modified)
+                        highest = max(highest, modified)
+                    if self._published.get(contact.id) == (modified, contact.etag):
+                        report.unchanged += 1
+                        continue
+                    change = BcContactChanged(company_id=self.company_id, contact_id=contact.id,
+                                              kind=BcChangeKind.UPSERT, snapshot=contact,
+                                              last_modified=modified)
+                    futures.append(self._send(change, None, contact.etag or str(modified)))
+                    fresh[contact.id] = (modified, contact.etag)
+            self.producer.flush(timeout=SEND_TIMEOUT_S)
+            for future in futures:
+                future.get(timeout=SEND_TIMEOUT_S)
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"could not publish BC contact changes: {exc}",
+                                     service="kafka") from exc
+        # Every message is on the broker: now, and only now, the round counts.
+        report.upserts = len(fresh)
+        report.watermark_after = highest
+        if highest > watermark:
+            report.watermark_after = _aware(self.store.state.advance_watermark(self.company_id,
+                                                                               highest))
+        for d in deletes:
+            if self._pending_deletes.get(d.contact_id) == d:
+                del self._pending_deletes[d.contact_id]
+        self._remember(fresh, report.watermark_after)
+        report.duration_s = time.perf_counter() - started
+        _log().info("bc round", company=self.company_id, upserts=report.upserts,
+                    deletes=report.deletes, unchanged=report.unchanged,
+                    watermark=report.watermark_after.isoformat())
+        return report
+
+    def _send(self, change: BcContactChanged, trace_id: str | None, version: str) -> Any:
+        event_id = uuid.uuid5(_EVENT_IDS, f"{self.company_id}\x1f{change.contact_id}\x1f"
+                                          f"{change.kind}\x1f{version}").hex
+        value = encode(wrap(change, trace_id=trace_id, event_id=event_id))
+        return self.producer.send(self._changes_topic, key=change.contact_id.encode(),
+                                  value=value)
+
+    def _remember(self, fresh: Mapping[str, tuple[datetime | None, str]],
+                  watermark: datetime) -> None:
+        """Keep only what the next query can return again: modified within the overlap."""
+        self._published.update(fresh)
+        floor = watermark - self.overlap
+        self._published = {
+            cid: seen for cid, seen in self._published.items()
+            if seen[0] is not None and seen[0] > floor
+        }
+
+    # --- the role ------------------------------------------------------------------------
+
+    def _get_consumer(self) -> KafkaConsumer:
+        if self._consumer is None:
+            self._consumer = make_consumer(resolve_bootstrap(self.settings), self.group_id,
+                                           self._hints_topic)
+        return self._consumer
+
+    def _take(self, polled: Mapping[TopicPartition, Iterable[Any]]) -> int:
+        count = 0
+        for tp in sorted(polled):
+            for record in polled[tp]:
+                count += 1
+                self._intake.positions[tp] = max(self._intake.positions.get(tp, 0),
+                                                 record.offset + 1)
+                self._round_requested = True
+                try:
+                    envelope = decode(record.value)
+                except MessageError as exc:
+                    self._intake.dead.append((record, str(exc), type(exc).__name__))
+                    continue
+                if not isinstance(envelope.payload, BcNotification):
+                    self._intake.dead.append(
+                        (record, f"not a bc.notification: {envelope.type}", "UnexpectedType"))
+                    continue
+                self.add_hint(envelope.payload, envelope.trace_id)
+        return count
+
+    def _poll(self, consumer: KafkaConsumer, timeout_s: float) -> int:
+        """Poll hints; once some arrived, keep gathering for `coalesce_seconds`."""
+        got = self._take(consumer.poll(timeout_ms=max(0, int(timeout_s * 1000))))
+        if not got:
+            return 0
+        deadline = time.monotonic() + self.coalesce_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            more = self._take(consumer.poll(timeout_ms=max(1, int(left * 1000))))
+            if not more:
+                break
+            got += more
+        return got
+
+    def _settle(self, consumer: KafkaConsumer) -> None:
+        """After a successful round: dead letters out, then the offsets committed."""
+        for record, reason, error_type in self._intake.dead:
+            self._dead_letters.send(record, reason=reason, error_type=error_type, attempts=1)
+        self._intake.dead.clear()
+        positions, self._intake.positions = self._intake.positions, {}
+        if not positions:
+            return
+        try:
+            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in positions.items()})
+        except Exception as exc:  # rebalanced away: the hints come again, costing one query
+            _log().warning("offset commit failed", error=str(exc))
+
+    def run(self, stop: threading.Event) -> None:
+        """Rounds on hints and on the timer until `stop` is set (a first round right away)."""
+        self.start()
+        consumer = self._get_consumer()
+        next_timer = time.monotonic()  # catch up at once from the stored watermark
+        backoff = 0.0
+        retry_at = 0.0
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                wait = max(0.0, min(next_timer - now, 0.5))
+                if backoff:
+                    wait = min(wait, max(0.0, retry_at - now))
+                self._poll(consumer, wait)
+                now = time.monotonic()
+                due = self._round_requested or now >= next_timer
+                if not due or (backoff and now < retry_at) or stop.is_set():
+                    continue
+                try:
+                    self.run_round()
+                    self._settle(consumer)
+                except Exception as exc:  # BC or the broker away: all of it again later
+                    backoff = min(max(backoff * 2, 1.0), MAX_BACKOFF_S)
+                    retry_at = time.monotonic() + backoff
+                    self._round_requested = True
+                    _log().warning("bc round failed; retrying", error=str(exc),
+                                   retry_in_s=backoff)
+                    continue
+                backoff = 0.0
+                next_timer = time.monotonic() + self.interval
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the consumer (uncommitted hints come again) and, if the feed made it, the
+        loop. The BC client and the producer belong to the caller."""
+        if self._consumer is not None and self._owns_consumer:
+            self._consumer.close(autocommit=False)
+            self._consumer = None
+        if self._owns_loop and not self.loop.is_closed():
+            self.loop.close()
+
+
+def run_bc_changes(
+    settings: Settings,
+    store: Store,
+    stop: threading.Event,
+    *,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    fallback_poll_interval: float = DEFAULT_FALLBACK_POLL_INTERVAL,
+) -> None:
+    """The `bc-changes` role: the configured company's feed until `stop` is set."""
+    if not (settings.bc_base_url and settings.bc_company):
+        raise ConfigError("no Business Central configured: set CONTACTSYNC_BC_BASE_URL and "
+                          "CONTACTSYNC_BC_COMPANY")
+    loop = asyncio.new_event_loop()
+    credential = azure_credential()
+    producer = make_producer(resolve_bootstrap(settings), client_id="contactsync-bc-changes")
+    bc: BcClient | None = None
+    try:
+        bc = loop.run_until_complete(BcClient.create(
+            settings.bc_base_url, settings.bc_company, credential, scope=settings.bc_scope))
+        BcChangeFeed(settings, store, bc, producer, loop=loop, poll_interval=poll_interval,
+                     fallback_poll_interval=fallback_poll_interval).run(stop)
+    finally:
+        try:
+            if bc is not None:
+                loop.run_until_complete(bc.aclose())
+            if credential is not None:
+                loop.run_until_complete(credential.close())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+            producer.close(timeout=10)

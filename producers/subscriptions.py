@@ -1,0 +1,460 @@
+"""producers/subscriptions: the webhook subscriptions we hold, kept alive (reference/graph.md 3,
+reference/bc.md c.4, DESIGN.md "Flow").
+
+What `SubscriptionKeeper.run_once()` makes true, each time it runs (every `interval`, 5 min):
+
+- Graph: exactly one subscription per ENABLED user, on the user's folder
+  (`users/{mailbox}/contactFolders/{folder id}/contacts`, created,updated,deleted, basic
+  notifications to `{webhook_public_url}/webhooks/graph`, lifecycle events to
+  `.../webhooks/graph/lifecycle`, expiring ~4,200 minutes out, under the 4,230 documented cap).
+  A disabled or removed user's subscription is deleted.
+- BC: one subscription per company (the client's; `.../webhooks/bc`), when BC says it offers
+  webhooks on contacts; otherwise none, and the change feed polls faster.
+- Renewal when less than a third of the lifetime remains (Graph: PATCH expirationDateTime;
+  BC: PATCH with If-Match, which repeats the handshake).
+- A subscription gone at the service (missing from its listing, or 404 on renew) is recreated.
+  Subscriptions at the service that carry our notificationUrl but are not in the store (a crash
+  between create and store) are deleted. Run one keeper per deployment.
+
+Lifecycle events (`graph.lifecycle` on `graph.notifications`, group `contactsync-subscriptions`):
+`reauthorizationRequired` -> renew (a renewal also reauthorizes, and extends); a 404 -> recreate.
+`subscriptionRemoved` -> recreate. `missed` -> nothing here: the router queues a sync.
+
+Every Graph create publishes `SyncCommand(kind=sync)` for that user to `sync.commands` (keyed by
+user id): "subscription recreated" when it replaces one, since notifications may have been lost
+meanwhile; "subscription created" for a user's first one, for the reason below.
+
+clientState, and when it is stored: each subscription gets a fresh random secret
+(`contactsync.clients.graph.new_client_state`: 48 random bytes, 64 characters, under Graph's
+128 and BC's 2,048). The store can only
+hold it under the subscription id, which the service assigns in its answer to the create call,
+and the webhook looks notifications up by that id. So the record is stored right after the
+create returns; the handshake needs no record (the webhook echoes any validation token). A
+notification that arrives in the few milliseconds in between is refused by the webhook (it is
+not ours yet); the sync command published after every create reads whatever such a notification
+would have announced. BC waits 30 s before its first notification, so it never meets that gap.
+If storing fails, the new subscription is deleted again.
+
+The Graph and BC clients are async: the keeper runs them on one event loop of its own (`loop`),
+in the thread that calls `run`. Build the clients on that same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from contactsync.clients.bc import BcClient, parse_bc_datetime
+from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
+from contactsync.clients.graph import GraphClient, new_client_state
+from contactsync.kafka.io import make_producer, resolve_bootstrap
+from contactsync.kafka.topics import GRAPH_NOTIFICATIONS, SYNC_COMMANDS, topic_name
+from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
+from contactsync.logs import get_logger
+from contactsync.settings import Settings
+from contactsync.store import Store
+from contactsync.store.records import Subscription, SubscriptionService
+from contactsync.sync.services import ConfigError, open_services
+from schemas.envelope import encode, wrap
+from schemas.messages import CommandKind, GraphLifecycle, LifecycleEvent, SyncCommand
+from schemas.setup import UserSetup
+
+GROUP_ID = "contactsync-subscriptions"
+GRAPH_LIFETIME = timedelta(minutes=4200)  # under the documented 4,230 (reference 3.2)
+BC_LIFETIME = timedelta(days=3)  # BC's own, not ours to choose (reference c.4)
+RENEW_WHEN_LEFT = 1 / 3  # renew once less than this share of the lifetime remains
+DEFAULT_INTERVAL = 300.0
+CREATED_REASON = "subscription created"
+RECREATED_REASON = "subscription recreated"
+SEND_TIMEOUT_S = 30.0
+GRAPH_PATH = "/webhooks/graph"
+GRAPH_LIFECYCLE_PATH = "/webhooks/graph/lifecycle"
+BC_PATH = "/webhooks/bc"
+
+
+def _log() -> Any:
+    return get_logger("contactsync.subscriptions")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _expiry(entity: dict[str, Any], fallback: datetime) -> datetime:
+    text = entity.get("expirationDateTime")
+    if not isinstance(text, str) or not text:
+        return fallback
+    value = parse_bc_datetime(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass
+class KeeperReport:
+    """What one `run_once` (or one lifecycle event) did; subscription ids."""
+
+    created: list[str] = field(default_factory=list)
+    recreated: list[str] = field(default_factory=list)  # the new ids
+    renewed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # user id or company -> error
+
+
+class SubscriptionKeeper:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        graph: GraphClient,
+        bc: BcClient | None,
+        producer: KafkaProducer,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        graph_lifetime: timedelta = GRAPH_LIFETIME,
+        bc_lifetime: timedelta = BC_LIFETIME,
+        interval: float = DEFAULT_INTERVAL,
+    ) -> None:
+        base = settings.webhook_public_url.rstrip("/")
+        if not base:
+            raise ConfigError("set CONTACTSYNC_WEBHOOK_PUBLIC_URL: the public base URL of the "
+                              "webhook, where Graph and BC send notifications")
+        self.settings = settings
+        self.store = store
+        self.graph = graph
+        self.bc = bc
+        self.producer = producer
+        self.loop = loop or asyncio.new_event_loop()
+        self._owns_loop = loop is None
+        self.clock = clock
+        self.graph_lifetime = graph_lifetime
+        self.bc_lifetime = bc_lifetime
+        self.interval = interval
+        self.graph_url = base + GRAPH_PATH
+        self.lifecycle_url = base + GRAPH_LIFECYCLE_PATH
+        self.bc_url = base + BC_PATH
+        self._commands_topic = topic_name(settings, SYNC_COMMANDS)
+        self._unsent: list[SyncCommand] = []  # sync commands the broker has not acked yet
+
+    # --- Graph, per user -----------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self.clock()
+
+    def _due(self, expiration: datetime, lifetime: timedelta) -> bool:
+        return expiration - self._now() < lifetime * RENEW_WHEN_LEFT
+
+    async def _create_graph(self, setup: UserSetup) -> Subscription:
+        folder_id = await self.graph.find_or_create_folder(setup.mailbox, setup.folder_name)
+        resource = f"users/{setup.mailbox}/contactFolders/{folder_id}/contacts"
+        state = new_client_state()
+        wanted = self._now() + self.graph_lifetime
+        created = await self.graph.create_subscription(
+            resource, self.graph_url, self.lifecycle_url, state, wanted)
+        record = Subscription(str(created["id"]), SubscriptionService.GRAPH, resource, state,
+                              _expiry(created, wanted), self.graph_url, user_id=setup.user_id)
+        try:
+            self.store.subscriptions.upsert(record)
+        except Exception:
+            # Unknown to the webhook, it would only ever be refused: take it back.
+            await self.graph.delete_subscription(record.subscription_id)
+            raise
+        _log().info("graph subscription created", user_id=setup.user_id,
+                    subscription_id=record.subscription_id,
+                    expiration=record.expiration.isoformat())
+        return record
+
+    async def _replace(self, setup: UserSetup, gone: Sequence[Subscription],
+                       report: KeeperReport) -> None:
+        """`gone` no longer exists at Graph: make sure the user has another one, tell the
+        applier to catch up, then forget `gone`. Safe to repeat after a failure part-way."""
+        gone_ids = {s.subscription_id for s in gone}
+        others = [s for s in self.store.subscriptions.list_all(
+            service=SubscriptionService.GRAPH, user_id=setup.user_id)
+            if s.subscription_id not in gone_ids]
+        if not others:
+            new = await self._create_graph(setup)
+            report.recreated.append(new.subscription_id)
+        self._publish_sync(setup.user_id, RECREATED_REASON)
+        for s in gone:
+            self.store.subscriptions.delete(s.subscription_id)
+        _log().info("graph subscription recreated", user_id=setup.user_id, gone=sorted(gone_ids))
+
+    async def _renew_graph(self, setup: UserSetup, sub: Subscription,
+                           report: KeeperReport) -> None:
+        wanted = self._now() + self.graph_lifetime
+        try:
+            renewed = await self.graph.renew_subscription(sub.subscription_id, wanted)
+        except NotFound:
+            await self._replace(setup, [sub], report)
+            return
+        self.store.subscriptions.upsert(
+            dataclasses.replace(sub, expiration=_expiry(renewed, wanted)))
+        report.renewed.append(sub.subscription_id)
+
+    async def _delete_graph(self, sub: Subscription, report: KeeperReport) -> None:
+        await self.graph.delete_subscription(sub.subscription_id)  # False: already gone
+        self.store.subscriptions.delete(sub.subscription_id)
+        report.deleted.append(sub.subscription_id)
+        _log().info("graph subscription deleted", user_id=sub.user_id,
+                    subscription_id=sub.subscription_id)
+
+    async def _keep_user(self, setup: UserSetup, subs: list[Subscription],
+                         live: set[str] | None, report: KeeperReport) -> None:
+        subs = sorted(subs, key=lambda s: s.expiration, reverse=True)
+        prefix = f"users/{setup.mailbox}/".lower()
+        for s in [s for s in subs if not s.resource.lower().startswith(prefix)]:
+            await self._delete_graph(s, report)  # the setup moved to another mailbox
+            subs.remove(s)
+        gone = [s for s in subs if live is not None and s.subscription_id not in live]
+        present = [s for s in subs if s not in gone]
+        if gone:
+            await self._replace(setup, gone, report)
+            if not present:
+                return
+        if not subs:
+            new = await self._create_graph(setup)
+            report.created.append(new.subscription_id)
+            self._publish_sync(setup.user_id, CREATED_REASON)
+            return
+        keep, extra = present[0], present[1:]
+        for s in extra:
+            await self._delete_graph(s, report)
+        if self._due(keep.expiration, self.graph_lifetime):
+            await self._renew_graph(setup, keep, report)
+
+    async def _keep_graph(self, report: KeeperReport) -> None:
+        setups = {s.user_id: s for s in self.store.setups.list_all(enabled=True)}
+        listing: dict[str, dict[str, Any]] | None
+        try:
+            listing = {str(s["id"]): s for s in await self.graph.list_subscriptions()}
+        except ServiceError as exc:
+            _log().warning("could not list Graph subscriptions; checking by renewal only",
+                           error=str(exc))
+            listing = None
+        live = set(listing) if listing is not None else None
+        stored = self.store.subscriptions.list_all(service=SubscriptionService.GRAPH)
+        for sub in stored:
+            if sub.user_id not in setups:  # disabled or removed
+                try:
+                    await self._delete_graph(sub, report)
+                except ServiceError as exc:
+                    report.failed[sub.user_id or sub.subscription_id] = str(exc)
+        for setup in setups.values():
+            mine = [s for s in stored if s.user_id == setup.user_id]
+            try:
+                await self._keep_user(setup, mine, live, report)
+            except ServiceError as exc:
+                report.failed[setup.user_id] = str(exc)
+                _log().warning("could not keep the user's subscription", user_id=setup.user_id,
+                               error=str(exc))
+        if listing is not None:
+            known = {s.subscription_id for s in
+                     self.store.subscriptions.list_all(service=SubscriptionService.GRAPH)}
+            known.update(report.deleted)  # deleted in this pass already
+            for sid, entity in listing.items():
+                if sid not in known and entity.get("notificationUrl") == self.graph_url:
+                    try:
+                        await self.graph.delete_subscription(sid)
+                        report.deleted.append(sid)
+                        _log().info("orphan graph subscription deleted", subscription_id=sid)
+                    except ServiceError as exc:
+                        report.failed[sid] = str(exc)
+
+    # --- BC, per company -----------------------------------------------------------------
+
+    async def _create_bc(self, bc: BcClient) -> Subscription:
+        state = new_client_state()
+        created = await bc.create_subscription(self.bc_url, state)
+        record = Subscription(str(created["subscriptionId"]), SubscriptionService.BC,
+                              str(created.get("resource") or bc.contacts_resource), state,
+                              _expiry(created, self._now() + self.bc_lifetime), self.bc_url,
+                              company=bc.company_id)
+        try:
+            self.store.subscriptions.upsert(record)
+        except Exception:
+            await bc.delete_subscription(record.subscription_id,
+                                         str(created.get("@odata.etag") or "*"))
+            raise
+        _log().info("bc subscription created", company=bc.company_id,
+                    subscription_id=record.subscription_id)
+        return record
+
+    async def _keep_bc(self, bc: BcClient, report: KeeperReport) -> None:
+        company = bc.company_id
+        if not await bc.webhook_supported():
+            return  # the change feed polls faster instead
+        listing = {str(s.get("subscriptionId")): s for s in await bc.list_subscriptions()}
+        stored = sorted(self.store.subscriptions.list_all(service=SubscriptionService.BC,
+                                                          company=company),
+                        key=lambda s: s.expiration, reverse=True)
+        present = []
+        for sub in stored:
+            if sub.subscription_id in listing:
+                present.append(sub)
+            else:  # deleted by BC (failed deliveries) or expired: a new one below
+                self.store.subscriptions.delete(sub.subscription_id)
+                _log().info("bc subscription gone", company=company,
+                            subscription_id=sub.subscription_id)
+        for sub in present[1:]:
+            etag = str(listing[sub.subscription_id].get("@odata.etag") or "*")
+            await bc.delete_subscription(sub.subscription_id, etag)
+            self.store.subscriptions.delete(sub.subscription_id)
+            report.deleted.append(sub.subscription_id)
+        keep = present[0] if present else None
+        if keep is not None and self._due(keep.expiration, self.bc_lifetime):
+            etag = str(listing[keep.subscription_id].get("@odata.etag") or "*")
+            try:
+                renewed = await bc.renew_subscription(keep.subscription_id, etag)
+            except NotFound:
+                self.store.subscriptions.delete(keep.subscription_id)
+                keep = None
+            else:
+                self.store.subscriptions.upsert(dataclasses.replace(
+                    keep, expiration=_expiry(renewed, self._now() + self.bc_lifetime)))
+                report.renewed.append(keep.subscription_id)
+        if keep is None:
+            new = await self._create_bc(bc)
+            (report.recreated if stored else report.created).append(new.subscription_id)
+        known = {s.subscription_id for s in self.store.subscriptions.list_all(
+            service=SubscriptionService.BC)} | set(report.deleted)
+        for sid, entity in listing.items():
+            if sid not in known and entity.get("notificationUrl") == self.bc_url:
+                await bc.delete_subscription(sid, str(entity.get("@odata.etag") or "*"))
+                report.deleted.append(sid)
+                _log().info("orphan bc subscription deleted", subscription_id=sid)
+
+    # --- the passes ----------------------------------------------------------------------
+
+    async def run_once(self) -> KeeperReport:
+        """One pass over every user and the company: create, renew, recreate, delete."""
+        report = KeeperReport()
+        self._flush_unsent()
+        await self._keep_graph(report)
+        if self.bc is not None:
+            try:
+                await self._keep_bc(self.bc, report)
+            except ServiceError as exc:
+                report.failed[self.bc.company_id] = str(exc)
+                _log().warning("could not keep the BC subscription", error=str(exc))
+        _log().info("subscriptions kept", created=len(report.created),
+                    recreated=len(report.recreated), renewed=len(report.renewed),
+                    deleted=len(report.deleted), failed=len(report.failed))
+        return report
+
+    async def handle_lifecycle(self, event: GraphLifecycle) -> KeeperReport:
+        """Act on one lifecycle event. Events for subscriptions no longer stored (already
+        replaced: a redelivery) are ignored, so handling is idempotent."""
+        report = KeeperReport()
+        self._flush_unsent()
+        sub = self.store.subscriptions.get(event.subscription_id)
+        if sub is None or sub.service is not SubscriptionService.GRAPH or event.event is \
+                LifecycleEvent.MISSED:
+            return report
+        setup = self.store.setups.get(sub.user_id or "")
+        if setup is None or not setup.enabled:
+            await self._delete_graph(sub, report)
+            return report
+        if event.event is LifecycleEvent.SUBSCRIPTION_REMOVED:
+            await self._replace(setup, [sub], report)
+        elif event.event is LifecycleEvent.REAUTHORIZATION_REQUIRED:
+            await self._renew_graph(setup, sub, report)
+        return report
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def _publish_sync(self, user_id: str, reason: str) -> None:
+        self._unsent.append(SyncCommand(user_id=user_id, kind=CommandKind.SYNC, reason=reason))
+        self._flush_unsent()
+
+    def _flush_unsent(self) -> None:
+        """Publish the queued sync commands; each stays queued until the broker acked it."""
+        if not self._unsent:
+            return
+        try:
+            futures = [
+                (c, self.producer.send(self._commands_topic, key=c.user_id.encode(),
+                                       value=encode(wrap(c))))
+                for c in self._unsent
+            ]
+            self.producer.flush(timeout=SEND_TIMEOUT_S)
+            for command, future in futures:
+                future.get(timeout=SEND_TIMEOUT_S)
+                self._unsent.remove(command)
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"could not publish sync commands: {exc}",
+                                     service="kafka") from exc
+
+    # --- the role ------------------------------------------------------------------------
+
+    def handle(self, records: Sequence[WorkRecord]) -> None:
+        """The Worker's handler: lifecycle events only (change notifications are the
+        router's)."""
+        for record in records:
+            if isinstance(record.payload, GraphLifecycle):
+                self.loop.run_until_complete(self.handle_lifecycle(record.payload))
+
+    def build_worker(self, *, retry: RetryPolicy | None = None, **consumer_overrides: Any
+                     ) -> Worker:
+        return build_worker(self.settings, GROUP_ID, (GRAPH_NOTIFICATIONS,), self.handle,
+                            retry=retry, **consumer_overrides)
+
+    def run(self, stop: threading.Event, worker: Worker | None = None) -> None:
+        """A pass every `interval` seconds (the first at once), lifecycle events in between,
+        until `stop` is set."""
+        worker = worker or self.build_worker()
+        worker._stop = stop  # its retry back-off then ends when we stop
+        next_pass = time.monotonic()
+        try:
+            while not stop.is_set():
+                if time.monotonic() >= next_pass:
+                    try:
+                        self.loop.run_until_complete(self.run_once())
+                    except Exception as exc:  # the store or the broker away: next pass
+                        _log().warning("subscription pass failed", error=str(exc))
+                    next_pass = time.monotonic() + self.interval
+                worker.run_once()
+        finally:
+            try:
+                worker.commit()
+            finally:
+                worker.close()
+                self.close()
+
+    def close(self) -> None:
+        if self._owns_loop and not self.loop.is_closed():
+            self.loop.close()
+
+
+def run_subscriptions(
+    settings: Settings,
+    store: Store,
+    stop: threading.Event,
+    *,
+    interval: float = DEFAULT_INTERVAL,
+) -> None:
+    """The `subscriptions` role against the configured tenant, until `stop` is set."""
+    loop = asyncio.new_event_loop()
+    producer = make_producer(resolve_bootstrap(settings), client_id="contactsync-subscriptions")
+    try:
+        services_cm = open_services(settings, store)
+        services = loop.run_until_complete(services_cm.__aenter__())
+        try:
+            SubscriptionKeeper(settings, store, services.graph, services.bc, producer,
+                               loop=loop, interval=interval).run(stop)
+        finally:
+            loop.run_until_complete(services_cm.__aexit__(None, None, None))
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+            producer.close(timeout=10)

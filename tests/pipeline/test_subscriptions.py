@@ -1,0 +1,257 @@
+"""The subscription keeper against the Graph and BC emulators, with our own webhook answering
+their handshakes and notifications, on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
+from contactsync.clients.bc import BcClient, parse_bc_datetime
+from contactsync.clients.graph import GraphClient
+from contactsync.kafka.io import make_producer
+from contactsync.kafka.topics import (
+    BC_NOTIFICATIONS,
+    GRAPH_NOTIFICATIONS,
+    SYNC_COMMANDS,
+    ensure_topics_at,
+    topic_name,
+)
+from contactsync.kafka.worker import RetryPolicy
+from contactsync.settings import Settings
+from contactsync.store import Store
+from contactsync.store.records import Subscription, SubscriptionService
+from emulators.bc import BcEmulatorConfig
+from emulators.common.server import BackgroundServer
+from emulators.graph import GraphEmulatorConfig
+from producers.subscriptions import (
+    CREATED_REASON,
+    RECREATED_REASON,
+    SubscriptionKeeper,
+)
+from producers.webhook import StoreRegistry, create_webhook_app
+from schemas.envelope import Envelope, decode
+from schemas.messages import CommandKind, SyncCommand
+from schemas.setup import UserSetup
+
+pytestmark = pytest.mark.kafka
+
+ANN, BOB, OFF = "ann@contoso.test", "bob@contoso.test", "off@contoso.test"
+FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, timeout=2.0)
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    store: Store
+    emulators: RunningEmulators
+    keeper: SubscriptionKeeper
+    loop: asyncio.AbstractEventLoop
+    now: list[datetime]
+
+    def run_once(self) -> Any:
+        return self.loop.run_until_complete(self.keeper.run_once())
+
+    def stored(self, user: str) -> list[Subscription]:
+        return self.store.subscriptions.list_all(service=SubscriptionService.GRAPH, user_id=user)
+
+    def graph_subs(self, mailbox: str) -> list[dict[str, Any]]:
+        uid = self.emulators.graph.user_id(mailbox)
+        return [s for s in self.emulators.graph.subscriptions() if s["userId"] == uid]
+
+
+def read_all(settings: Settings, base: str) -> list[tuple[str, Envelope[Any]]]:
+    topic = topic_name(settings, base)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                             enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: list[tuple[str, Envelope[Any]]] = []
+        deadline = time.monotonic() + 10
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            assert time.monotonic() < deadline
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend((r.key.decode(), decode(r.value)) for r in records)
+        return out
+    finally:
+        consumer.close(autocommit=False)
+
+
+def commands(settings: Settings) -> list[tuple[str, SyncCommand]]:
+    return [(k, e.payload) for k, e in read_all(settings, SYNC_COMMANDS)]
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def rig(kafka_settings: Settings) -> Iterator[Rig]:
+    ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
+    store = Store.open(kafka_settings.database_url)
+    # A large Graph maximum lets the tests renew from an injected "now" hours ahead.
+    emulators = start_emulators(
+        graph_config=GraphEmulatorConfig.fast(subscription_max_minutes=100_000),
+        bc_config=BcEmulatorConfig.for_tests())
+    webhook = BackgroundServer(create_webhook_app(kafka_settings, StoreRegistry(store))).start()
+    settings = kafka_settings.model_copy(update={"webhook_public_url": webhook.url})
+    for mailbox, enabled in ((ANN, True), (BOB, True), (OFF, False)):
+        emulators.graph.add_user(mailbox)
+        store.setups.add(UserSetup(user_id=mailbox, mailbox=mailbox, enabled=enabled))
+    loop = asyncio.new_event_loop()
+    graph = GraphClient.create(emulators.graph_base_url)
+    bc = loop.run_until_complete(BcClient.create(emulators.bc_base_url, emulators.bc.company_id))
+    producer: KafkaProducer = make_producer(settings.kafka_bootstrap_servers)
+    now = [datetime.now(UTC)]
+    keeper = SubscriptionKeeper(settings, store, graph, bc, producer, loop=loop,
+                                clock=lambda: now[0])
+    try:
+        yield Rig(settings, store, emulators, keeper, loop, now)
+    finally:
+        producer.close(timeout=5)
+        loop.run_until_complete(bc.aclose())
+        loop.run_until_complete(graph.close())
+        loop.close()
+        webhook.stop()
+        emulators.stop()
+        store.close()
+
+
+def test_one_subscription_per_enabled_user_and_one_for_the_company(rig: Rig) -> None:
+    report = rig.run_once()
+    assert len(report.created) == 3 and not report.failed
+    base = rig.settings.webhook_public_url
+    for mailbox in (ANN, BOB):
+        [stored] = rig.stored(mailbox)
+        [live] = rig.graph_subs(mailbox)
+        assert live["id"] == stored.subscription_id
+        assert live["clientState"] == stored.client_state and len(stored.client_state) >= 43
+        assert live["resource"] == stored.resource
+        assert stored.resource.startswith(f"users/{mailbox}/contactFolders/")
+        assert stored.resource.endswith("/contacts")
+        assert live["changeType"] == "created,updated,deleted"
+        assert live["notificationUrl"] == f"{base}/webhooks/graph"
+        assert live["lifecycleNotificationUrl"] == f"{base}/webhooks/graph/lifecycle"
+        left = stored.expiration - rig.now[0]
+        assert timedelta(minutes=4190) < left <= timedelta(minutes=4200)
+    assert rig.stored(OFF) == [] and rig.graph_subs(OFF) == []
+    states = {s.client_state for s in rig.store.subscriptions.list_all()}
+    assert len(states) == 3, "a fresh secret each"
+
+    [bc_sub] = rig.emulators.bc.hub.all()
+    [bc_stored] = rig.store.subscriptions.list_all(service=SubscriptionService.BC)
+    assert bc_stored.subscription_id == bc_sub.subscription_id
+    assert bc_stored.company == rig.emulators.bc.company_id
+    assert bc_sub.client_state == bc_stored.client_state
+    assert bc_sub.notification_url == f"{base}/webhooks/bc"
+
+    # A second pass has nothing to do.
+    again = rig.run_once()
+    assert (again.created, again.recreated, again.renewed, again.deleted) == ([], [], [], [])
+    assert len(rig.emulators.graph.subscriptions()) == 2 and len(rig.emulators.bc.hub.all()) == 1
+
+    # Each user's first subscription starts with a sync (notifications before it was stored).
+    assert sorted((k, c.kind, c.reason) for k, c in commands(rig.settings)) == [
+        (ANN, CommandKind.SYNC, CREATED_REASON), (BOB, CommandKind.SYNC, CREATED_REASON)]
+
+    # The stored client states are what the webhook checks: real notifications get through.
+    folder_id = rig.stored(ANN)[0].resource.split("/")[3]
+    rig.emulators.graph.person_create_contact(ANN, folder_id, {"givenName": "Z"})
+    rig.emulators.bc.create_contact({"displayName": "Y", "email": "y@x.test"})
+    rig.emulators.bc.flush_notifications()
+    graph_notes = wait_for(lambda: read_all(rig.settings, GRAPH_NOTIFICATIONS), "graph note")
+    assert graph_notes[0][1].payload.user_id == ANN
+    bc_notes = wait_for(lambda: read_all(rig.settings, BC_NOTIFICATIONS), "bc note")
+    assert bc_notes[0][1].payload.company_id == rig.emulators.bc.company_id
+
+
+def test_renews_when_a_third_of_the_lifetime_is_left(rig: Rig) -> None:
+    rig.run_once()
+    before = {s.subscription_id: s.expiration for s in rig.store.subscriptions.list_all()}
+    rig.now[0] += timedelta(minutes=2700)  # 1,500 of 4,200 minutes left: not yet
+    assert rig.run_once().renewed == []
+    rig.emulators.bc.reset_counters()
+
+    rig.now[0] += timedelta(minutes=200)  # 1,300 left (< 1,400); BC: under 1 of its 3 days
+    report = rig.run_once()
+    assert sorted(report.renewed) == sorted(before)
+    assert report.created == report.recreated == report.deleted == []
+    for mailbox in (ANN, BOB):
+        [stored] = rig.stored(mailbox)
+        assert stored.expiration - rig.now[0] > timedelta(minutes=4190)
+        [live] = rig.graph_subs(mailbox)
+        assert parse_bc_datetime(live["expirationDateTime"]) == stored.expiration
+    patches = [r for r in rig.emulators.bc.counters_snapshot()["by_route"]
+               if r["method"] == "PATCH" and "subscriptions" in r["route"]]
+    assert sum(r["count"] for r in patches) == 1, "BC renewed once (with If-Match)"
+
+
+def test_recreates_a_removed_subscription_and_queues_a_sync(rig: Rig) -> None:
+    rig.run_once()
+    [first] = rig.stored(ANN)
+    bob_before = rig.stored(BOB)
+
+    # Removed behind our back, without a word: the next pass sees it missing.
+    assert rig.emulators.graph.remove_subscription(first.subscription_id)
+    report = rig.run_once()
+    [second] = rig.stored(ANN)
+    assert report.recreated == [second.subscription_id] != [first.subscription_id]
+    assert [s["id"] for s in rig.graph_subs(ANN)] == [second.subscription_id]
+    assert second.client_state != first.client_state
+    assert rig.stored(BOB) == bob_before
+
+    # Removed with a lifecycle event: webhook -> graph.notifications -> the keeper's worker.
+    worker = rig.keeper.build_worker(retry=FAST)
+    try:
+        rig.emulators.graph.send_lifecycle(second.subscription_id, "subscriptionRemoved")
+        deadline = time.monotonic() + 20
+        while [s.subscription_id for s in rig.stored(ANN)] == [second.subscription_id]:
+            assert time.monotonic() < deadline, "the lifecycle event was not acted on"
+            worker.run_once()
+        [third] = rig.stored(ANN)
+        assert [s["id"] for s in rig.graph_subs(ANN)] == [third.subscription_id]
+
+        # reauthorizationRequired renews (and so reauthorizes) the subscription.
+        rig.now[0] += timedelta(minutes=30)
+        rig.emulators.graph.send_lifecycle(third.subscription_id, "reauthorizationRequired")
+        while rig.stored(ANN)[0].expiration == third.expiration:
+            assert time.monotonic() < deadline, "the reauthorization was not acted on"
+            worker.run_once()
+        assert rig.stored(ANN)[0].subscription_id == third.subscription_id
+    finally:
+        worker.close()
+
+    recreated = [(k, c.kind) for k, c in commands(rig.settings) if c.reason == RECREATED_REASON]
+    assert recreated == [(ANN, CommandKind.SYNC), (ANN, CommandKind.SYNC)], "keyed by user"
+
+
+def test_a_disabled_user_loses_the_subscription(rig: Rig) -> None:
+    rig.run_once()
+    [bob] = rig.stored(BOB)
+    rig.store.setups.disable(BOB)
+    report = rig.run_once()
+    assert report.deleted == [bob.subscription_id]
+    assert rig.stored(BOB) == [] and rig.graph_subs(BOB) == []
+    assert len(rig.stored(ANN)) == 1 and len(rig.graph_subs(ANN)) == 1
+
+    [ann] = rig.stored(ANN)
+    rig.store.setups.remove(ANN)  # removed altogether: the same
+    assert rig.run_once().deleted == [ann.subscription_id]
+    assert rig.emulators.graph.subscriptions() == []
+    assert rig.store.subscriptions.list_all(service=SubscriptionService.GRAPH) == []
