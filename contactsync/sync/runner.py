@@ -15,6 +15,7 @@ run reads those changes again (echo suppression makes a re-read cost no write).
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -203,10 +204,30 @@ async def _plan_and_apply(
     return report
 
 
-async def _folder(graph: GraphClient, setup: UserSetup, dry_run: bool) -> str | None:
+# Folder ids per client, so the near-real-time path does not list a mailbox's folders for
+# every change. Kept for a few minutes: a folder a user deleted is created again after that
+# (writes into it fail until then, are reported, and are retried by the next run).
+FOLDER_TTL = 300.0
+_folders: weakref.WeakKeyDictionary[GraphClient, dict[tuple[str, str], tuple[str, float]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _folder(
+    graph: GraphClient, setup: UserSetup, dry_run: bool, *, cached: bool = False
+) -> str | None:
+    """The user's folder id; `cached` (the near-real-time path) may answer from memory, while
+    Sync and Full sync always look (and so recreate a folder the user deleted)."""
     if dry_run:
         return await _find_folder(graph, setup.mailbox, setup.folder_name)
-    return await graph.find_or_create_folder(setup.mailbox, setup.folder_name)
+    cache = _folders.setdefault(graph, {})
+    key = (setup.mailbox, setup.folder_name)
+    hit = cache.get(key)
+    if cached and hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    folder_id = await graph.find_or_create_folder(setup.mailbox, setup.folder_name)
+    cache[key] = (folder_id, time.monotonic() + FOLDER_TTL)
+    return folder_id
 
 
 async def sync_user(
@@ -262,7 +283,7 @@ async def apply_changes(
     either side. Every item given is a change, so no "since" applies. The stored delta link
     advances only after a clean run; the last-sync mark of "Sync" is left alone."""
     started_clock = time.perf_counter()
-    folder_id = await _folder(graph, setup, dry_run=False)
+    folder_id = await _folder(graph, setup, dry_run=False, cached=True)
     outlook_snap: OutlookSnapshot | None = None
     new_delta_link: str | None = None
     if read_outlook_delta:
