@@ -59,7 +59,7 @@ class _Watcher:
         self.thread.start()
 
     def _loop(self) -> None:
-        while not self.stop.wait(0.02):
+        while not self.stop.wait(0.1):  # cheap enough not to slow the emulators
             now = time.time()
             for contact in self.running.bc.contacts():
                 self._note("bc", contact.get("jobTitle"), now)
