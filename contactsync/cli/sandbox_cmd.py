@@ -150,7 +150,7 @@ def _demo(emulators: RunningEmulators, state: LiveState, stop: threading.Event) 
                 state.note(f"Outlook ({mailbox}): {who['displayName']} mobile {phone}")
 
 
-def _view(state: LiveState, emulators: RunningEmulators) -> Table:
+def _view(state: LiveState) -> Table:
     table = Table(title="contactsync sandbox (Ctrl-C stops)", expand=True)
     for column in ("user", "last result", "created", "updated", "deleted", "conflicts"):
         table.add_column(column)
@@ -227,10 +227,10 @@ def sandbox(
                    f"bc {emulators.bc_base_url} | webhook {pipeline.webhook_url}")
         deadline = time.monotonic() + duration if duration > 0 else None
         console = Console()
-        with Live(_view(live_state, emulators), console=console, refresh_per_second=2,
+        with Live(_view(live_state), console=console, refresh_per_second=2,
                   transient=not console.is_terminal) as live:
             while not stop.wait(0.5) and not pipeline.stop_event.is_set():
-                live.update(_view(live_state, emulators))
+                live.update(_view(live_state))
                 if deadline is not None and time.monotonic() > deadline:
                     break
     except KeyboardInterrupt:
