@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -13,6 +16,7 @@ from contactsync.engine.bcfilter import FilterError
 from contactsync.kafka.local_broker import BrokerError
 from contactsync.logs import configure_logging
 from contactsync.settings import Settings, load_settings
+from contactsync.store import Store
 from contactsync.store.records import StoreError
 from contactsync.sync.services import ConfigError
 
@@ -47,3 +51,29 @@ def user_errors() -> Iterator[None]:
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(1) from None
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C (SIGINT) or SIGTERM: roles finish what they hold, then stop."""
+    stop = threading.Event()
+
+    def handler(*_: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def run_role(name: str, role: Callable[[Settings, Store, threading.Event], None]) -> None:
+    """Run one pipeline role in the foreground with the configured store until a signal."""
+    settings = settings_and_logging()
+    stop = stop_on_signals()
+    with user_errors():
+        store = Store.open(settings.database_url)
+        try:
+            typer.echo(f"{name} running; Ctrl-C stops it")
+            role(settings, store, stop)
+        finally:
+            store.close()
+    typer.echo(f"{name} stopped")

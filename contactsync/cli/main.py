@@ -12,8 +12,7 @@ from contactsync.cli import (
     dlq_cmds,
     emulate_cmd,
     kafka_cmds,
-    pipeline_cmds,
-    producer_cmds,
+    role_cmds,
     run_cmd,
     sandbox_cmd,
     schema_cmds,
@@ -32,8 +31,8 @@ app.command()(emulate_cmd.emulate)
 app.add_typer(dlq_cmds.dlq_app, name="dlq")
 app.command()(webhook_cmd.webhook)
 app.command()(sync_cmd.sync)
-app.command()(pipeline_cmds.router)
-app.command()(pipeline_cmds.applier)
-app.command(name="bc-changes")(producer_cmds.bc_changes)
-app.command()(producer_cmds.subscriptions)
+app.command()(role_cmds.router)
+app.command()(role_cmds.applier)
+app.command(name="bc-changes")(role_cmds.bc_changes)
+app.command()(role_cmds.subscriptions)
 app.command()(run_cmd.run)

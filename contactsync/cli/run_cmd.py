@@ -6,13 +6,11 @@ the SQLite store. For the whole thing against the emulators, use `contactsync sa
 
 from __future__ import annotations
 
-import signal
-import threading
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from contactsync.cli.common import settings_and_logging, user_errors
+from contactsync.cli.common import settings_and_logging, stop_on_signals, user_errors
 from contactsync.kafka.io import local_broker
 from contactsync.kafka.topics import ensure_topics_at
 from contactsync.pipeline import ALL_ROLES, Pipeline
@@ -27,13 +25,7 @@ def run(
 ) -> None:
     """Run the pipeline's roles (webhook, subscriptions, bc-changes, router, applier)."""
     settings = settings_and_logging()
-    stop = threading.Event()
-
-    def handler(*_: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    stop = stop_on_signals()
     chosen = tuple(r.strip() for r in roles.split(",") if r.strip())
     with user_errors():
         unknown = sorted(set(chosen) - set(ALL_ROLES))
