@@ -241,7 +241,7 @@ def sandbox(
         for helper in helpers:
             helper.join(timeout=10)
         failed = pipeline.failed_roles
-        _print_summary(live_state, failed)
+        _print_summary(live_state, failed, emulators)
         store.close()
         emulators.stop()
         if broker is not None:
@@ -251,10 +251,21 @@ def sandbox(
         raise typer.Exit(1)
 
 
-def _print_summary(state: LiveState, failed: dict[str, BaseException]) -> None:
+def _folder_size(emulators: RunningEmulators, mailbox: str) -> int:
+    state = emulators.graph.state
+    for folder in state.child_folders(state.user(mailbox)):
+        if folder.display_name == "Business Central":
+            return len(emulators.graph.contacts(mailbox, str(folder.id)))
+    return 0
+
+
+def _print_summary(state: LiveState, failed: dict[str, BaseException],
+                   emulators: RunningEmulators) -> None:
+    """What each user ended with (read from the emulators), then what the results said."""
     for mailbox, _ in SANDBOX_USERS:
         totals = state.results.get(mailbox, {})
-        typer.echo(f"{mailbox}: {state.last.get(mailbox, 'no result')} {totals}")
+        typer.echo(f"{mailbox}: {_folder_size(emulators, mailbox)} contacts in the folder; "
+                   f"last {state.last.get(mailbox, 'no result')}; results {totals}")
     typer.echo(f"dead letters: {state.dead_letters}")
     for name, error in failed.items():
         typer.echo(f"role {name} failed: {type(error).__name__}: {error}")

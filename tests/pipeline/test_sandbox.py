@@ -29,12 +29,13 @@ def test_sandbox_demo_syncs_every_user_shows_edits_arriving_and_stops_cleanly(
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     out = run.stdout
     assert "dead letters: 0" in out and out.rstrip().endswith("stopped")
-    created = {m.group(1): int(m.group(2)) for m in re.finditer(
-        r"^(\S+@contoso\.test): .*'created_in_outlook': (\d+)", out, re.MULTILINE)}
-    # Everyone got a folder; the unfiltered user holds the most.
-    assert set(created) == {"anna@contoso.test", "ben@contoso.test", "chloe@contoso.test"}
-    assert created["anna@contoso.test"] > max(created["ben@contoso.test"],
-                                              created["chloe@contoso.test"]) > 0
+    folders = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"^(\S+@contoso\.test): (\d+) contacts in the folder", out, re.MULTILINE)}
+    # Everyone got a folder of their own: 60 persons, one without an email; ben's filter
+    # (Seattle|Redmond) and chloe's (DK|GB) each select two of the six seeded cities.
+    assert set(folders) == {"anna@contoso.test", "ben@contoso.test", "chloe@contoso.test"}
+    assert folders["anna@contoso.test"] == 59, out[-3000:]
+    assert 0 < folders["ben@contoso.test"] < 59 and 0 < folders["chloe@contoso.test"] < 59
     # The demo's edits arrived: updates flowed after the first full syncs.
     updates = sum(int(n) for n in re.findall(r"'updated_(?:outlook|bc)': (\d+)", out))
     assert updates > 0
