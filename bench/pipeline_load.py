@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -144,6 +146,8 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
 
 def main() -> None:
     configure_logging("WARNING", "json")  # the roles' logs would cost more than they tell
+    # A stopped benchmark still stops its broker and emulators (the `finally` below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
     tmp = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     broker = None
