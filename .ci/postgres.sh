@@ -52,7 +52,7 @@ as_owner() {
 
 is_running() { [[ -f $DATA/PG_VERSION ]] && as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; }
 
-current_port() { sed -n "s/^port = \([0-9]*\)$/\1/p" "$PORT_CONF" 2>/dev/null; }
+current_port() { sed -n "s/^port = \([0-9]*\)$/\1/p" "$PORT_CONF" 2>/dev/null || true; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -102,7 +102,7 @@ if ! is_running; then
     if [[ -z $port ]] || port_in_use "$port"; then port=$(( 20000 + RANDOM % 40000 )); fi
     port_in_use "$port" && { port=""; continue; }
     echo "port = $port" | as_owner tee "$PORT_CONF" >/dev/null
-    log_lines=$(cat "$LOG" 2>/dev/null | wc -l)
+    log_lines=$( { cat "$LOG" 2>/dev/null || true; } | wc -l)
     if as_owner "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start >/dev/null 2>&1; then
       started=yes; break
     fi
