@@ -25,12 +25,18 @@ from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient, GraphClientOptions
 from contactsync.clients.resilience import BudgetLimits
 from contactsync.engine.links import SyncMode
-from contactsync.engine.mapping import BC_ID_PROPERTY
+from contactsync.engine.mapping import BC_ID_PROPERTY, BC_SELECT, GRAPH_SELECT
 from contactsync.store import Store
 from contactsync.sync.runner import sync_user
 from schemas.setup import UserSetup
 
 WRITE_METHODS = ("POST", "PATCH", "DELETE")
+# What the product's Outlook updates send: every mapped field (a push overwrites).
+GRAPH_PATCHED = frozenset({
+    "displayName", "givenName", "middleName", "surname", "emailAddresses", "companyName",
+    "jobTitle", "businessPhones", "mobilePhone", "businessAddress", "businessHomePage",
+    "categories", "singleValueExtendedProperties",
+})  # fmt: skip
 
 
 def _peak_rss_mb() -> float:
@@ -46,50 +52,78 @@ def _summarize(counts: dict[str, int]) -> tuple[int, int, str]:
     return total, writes, kinds
 
 
+def _graph_body(person: dict[str, Any]) -> dict[str, Any]:
+    """A Graph contact body of the product's shape (every mapped field, the BC-id tag), built
+    the plainest way: the floor's writes must weigh what the product's weigh."""
+    name = person.get("displayName") or ""
+    first, _, last = name.partition(" ")
+    return {
+        "displayName": name, "givenName": first or None, "middleName": None,
+        "surname": last or None,
+        "emailAddresses": [{"address": person.get("email"), "name": name}],
+        "companyName": person.get("companyName") or None,
+        "jobTitle": person.get("jobTitle") or None,
+        "businessPhones": [person["phoneNumber"]] if person.get("phoneNumber") else [],
+        "mobilePhone": person.get("mobilePhoneNumber") or None,
+        "businessAddress": {"street": person.get("addressLine1") or None,
+                            "city": person.get("city") or None,
+                            "state": person.get("state") or None,
+                            "postalCode": person.get("postalCode") or None,
+                            "countryOrRegion": person.get("country") or None},
+        "businessHomePage": person.get("website") or None,
+        "categories": ["Business Central"],
+        "singleValueExtendedProperties": [{"id": BC_ID_PROPERTY, "value": person.get("id")}],
+    }  # fmt: skip
+
+
 async def _floor(urls: dict[str, str], counts: dict[str, int]) -> float:
-    """The same requests, sent by the plainest possible script (no mapping, no store)."""
+    """The same requests, sent by the plainest possible script (no mapping, no store): the same
+    listings ($select, page sizes, the folder as the product found it), the same number of
+    writes with bodies of the same shape."""
     graph, bc = urls["graph"], urls["bc"]
     company = urls["company"]
+    creates = counts.get("graph POST /v1.0/$batch", 0)
     started = time.perf_counter()
     async with httpx.AsyncClient(timeout=120) as http:
         folders = (await http.get(f"{graph}/users/{MAILBOX}/contactFolders")).json()["value"]
         folder = next((f["id"] for f in folders if f["displayName"] == "Business Central"), None)
-        url: str | None = f"{bc}/companies({company})/contacts"
+        url: str | None = f"{bc}/companies({company})/contacts?$select={','.join(BC_SELECT)}"
         bc_items: list[dict[str, Any]] = []
         while url:
             page = (await http.get(url, headers={"Prefer": "odata.maxpagesize=20000"})).json()
             bc_items.extend(page["value"])
             url = page.get("@odata.nextLink")
+        scratch = None
+        if creates:  # into a folder of its own, deleted after: the floor must change nothing
+            scratch = (await http.post(f"{graph}/users/{MAILBOX}/contactFolders",
+                                       json={"displayName": f"floor {time.time()}"})).json()["id"]
         graph_items: list[dict[str, Any]] = []
-        if folder:
-            url = (f"{graph}/users/{MAILBOX}/contactFolders/{folder}/contacts?$top=500&$expand="
+        # The product listed the folder before writing to it: empty when it created contacts.
+        listed = scratch or folder
+        if listed:
+            url = (f"{graph}/users/{MAILBOX}/contactFolders/{listed}/contacts?$top=500"
+                   f"&$select={','.join(GRAPH_SELECT)}&$expand="
                    f"singleValueExtendedProperties($filter=id eq '{BC_ID_PROPERTY}')")
             while url:
                 page = (await http.get(url)).json()
                 graph_items.extend(page["value"])
                 url = page.get("@odata.nextLink")
-        creates = counts.get("graph POST /v1.0/$batch", 0)
-        scratch = None
-        if creates:  # into a folder of its own, deleted after: the floor must change nothing
-            scratch = (await http.post(f"{graph}/users/{MAILBOX}/contactFolders",
-                                       json={"displayName": f"floor {time.time()}"})).json()["id"]
         people = iter(bc_items)
         for _ in range(creates):
             requests = [{"id": str(i), "method": "POST",
                          "url": f"/users/{MAILBOX}/contactFolders/{scratch}/contacts",
                          "headers": {"Content-Type": "application/json"},
-                         "body": {"displayName": p["displayName"],
-                                  "emailAddresses": [{"address": p["email"]}]}}
+                         "body": _graph_body(p)}
                         for i, p in zip(range(20), people, strict=False)]
             if requests:
                 await http.post(f"{graph}/$batch", json={"requests": requests})
         if scratch:
             await http.delete(f"{graph}/users/{MAILBOX}/contactFolders/{scratch}")
-        # Updates: re-send each contact's own job title, so the floor changes nothing.
+        # Updates: re-send each contact's own values, so the floor changes nothing.
         graph_patches = sum(n for k, n in counts.items() if k.startswith("graph PATCH"))
         for contact in graph_items[:graph_patches]:
-            await http.patch(f"{graph}/users/{MAILBOX}/contacts/{contact['id']}",
-                             json={"jobTitle": contact.get("jobTitle")})
+            body = {k: v for k, v in contact.items() if k in GRAPH_PATCHED}
+            await http.patch(f"{graph}/users/{MAILBOX}/contacts/{contact['id']}", json=body)
         bc_patches = sum(n for k, n in counts.items() if k.startswith("bc PATCH"))
         for contact in bc_items[:bc_patches]:
             await http.patch(f"{bc}/companies({company})/contacts({contact['id']})",

@@ -330,7 +330,9 @@ class BcClient:
         self, odata_filter: str | None = None, page_size: int | None = None,
         select: list[str] | None = None,
     ) -> AsyncIterator[list[Contact]]:
-        """Server-driven pages (Prefer: odata.maxpagesize), following `@odata.nextLink`."""
+        """Server-driven pages (Prefer: odata.maxpagesize), following `@odata.nextLink`. The
+        next page is requested before this one is handed over, so BC serves it while the
+        caller works on this one."""
         size = min(page_size or self.page_size, MAX_PAGE_SIZE)
         headers = {"Prefer": f"odata.maxpagesize={size}"}
         query: dict[str, str] = {}
@@ -338,13 +340,22 @@ class BcClient:
             query["$filter"] = odata_filter
         if select:
             query["$select"] = ",".join(select)
-        params: dict[str, str] | None = query or None
-        url: str | None = self.contacts_url
-        while url is not None:
-            page = await self._get_json(url, params=params, headers=headers)
-            yield list(page.get("value", []))
-            url = page.get("@odata.nextLink")
-            params = None  # the nextLink carries the query
+        page = await self._get_json(self.contacts_url, params=query or None, headers=headers)
+        while True:
+            url = page.get("@odata.nextLink")  # it carries the query
+            upcoming = (asyncio.ensure_future(self._get_json(url, headers=headers))
+                        if url else None)
+            items = list(page.get("value", []))
+            page = {}  # only `items` stays referenced while the caller works on it
+            try:
+                yield items
+            except BaseException:
+                if upcoming is not None:
+                    upcoming.cancel()
+                raise
+            if upcoming is None:
+                return
+            page = await upcoming
 
     async def iter_contacts(
         self, odata_filter: str | None = None, page_size: int | None = None,

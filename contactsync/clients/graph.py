@@ -35,7 +35,7 @@ import logging
 import random
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -305,13 +305,33 @@ class GraphClient:
 
     async def _get_pages(self, principal: str, first: RequestInformation) -> list[Json]:
         items: list[Json] = []
+        async for page in self._iter_pages(principal, first):
+            items.extend(page)
+        return items
+
+    async def _iter_pages(
+        self, principal: str, first: RequestInformation
+    ) -> AsyncIterator[list[Json]]:
+        """Each page's items, following `@odata.nextLink`; the next page is already on its way
+        while the caller works on this one (two round trips never wait on each other)."""
         page = await self._send(principal, lambda: first)
         while True:
-            items.extend(page.body.get("value") or [])
             link = page.body.get("@odata.nextLink")
-            if not link:
-                return items
-            page = await self._send(principal, partial(self._url, str(link)))
+            upcoming = (
+                asyncio.ensure_future(self._send(principal, partial(self._url, str(link))))
+                if link else None
+            )
+            items = page.body.get("value") or []
+            del page  # only `items` stays referenced while the caller works on it
+            try:
+                yield items
+            except BaseException:
+                if upcoming is not None:
+                    upcoming.cancel()
+                raise
+            if upcoming is None:
+                return
+            page = await upcoming
 
     # ---- folders -----------------------------------------------------------------------------
     async def list_folders(self, mailbox: str) -> list[Json]:
@@ -371,6 +391,15 @@ class GraphClient:
         self, mailbox: str, folder_id: str, select: Sequence[str] | None = None
     ) -> list[Json]:
         """Every contact in the folder (all pages), each with the BC-id property expanded."""
+        items: list[Json] = []
+        async for page in self.iter_contact_pages(mailbox, folder_id, select):
+            items.extend(page)
+        return items
+
+    async def iter_contact_pages(
+        self, mailbox: str, folder_id: str, select: Sequence[str] | None = None
+    ) -> AsyncIterator[list[Json]]:
+        """`list_contacts` page by page, so a caller can keep less than the whole listing."""
         b = self._contacts_builder(mailbox, folder_id)
         qp = b.ContactsRequestBuilderGetQueryParameters(
             top=self.options.list_page_size,
@@ -378,7 +407,8 @@ class GraphClient:
             select=list(select) if select else None,
         )
         ri = b.to_get_request_information(RequestConfiguration(query_parameters=qp))
-        return await self._get_pages(mailbox, ri)
+        async for page in self._iter_pages(mailbox, ri):
+            yield page
 
     async def find_by_bc_id(self, mailbox: str, folder_id: str, bc_id: str) -> Json | None:
         """The contact tagged with `bc_id` in the folder (the first, if a bug made several)."""

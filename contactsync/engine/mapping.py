@@ -37,7 +37,7 @@ Decisions where the references are silent:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypedDict, cast
 
@@ -138,7 +138,9 @@ def as_text(value: Any) -> str:
 
 def normalize_email(email: str | None) -> str:
     """The match key: trimmed, case-insensitive (BC compares `Search E-Mail`, upper case)."""
-    return (email or "").strip().lower()
+    text = (email or "").strip()
+    lowered = text.lower()
+    return text if lowered == text else lowered  # the same string when already normal: less memory
 
 
 def split_display_name(name: str) -> tuple[str, str, str]:
@@ -318,6 +320,40 @@ def graph_fields_from_canonical(
         "categories": categories,
         "singleValueExtendedProperties": [{"id": property_id, "value": bc_id}],
     }
+
+
+class GraphBodyFromBc(Mapping[str, Any]):
+    """`graph_fields_from_canonical(canonical_from_bc(bc), bc_id)`, built when it is read.
+
+    A full sync into an empty folder plans 100,000 creates; built ahead, their bodies would
+    all be in memory at once, while the executor sends 500 at a time. The last body built is
+    kept, so reading one body key by key (`dict(body)`) builds it once."""
+
+    __slots__ = ("_bc", "_bc_id")
+    _last: tuple[GraphBodyFromBc, dict[str, Any]] | None = None  # one tuple: read atomically
+
+    def __init__(self, bc: Mapping[str, Any], bc_id: str) -> None:
+        self._bc, self._bc_id = bc, bc_id
+
+    def _body(self) -> dict[str, Any]:
+        last = GraphBodyFromBc._last
+        if last is not None and last[0] is self:
+            return last[1]
+        body = graph_fields_from_canonical(canonical_from_bc(self._bc), self._bc_id)
+        GraphBodyFromBc._last = (self, body)
+        return body
+
+    def __getitem__(self, key: str) -> Any:
+        return self._body()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._body())
+
+    def __len__(self) -> int:
+        return len(self._body())
+
+    def __repr__(self) -> str:
+        return repr(self._body())
 
 
 def is_valid_email(email: str) -> bool:

@@ -1,7 +1,9 @@
 """The per-pair rules behind `planner.plan_contact` (the case table is in planner.py).
 
 A side is a wire dict, `None` (known not to exist: deleted, or absent from a complete listing)
-or `UNREAD` (not read this time: unknown, never taken as deleted).
+or `UNREAD` (not read this time: unknown, never taken as deleted). An Outlook side may also be
+a stub (engine/compact.py: ids, versions, email and tag only); a rule that needs more of it
+answers NeedsRead(graph_id) instead, and the caller plans again with the contact read.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from contactsync.engine.actions import (
     UpdateOutlook,
 )
 from contactsync.engine.bcfilter import ContactFilter
+from contactsync.engine.compact import is_stub
 from contactsync.engine.links import Link, LinkOrigin, SyncMode
 from schemas.setup import OutlookDeletePolicy, UserSetup
 
@@ -90,10 +93,19 @@ def bc_changed(bc: Mapping[str, Any], link: Link) -> bool:
 
 
 def outlook_changed(outlook: Mapping[str, Any], link: Link) -> bool:
+    """A stub (content not kept) whose version moved counts as changed; callers that then
+    need its content ask to read it (`needs_content`)."""
     key = m.graph_change_key(outlook)
     if key and key == link.graph_change_key:
         return False
+    if is_stub(outlook):
+        return True
     return m.content_hash(m.canonical_from_graph(outlook)) != link.synced_hash
+
+
+def needs_content(outlook: Side, graph_id: str) -> list[Action] | None:
+    """[NeedsRead] when `outlook` is a stub, whose content the rule about to run needs."""
+    return [NeedsRead(graph_id=graph_id)] if is_stub(outlook) else None
 
 
 class _Context:
@@ -142,9 +154,8 @@ def _bc_versions(bc: Mapping[str, Any]) -> dict[str, Any]:
 def _create_in_outlook(ctx: _Context, bc: Mapping[str, Any]) -> list[Action]:
     bc_id = m.as_text(bc.get("id"))
     contact = m.canonical_from_bc(bc)
-    fields = m.graph_fields_from_canonical(contact, bc_id)
     return [
-        CreateInOutlook(bc_id, fields, contact["email"]),
+        CreateInOutlook(bc_id, m.GraphBodyFromBc(bc, bc_id), contact["email"]),
         ctx.link(
             bc_id,
             "",
@@ -256,6 +267,8 @@ def _plan_unlinked(ctx: _Context, bc: Side, outlook: Side) -> list[Action]:
         reason = bc_skip_reason(bc, ctx.filter)
         if isinstance(outlook, Mapping):
             graph_id = m.as_text(outlook.get("id"))
+            if (read := needs_content(outlook, graph_id)) is not None:
+                return read
             ours = m.bc_id_of(outlook) == bc_id
             if reason is not None and ours:
                 return [DeleteFromOutlook(graph_id, reason, bc_id, _if_match(outlook))]
@@ -271,6 +284,8 @@ def _plan_unlinked(ctx: _Context, bc: Side, outlook: Side) -> list[Action]:
         return _create_in_outlook(ctx, bc)
     if isinstance(outlook, Mapping):
         graph_id, tag = m.as_text(outlook.get("id")), m.bc_id_of(outlook)
+        if (read := needs_content(outlook, graph_id)) is not None:
+            return read  # unlinked: whatever happens to it reads its content
         if tag and bc is None:
             return [DeleteFromOutlook(graph_id, Reason.BC_DELETED, tag, _if_match(outlook))]
         if tag:
@@ -290,6 +305,8 @@ def _remove(
     if isinstance(outlook, Mapping):
         if_match = _if_match(outlook)
         if outlook_changed(outlook, link):
+            if (read := needs_content(outlook, link.graph_id)) is not None:
+                return read
             contact = m.canonical_from_graph(outlook)
             bc_contact = m.canonical_from_bc(bc) if bc is not None else None
             actions += _audit(link.bc_id, link.graph_id, reason, contact, bc_contact)
@@ -308,7 +325,7 @@ def _plan_linked(ctx: _Context, bc: Side, outlook: Side, link: Link) -> list[Act
                 return [NeedsRead(bc_id=link.bc_id)]
             return [DropLink(link.bc_id, link.graph_id, Reason.DELETED_IN_OUTLOOK)]
         if isinstance(outlook, Mapping) and outlook_changed(outlook, link):
-            return [NeedsRead(bc_id=link.bc_id)]
+            return [NeedsRead(bc_id=link.bc_id), *(needs_content(outlook, link.graph_id) or ())]
         return []
     reason = bc_skip_reason(bc, ctx.filter)
     if reason is not None:
@@ -321,7 +338,12 @@ def _plan_linked(ctx: _Context, bc: Side, outlook: Side, link: Link) -> list[Act
         return [NeedsRead(graph_id=link.graph_id)] if bc_moved else []
     outlook_moved = outlook_changed(outlook, link)
     # A tag naming another BC contact contradicts the link: the link wins, the push retags.
-    if bc_moved or m.bc_id_of(outlook) not in ("", link.bc_id):
+    retag = m.bc_id_of(outlook) not in ("", link.bc_id)
+    if (bc_moved or retag or outlook_moved) and (
+        read := needs_content(outlook, link.graph_id)
+    ) is not None:
+        return read
+    if bc_moved or retag:
         return _push(ctx, bc, outlook, Reason.CONFLICT, outlook_moved, link.origin)
     if outlook_moved:
         return _pull(ctx, bc, outlook, link)

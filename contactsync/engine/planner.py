@@ -2,8 +2,10 @@
 
 Two levels, no I/O:
 - `plan_contact(bc, outlook, link, setup, mode)`: the actions for one pair (rules in
-  pair_rules.py). A side is a wire dict, `None` (known not to exist: deleted, or absent from a
-  complete listing) or `UNREAD` (not read: unknown, never taken as deleted).
+  pair_rules.py). A side is a wire dict (or a compact record of one, engine/compact.py),
+  `None` (known not to exist: deleted, or absent from a complete listing) or `UNREAD` (not
+  read: unknown, never taken as deleted). An Outlook side may be a stub (ids, versions, email,
+  tag): a rule that needs more of it answers NeedsRead(graph_id).
 - `plan_user(bc, outlook, links, setup, mode)`: pairs a user's contacts and plans every pair.
   Snapshots say what was read: a full listing (`complete`: an absent id is gone), a partial one
   (one changed BC contact, a Graph delta with its removed ids), or None (not read at all).
@@ -77,6 +79,7 @@ from contactsync.engine.actions import (
     Plan,
     PlanSummary,
     Reason,
+    SaveLink,
     Skip,
     UpdateOutlook,
     summarize,
@@ -217,10 +220,15 @@ def plan_user(
 
     used_bc = {link.bc_id for link in links}
     used_outlook = {link.graph_id for link in links}
+    # Linked Outlook contacts pair by link only: order (oldest first) just the others, once.
+    unlinked = sorted(
+        (c for c in outlook.contacts if m.as_text(c.get("id")) not in used_outlook),
+        key=_oldest_first,
+    )
     carriers: dict[str, list[Contact]] = {}
-    for contact in sorted(outlook.contacts, key=_oldest_first):
+    for contact in unlinked:
         tag = m.bc_id_of(contact)
-        if tag and m.as_text(contact.get("id")) not in used_outlook:
+        if tag:
             carriers.setdefault(tag, []).append(contact)
 
     def drop_duplicates(bc_id: str, extra: list[Contact]) -> None:
@@ -267,7 +275,7 @@ def plan_user(
         reason = bc_skip_reason(contact, flt)
         return 0 if reason is None else 1 if reason is not Reason.PRIVACY_BLOCKED else 2
 
-    for contact in sorted(outlook.contacts, key=_oldest_first):
+    for contact in unlinked:
         graph_id = m.as_text(contact.get("id"))
         if graph_id in used_outlook:
             continue
@@ -314,7 +322,11 @@ def _finish(
     force: bool,
 ) -> Plan:
     """Apply the mass-delete rail, then count."""
-    folder = len(set(outlook_side.by_id) | {link.graph_id for link in links} | outlook_side.gone)
+    folder_ids = set(outlook_side.by_id)
+    folder_ids.update(link.graph_id for link in links)
+    folder_ids.update(outlook_side.gone)
+    folder = len(folder_ids)
+    del folder_ids
     removing = sum(removals)
     stopped_reason = None
     withheld = 0
@@ -329,7 +341,9 @@ def _finish(
             groups = [g for g, removal in zip(groups, removals, strict=True) if not removal]
         else:
             stopped_reason = None
-    existing = {(link.bc_id, link.graph_id) for link in links}
+    # summarize() asks only about the pairs being saved: index just those (not 100,000)
+    saved = {a.link.bc_id for g in groups for a in g if isinstance(a, SaveLink)}
+    existing = {(link.bc_id, link.graph_id) for link in links if link.bc_id in saved}
     summary = summarize(groups, existing)
     summary.withheld = withheld
     needs_bc = {a.bc_id for g in groups for a in g if isinstance(a, NeedsRead) and a.bc_id}

@@ -39,10 +39,10 @@ _COPY_THRESHOLD = 1000
 _LOAD_TABLE = "contactsync_links_load"
 
 
-def _from_row(row: Sequence[Any]) -> Link:
+def _from_row(row: Sequence[Any], shared_user_id: str | None = None) -> Link:
     user_id, bc_id, graph_id, etag, modified, change_key, synced_hash, origin, updated_at = row
     return Link(
-        user_id, bc_id, graph_id, etag, modified, change_key, synced_hash,
+        shared_user_id or user_id, bc_id, graph_id, etag, modified, change_key, synced_hash,
         _ORIGINS[origin], updated_at,
     )  # fmt: skip
 
@@ -80,10 +80,25 @@ class LinkRepository(Repository):
         return None if row is None else _from_row(row)
 
     def for_user(self, user_id: str) -> list[Link]:
-        """All of a user's links, in one query, ordered by BC id."""
+        """All of a user's links, in one query, ordered by BC id (one user id string shared by
+        all: a full sync loads 100,000)."""
         query = select(*_COLUMNS).where(links.c.user_id == user_id).order_by(links.c.bc_id)
         with self._reading() as conn:
-            return [_from_row(row) for row in conn.execute(query).all()]
+            return [_from_row(row, user_id) for row in conn.execute(query)]
+
+    def for_ids(self, user_id: str, bc_ids: Iterable[str], graph_ids: Iterable[str]) -> list[Link]:
+        """A user's links to any of these BC or Graph ids (the near-real-time path: a change
+        needs its own links, not the user's thousands), ordered by BC id."""
+        found: dict[str, Link] = {}
+        with self._reading() as conn:
+            for column, ids in ((links.c.bc_id, bc_ids), (links.c.graph_id, graph_ids)):
+                for chunk in _chunks(sorted(set(ids))):
+                    query = select(*_COLUMNS).where(links.c.user_id == user_id,
+                                                    column.in_(chunk))
+                    for row in conn.execute(query):
+                        link = _from_row(row)
+                        found[link.bc_id] = link
+        return [found[bc_id] for bc_id in sorted(found)]
 
     def count(self, user_id: str) -> int:
         query = select(func.count()).select_from(links).where(links.c.user_id == user_id)
