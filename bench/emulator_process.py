@@ -4,7 +4,6 @@ memory is the product's alone (the emulators hold every contact of both sides)."
 from __future__ import annotations
 
 import multiprocessing as mp
-import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -48,28 +47,46 @@ def _edit(running: RunningEmulators, share: float) -> dict[str, int]:
 
 
 class _Watcher:
-    """Records when each `tok-...` job title first shows up at each place (BC, or a user's
-    folder): the end-to-end latency of a change, measured where its write lands."""
+    """Records when each `tok-...` job title first lands at each place (BC, or a user's
+    folder): the end-to-end latency of a change, measured where its write lands. It listens
+    to the emulators' own change hooks (called in the write itself), so the times are exact,
+    not a polling period's worth late."""
 
     def __init__(self, running: RunningEmulators, mailboxes: list[str]) -> None:
-        self.running, self.mailboxes = running, mailboxes
+        self.running, self.mailboxes = running, set(mailboxes)
         self.seen: dict[tuple[str, str], float] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        graph, bc = running.graph.state, running.bc.state
+        self._upns = {u.id: u.user_principal_name for u in graph.users.values()}
+        graph.listeners.append(self._on_graph)
+        bc.listeners.append(self._on_bc)
 
-    def _loop(self) -> None:
-        while not self.stop.wait(0.1):  # cheap enough not to slow the emulators
-            now = time.time()
-            for contact in self.running.bc.contacts():
-                self._note("bc", contact.get("jobTitle"), now)
-            for mailbox in self.mailboxes:
-                for contact in _folder(self.running, mailbox):
-                    self._note(mailbox, contact.get("jobTitle"), now)
+    def _on_graph(self, change: Any) -> None:
+        now = time.time()
+        state = self.running.graph.state
+        contact = state.contacts.get(change.contact_id)
+        folder = state.folders.get(change.folder_id)
+        mailbox = self._upns.get(change.user_id, "")
+        if contact is None or folder is None or folder.display_name != "Business Central":
+            return
+        if mailbox in self.mailboxes:
+            self._note(mailbox, contact.data.get("jobTitle"), now)
+
+    def _on_bc(self, company_id: str, contact_id: str, change: str, ms: int) -> None:
+        now = time.time()
+        stored = self.running.bc.state.company(company_id).contacts.get(contact_id)
+        if stored is not None:
+            self._note("bc", stored.data.get("jobTitle"), now)
 
     def _note(self, place: str, title: Any, now: float) -> None:
         if isinstance(title, str) and title.startswith("tok-"):
             self.seen.setdefault((place, title), now)
+
+    def close(self) -> None:
+        graph_hooks, bc_hooks = self.running.graph.state.listeners, self.running.bc.state.listeners
+        if self._on_graph in graph_hooks:
+            graph_hooks.remove(self._on_graph)
+        if self._on_bc in bc_hooks:
+            bc_hooks.remove(self._on_bc)
 
 
 def _folder(running: RunningEmulators, mailbox: str) -> list[dict[str, Any]]:
@@ -98,6 +115,11 @@ def _serve(conn: Connection, fast: bool, mailboxes: list[str]) -> None:
             running.bc.seed(BcSeed(persons=int(arg), companies=0, random_seed=1))
         elif command == "counts":
             result = _counts(running)
+        elif command == "statuses":  # status code -> answers, both services
+            result = {}
+            for snap in (running.graph.counters_snapshot(), running.bc.counters_snapshot()):
+                for status, n in snap["by_status"].items():
+                    result[status] = result.get(status, 0) + n
         elif command == "reset_counts":
             running.graph.reset_counters()
             running.bc.reset_counters()
@@ -110,17 +132,19 @@ def _serve(conn: Connection, fast: bool, mailboxes: list[str]) -> None:
         elif command == "folder":  # mailbox -> {email: Outlook contact id}
             result = {(c.get("emailAddresses") or [{}])[0].get("address", ""): c["id"]
                       for c in _folder(running, str(arg))}
-        elif command == "bc_edit":
+        elif command == "bc_edit":  # returns when the edit happened (the latency's start)
             running.bc.update_contact(arg[0], arg[1])
+            result = time.time()
         elif command == "outlook_edit":
             running.graph.person_update_contact(arg[0], arg[1], arg[2])
+            result = time.time()
         elif command == "watch":
             watcher = _Watcher(running, mailboxes)
         elif command == "seen":
             result = dict(watcher.seen) if watcher else {}
         elif command == "stop":
             if watcher is not None:
-                watcher.stop.set()
+                watcher.close()
             running.stop()
             conn.send(None)
             return
@@ -136,6 +160,10 @@ class EmulatorProcess:
                                  daemon=True)
         self._proc.start()
         self.urls: dict[str, str] = self._conn.recv()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
 
     def call(self, command: str, arg: Any = None) -> Any:
         self._conn.send((command, arg))

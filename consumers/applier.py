@@ -3,11 +3,12 @@
     sync.commands (key user id) --> Applier --> Graph / BC writes, links
                                         +--> sync.results (key user id)
 
-Each poll's records are grouped by key (the user). Within a user's group the commands run in
-offset order, and consecutive `bc_change` / `graph_hint` commands coalesce into ONE
-`apply_changes`: their BC snapshots merge (the last one per contact id wins) and a single
-Graph delta read answers every hint. A `sync` / `full_sync` command runs `sync_user` (with its
-dry_run and force) where it stands in that order.
+A poll's records are one group; they are split by user (the key). Within a user the commands
+run in offset order, different users side by side (`handle`), and consecutive `bc_change` /
+`graph_hint` commands coalesce into ONE `apply_changes`: their BC snapshots merge (the last
+one per contact id wins) and a single Graph delta read answers every hint. A `sync` /
+`full_sync` command runs `sync_user` (with its dry_run and force) where it stands in that
+order.
 
 Every command gets one `SyncResult` (ok / stopped by the safety rail / failed with a reason),
 acked by the broker before the handler returns. An unknown or disabled user yields a failed
@@ -26,7 +27,8 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -41,10 +43,11 @@ from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
-from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker, by_key
+from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
 from contactsync.settings import Settings
 from contactsync.store import Store
+from contactsync.sync.reconcile import UserReport, record_report
 from contactsync.sync.runner import SyncReport, apply_changes, sync_user
 from contactsync.sync.services import Services, open_services
 from schemas.envelope import encode, wrap
@@ -64,6 +67,7 @@ NEAR_REAL_TIME = (CommandKind.BC_CHANGE, CommandKind.GRAPH_HINT)
 SEND_TIMEOUT_S = 30.0
 # A full sync of a large folder can take minutes: allow it between two polls.
 MAX_POLL_INTERVAL_MS = 15 * 60 * 1000
+FINISHED_REMEMBERED = 10_000
 
 T = TypeVar("T")
 
@@ -161,13 +165,17 @@ class Applier:
         self._stack: AsyncExitStack | None = None
         self._services: Services | None = None
         self.published = 0  # results published, for logs and tests
+        # Reports of near-real-time segments run concurrently, by their first command (id()).
+        self._prepared: dict[int, SyncReport | BaseException] = {}
+        # Event ids whose results were acked: a poll retried after a failure skips them.
+        self._finished: OrderedDict[str, None] = OrderedDict()
 
     # --- the role ---
 
     def build_worker(self, *, retry: RetryPolicy | None = None, **consumer_overrides: Any
                      ) -> Worker:
         consumer_overrides.setdefault("max_poll_interval_ms", MAX_POLL_INTERVAL_MS)
-        return build_worker(self.settings, GROUP_ID, TOPICS, self.handle, group_by=by_key,
+        return build_worker(self.settings, GROUP_ID, TOPICS, self.handle, group_by=by_topic,
                             retry=retry, **consumer_overrides)
 
     def run(self, stop: threading.Event, worker: Worker | None = None) -> None:
@@ -229,35 +237,80 @@ class Applier:
     # --- applying ---
 
     def handle(self, records: Sequence[WorkRecord]) -> None:
-        """One user's commands of one poll, in offset order; results acked before returning."""
-        commands = [_Command(r, r.payload) for r in records if isinstance(r.payload, SyncCommand)]
+        """One poll's commands, each user's in offset order; results acked before returning.
+
+        Users are independent: their near-real-time segments of one "wave" (the first segment
+        of every user, then the second, ...) run concurrently on the loop, so one user's reads
+        and writes wait on the network while another's go out. A retried poll skips the
+        commands whose results were already acked."""
+        commands = [_Command(r, r.payload) for r in records if isinstance(r.payload, SyncCommand)
+                    and str(r.envelope.event_id) not in self._finished]
         if not commands:
             return
-        futures: list[Any] = []
+        sent: list[tuple[_Command, Any]] = []
         try:
+            chains: list[tuple[UserSetup, list[list[_Command]]]] = []
             for user_id, user_commands in _by_user(commands):
-                self._handle_user(user_id, user_commands, futures)
+                setup = self._setup_or_refuse(user_id, user_commands, sent)
+                if setup is not None:
+                    chains.append((setup, _segments(user_commands)))
+            for wave in range(max((len(segments) for _, segments in chains), default=0)):
+                self._apply_wave([(setup, segments[wave]) for setup, segments in chains
+                                  if wave < len(segments)], sent)
         except OperationalError as exc:  # the database is away or locked: worth retrying
-            self._flush_quietly()
+            self._flush_quietly(sent)
             raise ServiceUnavailable(f"state store unavailable: {exc}", service="store") from exc
         except BaseException:
-            self._flush_quietly()  # the results of the work done so far still go out
+            self._flush_quietly(sent)  # the results of the work done so far still go out
             raise
-        self._await(futures)
+        finally:
+            self._prepared.clear()
+        self._await([future for _, future in sent])
+        self._remember_finished(c for c, _ in sent)
 
-    def _handle_user(self, user_id: str, commands: list[_Command], futures: list[Any]) -> None:
+    def _setup_or_refuse(self, user_id: str, commands: list[_Command],
+                         sent: list[tuple[_Command, Any]]) -> UserSetup | None:
         setup = self.store.setups.get(user_id)
         if setup is None or not setup.enabled:
             reason = UNKNOWN_USER if setup is None else f"{UNKNOWN_USER}: sync is disabled"
             _log().warning("commands for an unknown or disabled user", user_id=user_id,
                            commands=len(commands))
             for c in commands:
-                futures.append(self._send(c, _Outcome(ResultStatus.FAILED, reason)))
-            return
-        for segment in _segments(commands):
+                sent.append((c, self._send(c, _Outcome(ResultStatus.FAILED, reason))))
+            return None
+        return setup
+
+    def _apply_wave(self, wave: list[tuple[UserSetup, list[_Command]]],
+                    sent: list[tuple[_Command, Any]]) -> None:
+        """Near-real-time segments of different users concurrently, then every segment's
+        outcome in turn (those that raised last, so the others' results still go out)."""
+        concurrent = [(setup, seg) for setup, seg in wave
+                      if seg[0].command.kind in NEAR_REAL_TIME and not seg[0].command.dry_run]
+        if len(concurrent) > 1:
+            services = self._services_now()
+
+            async def side_by_side() -> list[SyncReport | BaseException]:
+                return await asyncio.gather(*(
+                    apply_changes(setup, graph=services.graph, bc=services.bc, store=self.store,
+                                  bc_changes=merge_bc_changes([c.command for c in seg]),
+                                  read_outlook_delta=any(
+                                      c.command.kind is CommandKind.GRAPH_HINT for c in seg))
+                    for setup, seg in concurrent), return_exceptions=True)
+
+            reports = self._run(side_by_side())
+            for (_, seg), report in zip(concurrent, reports, strict=True):
+                self._prepared[id(seg[0].command)] = report
+        for setup, segment in sorted(wave, key=lambda item: isinstance(
+                self._prepared.get(id(item[1][0].command)), BaseException)):
             outcome = self._apply_segment(setup, segment)
             for c in segment:
-                futures.append(self._send(c, outcome))
+                sent.append((c, self._send(c, outcome)))
+
+    def _remember_finished(self, commands: Iterable[_Command]) -> None:
+        for c in commands:
+            self._finished[c.event_id] = None
+        while len(self._finished) > FINISHED_REMEMBERED:
+            self._finished.popitem(last=False)
 
     def _apply_segment(self, setup: UserSetup, segment: list[_Command]) -> _Outcome:
         first = segment[0].command
@@ -274,6 +327,8 @@ class Applier:
                 report = self._run(sync_user(setup, mode, graph=services.graph, bc=services.bc,
                                              store=self.store, dry_run=first.dry_run,
                                              force=first.force))
+                if first.kind is CommandKind.FULL_SYNC and first.run_id:  # a reconcile run
+                    record_report(self.store, UserReport.from_report(report), first.run_id)
         except RetryableError:
             raise  # the Worker retries the whole group, then dead-letters it
         except (ServiceError, FilterError) as exc:
@@ -292,6 +347,11 @@ class Applier:
         return outcome
 
     def _apply_changes(self, setup: UserSetup, commands: list[SyncCommand]) -> SyncReport:
+        prepared = self._prepared.pop(id(commands[0]), None)
+        if isinstance(prepared, BaseException):
+            raise prepared  # mapped to an outcome (or retried) as if it had been raised here
+        if prepared is not None:
+            return prepared
         services = self._services_now()
         bc_changes = merge_bc_changes(commands)
         hint = any(c.kind is CommandKind.GRAPH_HINT for c in commands)
@@ -322,13 +382,16 @@ class Applier:
             raise ServiceUnavailable(f"could not publish a sync result: {exc}",
                                      service="kafka") from exc
 
-    def _flush_quietly(self) -> None:
+    def _flush_quietly(self, sent: list[tuple[_Command, Any]]) -> None:
+        """Flush what was sent; the commands whose results the broker acked count as done."""
         if self._producer is None:
             return
         try:
             self._producer.flush(timeout=SEND_TIMEOUT_S)
         except Exception as exc:
             _log().warning("could not flush sync results", error=str(exc))
+        self._remember_finished(c for c, future in sent
+                                if future.is_done and future.succeeded())
 
     def _await(self, futures: list[Any]) -> None:
         if not futures:
@@ -342,6 +405,11 @@ class Applier:
             raise ServiceUnavailable(f"could not publish sync results: {exc}",
                                      service="kafka") from exc
         self.published += len(futures)
+
+
+def by_topic(record: WorkRecord) -> Hashable:
+    """A whole poll is one group: its users run side by side (`Applier.handle`)."""
+    return record.topic
 
 
 def _by_user(commands: list[_Command]) -> list[tuple[str, list[_Command]]]:

@@ -10,8 +10,12 @@
   by the planner). Eligibility (Person, name, email, privacy) is the planner's call, not ours.
   A deletion goes to the link holders only.
 - A Graph change notification becomes a `graph_hint` for its (enabled) user; one per user per
-  poll group, since one delta read answers them all (decision 2). A `missed` lifecycle event
-  becomes a `sync` command; the other lifecycle events belong to the subscription keeper.
+  poll group, since one delta read answers them all (decision 2). A notification whose
+  changeKey is the one our own last write recorded in the link is that write's echo and asks
+  for nothing (DESIGN.md 5): skipping the delta read leaves the delta link where it was, so a
+  later read still returns everything since (a forged echo can only delay a read). A `missed`
+  lifecycle event becomes a `sync` command; the other lifecycle events belong to the
+  subscription keeper.
 
 Routing reads the enabled setups and their parsed filters from a cache refreshed every
 `refresh_seconds`, and looks the links of a whole poll group up in one query. Commands keep the
@@ -74,9 +78,17 @@ def command_event_id(source_event_id: str, user_id: str, kind: CommandKind) -> s
     return uuid.uuid5(_COMMAND_IDS, f"{source_event_id}\x1f{user_id}\x1f{kind}").hex
 
 
-def by_partition(record: WorkRecord) -> Hashable:
-    """One group per topic partition and poll: the link lookup is batched over it."""
-    return (record.topic, record.partition)
+def change_key_of(etag: str) -> str:
+    """`W/"<changeKey>"` (or a bare changeKey) -> the changeKey."""
+    value = etag.strip()
+    value = value[2:] if value.startswith("W/") else value
+    return value.strip('"')
+
+
+def by_topic(record: WorkRecord) -> Hashable:
+    """One group per topic and poll: one link lookup and one wait for the broker's acks for
+    all of it (a group per partition paid that wait once per partition)."""
+    return record.topic
 
 
 @dataclass(frozen=True)
@@ -168,7 +180,7 @@ class Router:
 
     def build_worker(self, *, retry: RetryPolicy | None = None, **consumer_overrides: Any
                      ) -> Worker:
-        return build_worker(self.settings, GROUP_ID, TOPICS, self.handle, group_by=by_partition,
+        return build_worker(self.settings, GROUP_ID, TOPICS, self.handle, group_by=by_topic,
                             retry=retry, **consumer_overrides)
 
     def run(self, stop: threading.Event, worker: Worker | None = None) -> None:
@@ -211,6 +223,8 @@ class Router:
                         user_id=user_id, kind=CommandKind.BC_CHANGE, bc_change=payload,
                         reason=f"bc contact {payload.kind}")))
             elif isinstance(payload, GraphNotification):
+                if self._is_our_echo(payload):
+                    continue
                 self._once(out, hinted, record, payload.user_id, CommandKind.GRAPH_HINT,
                            f"graph {payload.change_type}")
             elif isinstance(payload, GraphLifecycle):
@@ -235,6 +249,14 @@ class Router:
             if user_id in users:  # a disabled user's links wait until it is enabled again
                 targets[user_id] = None
         return list(targets)
+
+    def _is_our_echo(self, note: GraphNotification) -> bool:
+        if note.change_type.lower() not in ("created", "updated") or not (
+                note.etag and note.contact_id):
+            return False
+        link = self.store.links.get_by_graph_id(note.user_id, note.contact_id)
+        return link is not None and bool(link.graph_change_key) and (
+            change_key_of(note.etag) == link.graph_change_key)
 
     def _once(self, out: list[_Outgoing], seen: set[tuple[str, CommandKind]], record: WorkRecord,
               user_id: str, kind: CommandKind, reason: str) -> None:

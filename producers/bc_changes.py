@@ -11,10 +11,11 @@ it), and every `deleted` hint received since the last round as kind deleted (the
 the hint's resource, `.../contacts(<id>)`: BC has nothing else to read for a deletion).
 
 - Hints are hints (decision 1): `created`, `updated` and `collection` notifications only ask for
-  a round. Every hint that arrives while a round is gathered (`coalesce_seconds` after the
-  first, or while BC's own 30 s window batched them into one POST) is answered by that one
-  query (decision 2); so is a `collection` notification (its filter is always at or after our
-  watermark), and so is a missed one, by the timer.
+  a round. A hint on a quiet feed starts a round at once (no fixed gathering delay: it would
+  be a latency floor); under load rounds start at most every `coalesce_seconds`, and every
+  hint that arrived meanwhile (or in BC's own 30 s window, batched into one POST) is answered
+  by that one query (decision 2); so is a `collection` notification (its filter is always at
+  or after our watermark), and so is a missed one, by the timer.
 - The timer runs a round every `poll_interval` seconds (30 s), or every
   `fallback_poll_interval` (5 s) when BC says it offers no webhooks on contacts
   (`webhook_supported()`, asked at start; a failed answer counts as "no").
@@ -68,6 +69,8 @@ GROUP_ID = "contactsync-bc-changes"
 DEFAULT_POLL_INTERVAL = 30.0
 DEFAULT_FALLBACK_POLL_INTERVAL = 5.0
 DEFAULT_OVERLAP = timedelta(seconds=2)
+DEFAULT_COALESCE_S = 0.05  # at most ~20 queries a second however many hints come
+MIN_GATHER_S = 0.005  # hints already on their way still share the round
 SEND_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 30.0
 _CONTACT_ID = re.compile(r"contacts\(([^)]+)\)\s*$", re.IGNORECASE)
@@ -132,7 +135,7 @@ class BcChangeFeed:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         fallback_poll_interval: float = DEFAULT_FALLBACK_POLL_INTERVAL,
         overlap: timedelta = DEFAULT_OVERLAP,
-        coalesce_seconds: float = 0.25,
+        coalesce_seconds: float = DEFAULT_COALESCE_S,
         consumer: KafkaConsumer | None = None,
         group_id: str = GROUP_ID,
     ) -> None:
@@ -154,6 +157,7 @@ class BcChangeFeed:
         self._dead_letters = DeadLetterSink(producer, topic_name(settings, DEADLETTER))
         self._pending_deletes: dict[str, _PendingDelete] = {}
         self._round_requested = False
+        self._last_round_at = float("-inf")  # monotonic start of the last round
         self._published: dict[str, tuple[datetime | None, str]] = {}  # id -> (modified, etag)
         self._intake = _Intake()
         self.webhooks: bool | None = None  # None until `start`
@@ -236,6 +240,7 @@ class BcChangeFeed:
 
     async def _round(self) -> RoundReport:
         started = time.perf_counter()
+        self._last_round_at = time.monotonic()
         watermark = self.watermark()
         self._round_requested = False
         deletes = list(self._pending_deletes.values())
@@ -334,11 +339,13 @@ class BcChangeFeed:
         return count
 
     def _poll(self, consumer: KafkaConsumer, timeout_s: float) -> int:
-        """Poll hints; once some arrived, keep gathering for `coalesce_seconds`."""
+        """Poll hints; once some arrived, keep gathering until `coalesce_seconds` after the
+        last round started (a few milliseconds at least)."""
         got = self._take(consumer.poll(timeout_ms=max(0, int(timeout_s * 1000))))
         if not got:
             return 0
-        deadline = time.monotonic() + self.coalesce_seconds
+        deadline = max(time.monotonic() + MIN_GATHER_S,
+                       self._last_round_at + self.coalesce_seconds)
         while (left := deadline - time.monotonic()) > 0:
             more = self._take(consumer.poll(timeout_ms=max(1, int(left * 1000))))
             if not more:

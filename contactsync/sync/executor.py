@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import Conflict, ServiceError
@@ -44,6 +44,9 @@ from contactsync.store.records import AuditKind, AuditRecord
 
 FLUSH_EVERY = 500  # groups per link/audit transaction: bounds what a crash can leave unrecorded
 PARALLEL_GROUPS = 8
+# (side "bc" | "outlook", the contact a write answered, its BC id): the near-real-time path
+# keeps these as the newest versions it knows (sync/near_real_time.py).
+WriteHook = Callable[[str, Mapping[str, Any], str], None]
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Executor:
         mailbox: str,
         folder_id: str,
         verify_creates: bool,
+        on_written: WriteHook | None = None,
     ) -> None:
         """`verify_creates`: look the folder up by BC-id tag before each Outlook create; needed
         when the plan was made from a partial view of the folder (a delta, a hint). A plan made
@@ -100,6 +104,7 @@ class Executor:
         self.graph, self.bc, self.store = graph, bc, store
         self.user_id, self.mailbox, self.folder_id = user_id, mailbox, folder_id
         self.verify_creates = verify_creates
+        self.on_written = on_written
         self.report = ExecutionReport()
 
     async def run(self, groups: Sequence[tuple[Action, ...]]) -> ExecutionReport:
@@ -134,6 +139,8 @@ class Executor:
                 found = await self._quietly(
                     self.graph.find_by_bc_id(self.mailbox, self.folder_id, action.bc_id)
                 )
+                if not isinstance(found, Mapping) and action.email:
+                    found = await self._untagged_by_email(action)
             if isinstance(found, Mapping):
                 # Ours already (a create that landed before a crash): push BC's values onto it.
                 results[index] = await self._adopt(action, found)
@@ -145,6 +152,7 @@ class Executor:
             )
             for (index, action), result in zip(to_create, created, strict=True):
                 if result.ok and result.contact is not None:
+                    self._written("outlook", result.contact, action.bc_id)
                     self.report.writes["created_in_outlook"] += 1
                     results[index] = _GroupState(
                         graph_id=str(result.contact["id"]),
@@ -154,11 +162,27 @@ class Executor:
                     results[index] = Failure(action.bc_id, "", _reason(result.error))
         return results
 
+    async def _untagged_by_email(self, action: CreateInOutlook) -> Mapping[str, Any] | None:
+        """An untagged contact of the folder with the create's email, to link instead (decision
+        4: the first link is by email, BC's values win). A plan made from a delta does not see
+        the folder's unchanged contacts: without this, a BC contact that enters the user's
+        filter while the user has their own contact with that email (say one they created,
+        which reached BC outside the filter) got a second contact in the folder (found by
+        tests/reliability/test_model.py). A contact tagged for another BC contact is not taken."""
+        hits = await self._quietly(
+            self.graph.find_by_email(self.mailbox, self.folder_id, action.email)
+        )
+        for contact in hits or ():
+            if not m.bc_id_of(contact):
+                return cast(Mapping[str, Any], contact)
+        return None
+
     async def _adopt(self, action: CreateInOutlook, found: Mapping[str, Any]) -> _GroupState:
         graph_id = str(found["id"])
         updated = await self.graph.update_contact(
             self.mailbox, graph_id, action.fields, bc_id=action.bc_id
         )
+        self._written("outlook", updated, action.bc_id)
         self.report.writes["updated_outlook"] += 1
         return _GroupState(graph_id=graph_id, graph_change_key=m.graph_change_key(updated))
 
@@ -200,6 +224,7 @@ class Executor:
                 bc_id=action.bc_id,
             )
             state.graph_change_key = m.graph_change_key(result)
+            self._written("outlook", result, action.bc_id)
             self.report.writes["updated_outlook"] += 1
         elif isinstance(action, DeleteFromOutlook):
             await self.graph.delete_contact(self.mailbox, action.graph_id, if_match=action.if_match)
@@ -207,12 +232,14 @@ class Executor:
         elif isinstance(action, CreateInBc):
             result = await self.bc.create_contact(dict(action.fields))
             self._bc_written(state, result)
+            self._written("bc", result, str(result.get("id", "")))
             state.bc_id = str(result["id"])
             self.report.writes["created_in_bc"] += 1
             self._note_issues(action.issues)
         elif isinstance(action, UpdateBc):
             result = await self.bc.update_contact(action.bc_id, dict(action.changes), action.etag)
             self._bc_written(state, result)
+            self._written("bc", result, action.bc_id)
             self.report.writes["updated_bc"] += 1
             self._note_issues(action.issues)
         elif isinstance(action, SaveLink):
@@ -229,6 +256,10 @@ class Executor:
         elif isinstance(action, Skip):
             pass  # counted by the plan's summary
         # CreateInOutlook ran in bulk before the group; NeedsRead never reaches the executor.
+
+    def _written(self, side: str, contact: Mapping[str, Any], bc_id: str) -> None:
+        if self.on_written is not None:
+            self.on_written(side, contact, bc_id)
 
     def _bc_written(self, state: _GroupState, result: Mapping[str, Any]) -> None:
         state.bc_etag = m.as_text(result.get("@odata.etag"))

@@ -14,8 +14,10 @@ run reads those changes again (echo suppression makes a re-read cost no write).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,14 +25,19 @@ from typing import Any
 from contactsync.clients.bc import BcClient, odata_literal
 from contactsync.clients.errors import NotFound, SyncStateExpired
 from contactsync.clients.graph import GraphClient
+from contactsync.engine import mapping as m
 from contactsync.engine.actions import Action, CreateInBc
 from contactsync.engine.bcfilter import ContactFilter
-from contactsync.engine.links import SyncMode
+from contactsync.engine.compact import Compactor, graph_stub
+from contactsync.engine.links import Link, SyncMode
 from contactsync.engine.mapping import BC_SELECT, GRAPH_SELECT
+from contactsync.engine.pair_rules import parse_time
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, PlanSummary, plan_user
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord
-from contactsync.sync.executor import ExecutionReport, Executor
+from contactsync.sync import near_real_time as nrt
+from contactsync.sync.bulk_gc import keep_out_of_gc, snapshots_kept_out_of_gc
+from contactsync.sync.executor import ExecutionReport, Executor, WriteHook
 from schemas.setup import UserSetup
 
 SINCE_SLACK = timedelta(seconds=2)
@@ -84,14 +91,60 @@ async def _find_folder(graph: GraphClient, mailbox: str, name: str) -> str | Non
     return None
 
 
+async def _compacted(
+    pages: AsyncIterator[list[dict[str, Any]]],
+    compact: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+) -> list[Mapping[str, Any]]:
+    """A whole listing as compact records (engine/compact.py), page by page: a full sync holds
+    both sides of up to 100,000 pairs, and a page's dicts go as soon as they are converted."""
+    kept: list[Mapping[str, Any]] = []
+    async for page in pages:
+        kept.extend(map(compact, page))
+        del page
+        keep_out_of_gc()  # the cyclic GC need not scan these records again (bulk_gc.py)
+    return kept
+
+
+async def _list_folder(
+    graph: GraphClient, mailbox: str, folder_id: str, bc_snap: BcSnapshot, links: Sequence[Link]
+) -> OutlookSnapshot:
+    """The whole folder, compact (engine/compact.py). A contact whose changeKey and BC contact's
+    ETag (or modified time) are still its link's has nothing to write: a stub is kept."""
+    by_graph_id = {link.graph_id: link for link in links if link.graph_change_key}
+    bc_by_id = {m.as_text(c.get("id")): c for c in bc_snap.contacts}
+    full = Compactor().graph
+
+    def compact(contact: Mapping[str, Any]) -> Mapping[str, Any]:
+        link = by_graph_id.get(contact.get("id"))  # type: ignore[arg-type]
+        if link is not None:
+            bc_contact = bc_by_id.get(link.bc_id)
+            if bc_contact is not None and _bc_version_is_links(bc_contact, link):
+                stub = graph_stub(contact, link.graph_id, link.graph_change_key, link.bc_id)
+                if stub is not None:
+                    return stub
+        return full(contact)
+
+    pages = graph.iter_contact_pages(mailbox, folder_id, select=GRAPH_SELECT)
+    return OutlookSnapshot.full(await _compacted(pages, compact))
+
+
+def _bc_version_is_links(bc_contact: Mapping[str, Any], link: Link) -> bool:
+    etag = m.as_text(bc_contact.get("@odata.etag"))
+    if etag:
+        return etag == link.bc_etag
+    return link.bc_modified is not None and (
+        parse_time(bc_contact.get("lastModifiedDateTime")) == link.bc_modified
+    )
+
+
 async def _read_outlook(
     graph: GraphClient, mailbox: str, folder_id: str | None, delta_link: str | None, full: bool
 ) -> tuple[OutlookSnapshot, str | None]:
     if folder_id is None:  # dry run, folder not created yet: it would be empty
         return OutlookSnapshot.full([]), None
     if full:
-        contacts = await graph.list_contacts(mailbox, folder_id, select=GRAPH_SELECT)
-        return OutlookSnapshot.full(contacts), delta_link
+        pages = graph.iter_contact_pages(mailbox, folder_id, select=GRAPH_SELECT)
+        return OutlookSnapshot.full(await _compacted(pages, Compactor().graph)), delta_link
     try:
         result = await graph.delta(mailbox, folder_id, delta_link)
         initial = delta_link is None
@@ -108,23 +161,44 @@ async def _read_needed(
     plan: Plan, bc: BcClient, graph: GraphClient, mailbox: str,
     bc_snap: BcSnapshot, outlook_snap: OutlookSnapshot,
 ) -> tuple[BcSnapshot, OutlookSnapshot]:
-    """Read the contacts the planner could not decide without (NeedsRead), by id."""
-    bc_found, bc_gone = list(bc_snap.contacts), set(bc_snap.deleted_ids)
-    for bc_id in plan.needs_bc:
-        try:
-            bc_found.append(await bc.get_contact(bc_id))
-        except NotFound:
-            bc_gone.add(bc_id)
-    out_found, out_gone = list(outlook_snap.contacts), set(outlook_snap.removed_ids)
-    for graph_id in plan.needs_outlook:
-        try:
-            out_found.append(await graph.get_contact(mailbox, graph_id))
-        except NotFound:
-            out_gone.add(graph_id)
-    return (
-        BcSnapshot(tuple(bc_found), bc_snap.complete, frozenset(bc_gone)),
-        OutlookSnapshot(tuple(out_found), outlook_snap.complete, frozenset(out_gone)),
-    )
+    """Read the contacts the planner could not decide without (NeedsRead), by id. A contact
+    read replaces what the snapshot held of it (a stub: engine/compact.py); one found gone
+    leaves it."""
+    if plan.needs_bc:
+        bc_found: dict[str, Mapping[str, Any]] = {}
+        bc_gone = set(bc_snap.deleted_ids)
+        for bc_id in plan.needs_bc:
+            try:
+                bc_found[bc_id] = await bc.get_contact(bc_id)
+            except NotFound:
+                bc_gone.add(bc_id)
+        bc_snap = BcSnapshot(_replaced(bc_snap.contacts, bc_found, plan.needs_bc),
+                             bc_snap.complete, frozenset(bc_gone))
+    if plan.needs_outlook:
+        out_found: dict[str, Mapping[str, Any]] = {}
+        out_gone = set(outlook_snap.removed_ids)
+        for graph_id in plan.needs_outlook:
+            try:
+                out_found[graph_id] = await graph.get_contact(mailbox, graph_id)
+            except NotFound:
+                out_gone.add(graph_id)
+        outlook_snap = OutlookSnapshot(
+            _replaced(outlook_snap.contacts, out_found, plan.needs_outlook), outlook_snap.complete,
+            frozenset(out_gone),
+        )
+    return bc_snap, outlook_snap
+
+
+def _replaced(
+    contacts: Sequence[Mapping[str, Any]], found: dict[str, Mapping[str, Any]],
+    asked: frozenset[str],
+) -> tuple[Mapping[str, Any], ...]:
+    """`contacts` with those asked for replaced by what was found (or left out: gone)."""
+    by_id = {str(c.get("id")): c for c in contacts}
+    for contact_id in asked:
+        by_id.pop(contact_id, None)
+    by_id.update(found)
+    return tuple(by_id.values())
 
 
 async def _bc_contacts_with_emails_of(
@@ -164,13 +238,23 @@ class _Inputs:
     force: bool = False
 
 
+ReadNeeded = Callable[
+    [Plan, BcClient, GraphClient, str, BcSnapshot, OutlookSnapshot],
+    Awaitable[tuple[BcSnapshot, OutlookSnapshot]],
+]
+
+
 async def _plan_and_apply(
-    inputs: _Inputs, *, graph: GraphClient, bc: BcClient, store: Store, dry_run: bool
+    inputs: _Inputs, *, graph: GraphClient, bc: BcClient, store: Store, dry_run: bool,
+    links: Sequence[Link] | None = None, read_needed: ReadNeeded = _read_needed,
+    on_written: WriteHook | None = None,
 ) -> SyncReport:
     """Plan (reading what the planner asks for, and BC by email before creating there), then
-    execute unless this is a dry run."""
+    execute unless this is a dry run. `links` (default: all of the user's), `read_needed` and
+    `on_written` are the near-real-time path's (sync/near_real_time.py)."""
     setup, mode = inputs.setup, inputs.mode
-    links = store.links.for_user(setup.user_id)
+    if links is None:
+        links = store.links.for_user(setup.user_id)
     bc_snap, outlook_snap = inputs.bc or BcSnapshot(), inputs.outlook or OutlookSnapshot()
 
     def plan_now() -> Plan:
@@ -179,7 +263,7 @@ async def _plan_and_apply(
 
     plan = plan_now()
     if plan.needs_bc or plan.needs_outlook:
-        bc_snap, outlook_snap = await _read_needed(
+        bc_snap, outlook_snap = await read_needed(
             plan, bc, graph, setup.mailbox, bc_snap, outlook_snap
         )
         plan = plan_now()
@@ -189,8 +273,9 @@ async def _plan_and_apply(
                              bc_snap.deleted_ids)
         plan = plan_now()
 
+    # Only a dry run reports the writes themselves: a full sync's are 100,000 Graph bodies.
     report = SyncReport(setup.user_id, mode, dry_run, plan.summary, plan.stopped_reason,
-                        planned_writes=plan.writes)
+                        planned_writes=plan.writes if dry_run else [])
     if dry_run or inputs.folder_id is None:
         return report
     if plan.stopped_reason:
@@ -199,6 +284,7 @@ async def _plan_and_apply(
     executor = Executor(
         graph=graph, bc=bc, store=store, user_id=setup.user_id, mailbox=setup.mailbox,
         folder_id=inputs.folder_id, verify_creates=not outlook_snap.complete,
+        on_written=on_written,
     )
     report.execution = await executor.run(plan.groups)
     return report
@@ -230,6 +316,22 @@ async def _folder(
     return folder_id
 
 
+async def _read_full(
+    graph: GraphClient, bc: BcClient, setup: UserSetup, folder_id: str | None,
+    links: Sequence[Link],
+) -> tuple[BcSnapshot, OutlookSnapshot]:
+    """Full sync's reads: the BC contacts the user's filter can select (as OData where the
+    translation is exact), then the whole folder (stubs where nothing moved), both compact."""
+    odata = ContactFilter.parse(setup.contact_filter).to_odata()
+    select = sorted({*BC_SELECT, *setup.contact_filter})  # the filter's fields, evaluated
+    pages = bc.iter_contact_pages(odata, select=select)
+    compact_bc = Compactor({link.bc_id: link for link in links}).bc
+    bc_snap = BcSnapshot.full(await _compacted(pages, compact_bc))
+    if folder_id is None:  # dry run, folder not created yet: it would be empty
+        return bc_snap, OutlookSnapshot.full([])
+    return bc_snap, await _list_folder(graph, setup.mailbox, folder_id, bc_snap, links)
+
+
 async def sync_user(
     setup: UserSetup,
     mode: SyncMode,
@@ -246,21 +348,24 @@ async def sync_user(
     state = store.state.get(setup.user_id)
     full = mode is SyncMode.FULL or state.last_sync_at is None
     folder_id = await _folder(graph, setup, dry_run)
-    if full:
-        odata = ContactFilter.parse(setup.contact_filter).to_odata()
-        select = sorted({*BC_SELECT, *setup.contact_filter})  # the filter's fields, evaluated
-        bc_snap = BcSnapshot.full(await bc.list_contacts(odata, select=select))
-    else:
-        assert state.last_sync_at is not None
-        bc_snap = BcSnapshot.changes(await bc.list_changed_since(state.last_sync_at))
-    outlook_snap, new_delta_link = await _read_outlook(
-        graph, setup.mailbox, folder_id, state.delta_link, full
-    )
-    # Graph's lastModifiedDateTime has whole seconds: a contact changed in the same second as
-    # the last run's start must still count as changed since it (re-planning one is harmless).
-    since = None if full or state.last_sync_at is None else state.last_sync_at - SINCE_SLACK
-    inputs = _Inputs(setup, mode, bc_snap, outlook_snap, folder_id, since, force)
-    report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store, dry_run=dry_run)
+    links: list[Link] | None = None
+    with snapshots_kept_out_of_gc():
+        if full:
+            links = store.links.for_user(setup.user_id)
+            bc_snap, outlook_snap = await _read_full(graph, bc, setup, folder_id, links)
+            new_delta_link = state.delta_link
+        else:
+            assert state.last_sync_at is not None
+            bc_snap = BcSnapshot.changes(await bc.list_changed_since(state.last_sync_at))
+            outlook_snap, new_delta_link = await _read_outlook(
+                graph, setup.mailbox, folder_id, state.delta_link, full
+            )
+        # Graph's lastModifiedDateTime has whole seconds: a contact changed in the same second
+        # as the last run's start must still count as changed since it (re-planning is harmless).
+        since = None if full or state.last_sync_at is None else state.last_sync_at - SINCE_SLACK
+        inputs = _Inputs(setup, mode, bc_snap, outlook_snap, folder_id, since, force)
+        report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store,
+                                       dry_run=dry_run, links=links)
     if report.execution is not None and not report.execution.failures:
         # Only a clean run moves the marks: a failed pair is read and planned again next time.
         store.state.update(setup.user_id, delta_link=new_delta_link)
@@ -281,9 +386,13 @@ async def apply_changes(
     """The near-real-time path: apply known BC changes (snapshots from the change feed) and/or
     the Outlook folder's delta since the stored link (a notification hint), without listing
     either side. Every item given is a change, so no "since" applies. The stored delta link
-    advances only after a clean run; the last-sync mark of "Sync" is left alone."""
+    advances only after a clean run; the last-sync mark of "Sync" is left alone.
+    Reads and echoes are kept down as sync/near_real_time.py describes: the change's own links,
+    stale snapshots dropped, known versions written with If-Match, a 412 re-read and re-planned.
+    """
     started_clock = time.perf_counter()
     folder_id = await _folder(graph, setup, dry_run=False, cached=True)
+    known = nrt.Known(bc, graph, setup.mailbox)
     outlook_snap: OutlookSnapshot | None = None
     new_delta_link: str | None = None
     if read_outlook_delta:
@@ -291,10 +400,77 @@ async def apply_changes(
         outlook_snap, new_delta_link = await _read_outlook(
             graph, setup.mailbox, folder_id, state.delta_link, full=False
         )
+        known.saw_outlook(outlook_snap.contacts)
+    if bc_changes is not None:
+        known.saw_bc(bc_changes.contacts)
+    links = nrt.links_for(store, setup, bc_changes, outlook_snap)
+    bc_changes = nrt.drop_stale(bc_changes, links)
+    bc_changes = await _confirm_unlinked(bc_changes, links, bc, known)
     inputs = _Inputs(setup, SyncMode.SYNC, bc_changes, outlook_snap, folder_id)
-    report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store, dry_run=False)
+    report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store, dry_run=False,
+                                   links=links, read_needed=nrt.KnownReader(known, links),
+                                   on_written=known.written)
+    await _replan_conflicts(report, inputs, known, graph=graph, bc=bc, store=store)
     if (read_outlook_delta and report.execution is not None
             and not report.execution.failures):
         store.state.set_delta_link(setup.user_id, new_delta_link)
     report.duration_s = time.perf_counter() - started_clock
     return report
+
+
+async def _confirm_unlinked(bc_snap: BcSnapshot | None, links: Sequence[Link], bc: BcClient,
+                            known: nrt.Known) -> BcSnapshot | None:
+    """Snapshots of contacts this user has no link to, read again from BC before planning.
+
+    Such a snapshot can only create a contact in the folder, and the router sends a later
+    deletion (or a change that takes the contact out of the user's filter) only to users
+    linked to the contact. When the applier lags (a restart, a rebalance), that later change
+    reached nobody, and the older snapshot would create a contact BC no longer has, or one
+    that left the filter, for good (found by tests/reliability/test_crash.py). So creates rest
+    on BC's current state (decision 1): one GET per contact new to the user; a 404 counts as
+    deleted."""
+    if bc_snap is None:
+        return None
+    linked = {link.bc_id for link in links}
+    fresh: list[dict[str, Any]] = []
+    gone = set(bc_snap.deleted_ids)
+    reread = False
+    for contact in bc_snap.contacts:
+        bc_id = str(contact.get("id", ""))
+        if bc_id in linked:
+            fresh.append(dict(contact))
+            continue
+        reread = True
+        try:
+            fresh.append(await bc.get_contact(bc_id))
+        except NotFound:
+            gone.add(bc_id)
+    if not reread:
+        return bc_snap
+    known.saw_bc(fresh)
+    return BcSnapshot(tuple(fresh), bc_snap.complete, frozenset(gone))
+
+
+async def _replan_conflicts(report: SyncReport, inputs: _Inputs, known: nrt.Known, *,
+                            graph: GraphClient, bc: BcClient, store: Store) -> None:
+    """Pairs whose write met a newer version (412): read both sides afresh, plan them again
+    and apply that, once; what still fails stays in the report (the next change retries)."""
+    execution = report.execution
+    if execution is None or not any(f.conflict for f in execution.failures):
+        return
+    pairs = [(f.bc_id, f.graph_id) for f in execution.failures if f.conflict]
+    bc_snap, outlook_snap = await nrt.read_pairs(pairs, bc=bc, graph=graph, known=known)
+    links = nrt.links_for(store, inputs.setup, bc_snap, outlook_snap)
+    again = dataclasses.replace(inputs, bc=bc_snap, outlook=outlook_snap)
+    retry = await _plan_and_apply(again, graph=graph, bc=bc, store=store, dry_run=False,
+                                  links=links, read_needed=nrt.KnownReader(known, links),
+                                  on_written=known.written)
+    execution.failures = [f for f in execution.failures if not f.conflict]
+    if retry.execution is not None:
+        execution.failures.extend(retry.execution.failures)
+        execution.writes.update(retry.execution.writes)
+        execution.field_issues.extend(retry.execution.field_issues)
+        execution.links_saved += retry.execution.links_saved
+        execution.links_dropped += retry.execution.links_dropped
+        execution.audited += retry.execution.audited
+    report.summary.conflicts += retry.summary.conflicts

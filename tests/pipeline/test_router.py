@@ -244,3 +244,21 @@ def test_run_routes_until_stopped_and_sees_new_users_after_a_refresh(settings: S
     assert not thread.is_alive(), "the router stops when asked"
     assert [(key, e.payload.kind) for key, e in read_all(settings, SYNC_COMMANDS)] == [
         ("new@contoso.test", CommandKind.BC_CHANGE)]
+
+
+def test_the_echo_of_our_own_outlook_write_asks_for_no_delta_read(settings: Settings,
+                                                                  store: Store) -> None:
+    store.links.upsert(Link(HOLDER, "c-1", f"g-{HOLDER}", graph_change_key="ck-ours",
+                            origin=LinkOrigin.BC))
+
+    def note(etag: str) -> GraphNotification:
+        return GraphNotification(subscription_id=f"sub-{HOLDER}", user_id=HOLDER,
+                                 change_type="updated", resource="x",
+                                 contact_id=f"g-{HOLDER}", etag=etag, received_at=NOW)
+
+    produce(settings, GRAPH_NOTIFICATIONS, [(f"sub-{HOLDER}", note('W/"ck-ours"'), "t-echo")])
+    assert route(settings, store, inputs=1) == [], "our write's changeKey: nothing to read"
+    produce(settings, GRAPH_NOTIFICATIONS, [(f"sub-{HOLDER}", note('W/"ck-new"'), "t-edit")])
+    commands = route(settings, store, inputs=1)
+    assert [(user, cmd.kind, trace) for user, cmd, trace in commands] == [
+        (HOLDER, CommandKind.GRAPH_HINT, "t-edit")]

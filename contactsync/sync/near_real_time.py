@@ -1,0 +1,221 @@
+"""What the near-real-time path (`runner.apply_changes`) adds to a Sync: fewer reads, no echoes.
+
+- **Own links only.** A change needs the links of the contacts it names (by BC id, Graph id or
+  our BC-id tag), not the user's thousands. Where the plan could reach the mass-delete rail
+  (more changed items than its floor, or a complete listing) all links load, so the rail
+  counts the whole folder as before.
+- **Stale snapshots.** A BC snapshot older than the version the link holds (we wrote, or
+  already applied, a newer one) is dropped: applying it would push old values back to Outlook
+  (an echo write, then a second one to undo it).
+- **Known versions instead of reads.** The planner asks to read the other side of a pair
+  (NeedsRead) before writing to it. When we hold that contact as last read or written, at the
+  very version the link recorded, it is used instead of a GET, and the write carries that
+  version as If-Match (BC ETag, Graph changeKey): if someone changed the contact meanwhile, the
+  service refuses (412) and `replan_conflicts` reads the pair afresh and plans it again (BC is
+  master: a conflict pushes BC's values and audits Outlook's). Optimistic concurrency, so a
+  write never rests on a version nobody checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from contactsync.clients.bc import BcClient
+from contactsync.clients.errors import NotFound
+from contactsync.clients.graph import GraphClient, with_bc_id
+from contactsync.engine import mapping as m
+from contactsync.engine.links import Link
+from contactsync.engine.pair_rules import parse_time
+from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan
+from contactsync.store import Store
+from schemas.setup import UserSetup
+
+Contact = Mapping[str, Any]
+KNOWN_MAX = 5000  # contacts held per side: a few MB, the hot set of a busy tenant
+
+
+class KnownContacts:
+    """Contacts as last read or written, by key, least recently used out first."""
+
+    def __init__(self, max_items: int = KNOWN_MAX) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[Any, Contact] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def put(self, key: Any, contact: Contact) -> None:
+        self._items[key] = contact
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def at_version(self, key: Any, version: str, version_of: Any) -> Contact | None:
+        """The contact if held at exactly `version` (never for an empty version)."""
+        contact = self._items.get(key)
+        if contact is None or not version or version_of(contact) != version:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return contact
+
+
+_bc_known: weakref.WeakKeyDictionary[BcClient, KnownContacts] = weakref.WeakKeyDictionary()
+_graph_known: weakref.WeakKeyDictionary[GraphClient, KnownContacts] = weakref.WeakKeyDictionary()
+
+
+def _bc_version(contact: Contact) -> str:
+    return m.as_text(contact.get("@odata.etag"))
+
+
+class Known:
+    """One user's view of both caches (BC by contact id, Outlook by mailbox and contact id)."""
+
+    def __init__(self, bc: BcClient, graph: GraphClient, mailbox: str) -> None:
+        self.bc = _bc_known.setdefault(bc, KnownContacts())
+        self.outlook = _graph_known.setdefault(graph, KnownContacts())
+        self.mailbox = mailbox
+
+    def saw_bc(self, contacts: Iterable[Contact]) -> None:
+        for contact in contacts:
+            if _bc_version(contact):
+                self.bc.put(m.as_text(contact.get("id")), contact)
+
+    def saw_outlook(self, contacts: Iterable[Contact], bc_id: str = "") -> None:
+        for contact in contacts:
+            key = m.graph_change_key(contact)
+            if not key:
+                continue
+            entry = dict(contact)
+            # The planner sends this as If-Match: a cached copy must carry it.
+            entry.setdefault("@odata.etag", f'W/"{key}"')
+            if bc_id and not m.bc_id_of(entry):  # a PATCH answer leaves our tag out
+                entry["singleValueExtendedProperties"] = with_bc_id(
+                    {}, bc_id)["singleValueExtendedProperties"]
+            self.outlook.put((self.mailbox, m.as_text(contact.get("id"))), entry)
+
+    def written(self, side: str, contact: Contact, bc_id: str) -> None:
+        """The executor's hook: what a write answered is the newest version we know."""
+        if side == "bc":
+            self.saw_bc([contact])
+        else:
+            self.saw_outlook([contact], bc_id)
+
+    def bc_at(self, link: Link | None, bc_id: str) -> Contact | None:
+        return self.bc.at_version(bc_id, link.bc_etag if link else "", _bc_version)
+
+    def outlook_at(self, link: Link | None, graph_id: str) -> Contact | None:
+        return self.outlook.at_version((self.mailbox, graph_id),
+                                       link.graph_change_key if link else "", m.graph_change_key)
+
+
+def links_for(store: Store, setup: UserSetup, bc_snap: BcSnapshot | None,
+              outlook_snap: OutlookSnapshot | None) -> list[Link]:
+    """The links this change can touch; all of the user's where the delete rail could fire."""
+    bc_snap, outlook_snap = bc_snap or BcSnapshot(), outlook_snap or OutlookSnapshot()
+    items = (len(bc_snap.contacts) + len(bc_snap.deleted_ids) + len(outlook_snap.contacts)
+             + len(outlook_snap.removed_ids))
+    if bc_snap.complete or outlook_snap.complete or items > setup.max_delete_floor:
+        return store.links.for_user(setup.user_id)
+    bc_ids = {m.as_text(c.get("id")) for c in bc_snap.contacts} | set(bc_snap.deleted_ids)
+    bc_ids |= {tag for c in outlook_snap.contacts if (tag := m.bc_id_of(c))}
+    graph_ids = {m.as_text(c.get("id")) for c in outlook_snap.contacts}
+    graph_ids |= set(outlook_snap.removed_ids)
+    return store.links.for_ids(setup.user_id, bc_ids, graph_ids)
+
+
+def drop_stale(bc_snap: BcSnapshot | None, links: Sequence[Link]) -> BcSnapshot | None:
+    """Without the snapshots older than what the links hold (BC's modified time only grows)."""
+    if bc_snap is None:
+        return None
+    newest: dict[str, datetime] = {
+        link.bc_id: link.bc_modified for link in links if link.bc_modified is not None
+    }
+    fresh = [c for c in bc_snap.contacts if not _older(c, newest.get(m.as_text(c.get("id"))))]
+    if len(fresh) == len(bc_snap.contacts):
+        return bc_snap
+    return BcSnapshot(tuple(fresh), bc_snap.complete, bc_snap.deleted_ids)
+
+
+def _older(contact: Contact, held: datetime | None) -> bool:
+    modified = parse_time(contact.get("lastModifiedDateTime"))
+    return held is not None and modified is not None and modified < held
+
+
+class KnownReader:
+    """`_plan_and_apply`'s reader: NeedsRead answered from known versions, else by GET."""
+
+    def __init__(self, known: Known, links: Sequence[Link]) -> None:
+        self.known = known
+        self.by_bc = {link.bc_id: link for link in links}
+        self.by_graph = {link.graph_id: link for link in links}
+
+    async def __call__(self, plan: Plan, bc: BcClient, graph: GraphClient, mailbox: str,
+                       bc_snap: BcSnapshot, outlook_snap: OutlookSnapshot
+                       ) -> tuple[BcSnapshot, OutlookSnapshot]:
+        # Reads that are needed go out together: the clients' budgets pace them.
+        bc_read = [i for i in plan.needs_bc if self.known.bc_at(self.by_bc.get(i), i) is None]
+        out_read = [i for i in plan.needs_outlook
+                    if self.known.outlook_at(self.by_graph.get(i), i) is None]
+        bc_got, out_got = await asyncio.gather(
+            asyncio.gather(*(_found(bc.get_contact(i)) for i in bc_read)),
+            asyncio.gather(*(_found(graph.get_contact(mailbox, i)) for i in out_read)),
+        )
+        self.known.saw_bc(c for c in bc_got if c is not None)
+        self.known.saw_outlook(c for c in out_got if c is not None)
+        bc_found, bc_gone = list(bc_snap.contacts), set(bc_snap.deleted_ids)
+        bc_fetched = dict(zip(bc_read, bc_got, strict=True))
+        for bc_id in plan.needs_bc:
+            contact = bc_fetched.get(bc_id) if bc_id in bc_fetched else self.known.bc_at(
+                self.by_bc.get(bc_id), bc_id)
+            if contact is None:
+                bc_gone.add(bc_id)
+            else:
+                bc_found.append(contact)
+        out_found, out_gone = list(outlook_snap.contacts), set(outlook_snap.removed_ids)
+        fetched = dict(zip(out_read, out_got, strict=True))
+        for graph_id in plan.needs_outlook:
+            contact = fetched.get(graph_id) if graph_id in fetched else self.known.outlook_at(
+                self.by_graph.get(graph_id), graph_id)
+            if contact is None:
+                out_gone.add(graph_id)
+            else:
+                out_found.append(contact)
+        return (
+            BcSnapshot(tuple(bc_found), bc_snap.complete, frozenset(bc_gone)),
+            OutlookSnapshot(tuple(out_found), outlook_snap.complete, frozenset(out_gone)),
+        )
+
+
+async def _found(read: Awaitable[Contact]) -> Contact | None:
+    try:
+        return await read
+    except NotFound:
+        return None
+
+
+async def read_pairs(pairs: Iterable[tuple[str, str]], *, bc: BcClient, graph: GraphClient,
+                     known: Known) -> tuple[BcSnapshot, OutlookSnapshot]:
+    """Both sides of these (BC id, Graph id) pairs, read afresh (after a 412)."""
+    bc_found: list[Contact] = []
+    out_found: list[Contact] = []
+    bc_gone: set[str] = set()
+    out_gone: set[str] = set()
+    for bc_id, graph_id in pairs:
+        if bc_id:
+            try:
+                bc_found.append(await bc.get_contact(bc_id))
+            except NotFound:
+                bc_gone.add(bc_id)
+        if graph_id:
+            try:
+                out_found.append(await graph.get_contact(known.mailbox, graph_id))
+            except NotFound:
+                out_gone.add(graph_id)
+    known.saw_bc(bc_found)
+    known.saw_outlook(out_found)
+    return BcSnapshot.changes(bc_found, bc_gone), OutlookSnapshot(
+        tuple(out_found), complete=False, removed_ids=frozenset(out_gone))

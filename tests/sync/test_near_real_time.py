@@ -1,0 +1,138 @@
+"""The near-real-time path's optimistic writes (sync/near_real_time.py), against the emulators:
+a person editing the other side between our read and our write costs a 412, a fresh read and
+a new plan, and ends with BC's values (BC is master), the lost Outlook values audited."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contactsync.engine.links import SyncMode
+from contactsync.engine.planner import BcSnapshot
+from contactsync.store.records import AuditKind
+from contactsync.sync.runner import apply_changes
+from tests.sync.conftest import MAILBOX, World
+
+
+def _by_email(contacts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {(c.get("emailAddresses") or [{}])[0].get("address", "").lower(): c for c in contacts}
+
+
+def _patches(world: World, service: str) -> int:
+    emulator = world.emulators.graph if service == "graph" else world.emulators.bc
+    return sum(int(r["count"]) for r in emulator.counters_snapshot()["by_route"]
+               if r["method"] == "PATCH")
+
+
+async def _linked_people(world: World, n: int = 5) -> list[dict[str, Any]]:
+    bc = world.emulators.bc
+    people = [bc.create_contact({"displayName": f"P {i}", "email": f"p{i}@example.com",
+                                 "type": "Person"}) for i in range(n)]
+    await world.sync(SyncMode.FULL)
+    return people
+
+async def test_outlook_edited_between_our_read_and_our_write_bc_wins(world: World) -> None:
+    people = await _linked_people(world)
+    setup = world.setup()
+    graph_id = _by_email(await world.folder())["p2@example.com"]["id"]
+    original = world.graph.update_contact
+    edits = 0
+
+    async def person_edits_first(mailbox: str, contact_id: str, *a: Any, **kw: Any) -> Any:
+        nonlocal edits
+        if contact_id == graph_id and edits == 0:  # after our read, before our write
+            edits += 1
+            world.emulators.graph.person_update_contact(
+                MAILBOX, graph_id, {"jobTitle": "Outlook title", "department": "Sales"})
+        return await original(mailbox, contact_id, *a, **kw)
+
+    world.graph.update_contact = person_edits_first  # type: ignore[method-assign]
+    changed = world.emulators.bc.update_contact(people[2]["id"], {"jobTitle": "BC title"})
+    world.emulators.graph.reset_counters()
+
+    report = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                                 bc_changes=BcSnapshot.changes([changed]))
+
+    assert edits == 1
+    assert report.execution is not None and report.execution.failures == []
+    contact = _by_email(await world.folder())["p2@example.com"]
+    assert contact["jobTitle"] == "BC title", "BC is master"
+    assert _patches(world, "graph") == 2, "the stale write was refused, then written again"
+    audits = world.store.audit.list_records(user_id=MAILBOX, kind=AuditKind.CONFLICT)
+    assert audits and audits[0].details["outlook"].get("job_title") == "Outlook title"
+    # The link holds the final versions: the same change again writes nothing.
+    again = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                                bc_changes=BcSnapshot.changes([changed]),
+                                read_outlook_delta=True)
+    assert again.execution is not None and sum(again.execution.writes.values()) == 0
+
+async def test_bc_edited_between_our_read_and_our_write_bc_wins(world: World) -> None:
+    people = await _linked_people(world)
+    setup = world.setup()
+    bc_id = people[3]["id"]
+    original = world.bc.update_contact
+    edits = 0
+
+    async def person_edits_first(contact_id: str, *a: Any, **kw: Any) -> Any:
+        nonlocal edits
+        if contact_id == bc_id and edits == 0:  # after our read, before our write
+            edits += 1
+            world.emulators.bc.update_contact(bc_id, {"jobTitle": "BC title"})
+        return await original(contact_id, *a, **kw)
+
+    world.bc.update_contact = person_edits_first  # type: ignore[method-assign]
+    graph_id = _by_email(await world.folder())["p3@example.com"]["id"]
+    world.emulators.graph.person_update_contact(MAILBOX, graph_id, {"jobTitle": "Outlook title"})
+
+    report = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                                 read_outlook_delta=True)
+
+    assert edits == 1
+    assert report.execution is not None and report.execution.failures == []
+    assert world.emulators.bc.contact(bc_id)["jobTitle"] == "BC title", "BC is master"
+    contact = _by_email(await world.folder())["p3@example.com"]
+    assert contact["jobTitle"] == "BC title", "BC's values pushed to Outlook"
+    audits = world.store.audit.list_records(user_id=MAILBOX, kind=AuditKind.CONFLICT)
+    assert audits and audits[0].details["outlook"].get("job_title") == "Outlook title"
+
+async def test_a_known_version_saves_the_read_and_a_stale_one_is_refused(world: World) -> None:
+    """After one push the Outlook contact is known at the link's version: the next BC change
+    is written with If-Match and no GET. An Outlook edit that the applier has not seen yet makes
+    that write a 412; the pair is read again and BC wins."""
+    people = await _linked_people(world)
+    setup = world.setup()
+    first = world.emulators.bc.update_contact(people[1]["id"], {"jobTitle": "One"})
+    await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                        bc_changes=BcSnapshot.changes([first]))
+    world.emulators.graph.reset_counters()
+    second = world.emulators.bc.update_contact(people[1]["id"], {"jobTitle": "Two"})
+    await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                        bc_changes=BcSnapshot.changes([second]))
+    gets = sum(int(r["count"]) for r in world.emulators.graph.counters_snapshot()["by_route"]
+               if r["method"] == "GET")
+    assert gets == 0 and _patches(world, "graph") == 1, "a known version: one request"
+
+    graph_id = _by_email(await world.folder())["p1@example.com"]["id"]
+    world.emulators.graph.person_update_contact(MAILBOX, graph_id, {"jobTitle": "Mine"})
+    third = world.emulators.bc.update_contact(people[1]["id"], {"jobTitle": "Three"})
+    report = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                                 bc_changes=BcSnapshot.changes([third]))
+    assert report.execution is not None and report.execution.failures == []
+    assert _by_email(await world.folder())["p1@example.com"]["jobTitle"] == "Three"
+    audits = world.store.audit.list_records(user_id=MAILBOX, kind=AuditKind.CONFLICT)
+    assert audits and audits[0].details["outlook"].get("job_title") == "Mine"
+
+async def test_a_stale_bc_snapshot_is_not_pushed_back(world: World) -> None:
+    """A snapshot older than the version the link holds (we wrote a newer one meanwhile)
+    costs no write: pushing it would put old values back into Outlook."""
+    people = await _linked_people(world)
+    setup = world.setup()
+    old = world.emulators.bc.update_contact(people[4]["id"], {"jobTitle": "Old"})
+    new = world.emulators.bc.update_contact(people[4]["id"], {"jobTitle": "New"})
+    await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                        bc_changes=BcSnapshot.changes([new]))
+    world.emulators.graph.reset_counters()
+    report = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                                 bc_changes=BcSnapshot.changes([old]))
+    assert report.execution is not None and sum(report.execution.writes.values()) == 0
+    assert _patches(world, "graph") == 0
+    assert _by_email(await world.folder())["p4@example.com"]["jobTitle"] == "New"
