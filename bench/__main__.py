@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["broker_startup", "sync_full", "webhook_load", "pipeline_load"]
+BENCHMARKS = ["broker_startup", "sync_full", "webhook_load", "pipeline_load", "reconcile"]
 
 
 def main(argv: list[str]) -> int:

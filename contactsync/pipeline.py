@@ -16,7 +16,7 @@ from contactsync.logs import get_logger
 from contactsync.settings import Settings
 from contactsync.store import Store
 
-ALL_ROLES = ("webhook", "subscriptions", "bc-changes", "router", "applier")
+ALL_ROLES = ("webhook", "subscriptions", "bc-changes", "router", "applier", "reconcile")
 
 
 @dataclass
@@ -79,6 +79,10 @@ class Pipeline:
             from producers.subscriptions import run_subscriptions
 
             return lambda stop: run_subscriptions(self.settings, self.store, stop)
+        if name == "reconcile":  # the scheduler; idle between slots
+            from producers.reconcile import run_scheduler
+
+            return lambda stop: run_scheduler(self.settings, self.store, stop)
         raise ValueError(f"unknown role {name!r}; roles: {', '.join(ALL_ROLES)}")
 
     def _guard(self, role: _Role) -> None:

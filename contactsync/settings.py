@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     webhook_public_url: str = Field(default="", description="Public base URL of the webhook")
     webhook_max_body_bytes: int = 1_000_000
 
+    # --- Reconcile job (producers/reconcile.py) ---
+    reconcile_schedule: str = Field(
+        default="nightly",
+        description="nightly (02:00 UTC) | off | every N[s|m|h|d] | 5-field cron, in UTC",
+    )
+    reconcile_jitter: float = Field(
+        default=3600.0, ge=0,
+        description="Seconds over which one run's per-user commands are spread",
+    )
+
     # --- Logging ---
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")

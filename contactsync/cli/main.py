@@ -12,6 +12,7 @@ from contactsync.cli import (
     dlq_cmds,
     emulate_cmd,
     kafka_cmds,
+    reconcile_cmd,
     role_cmds,
     run_cmd,
     sandbox_cmd,
@@ -21,7 +22,9 @@ from contactsync.cli import (
     webhook_cmd,
 )
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# No local variables in crash tracebacks: they would print secrets, tokens and contacts.
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__,
+                  pretty_exceptions_show_locals=False)
 app.add_typer(kafka_cmds.kafka_app, name="kafka")
 app.add_typer(kafka_cmds.topics_app, name="topics")
 app.add_typer(schema_cmds.schemas_app, name="schemas")
@@ -36,3 +39,4 @@ app.command()(role_cmds.applier)
 app.command(name="bc-changes")(role_cmds.bc_changes)
 app.command()(role_cmds.subscriptions)
 app.command()(run_cmd.run)
+app.command()(reconcile_cmd.reconcile)

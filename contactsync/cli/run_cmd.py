@@ -23,7 +23,7 @@ def run(
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The webhook's port")] = 8080,
 ) -> None:
-    """Run the pipeline's roles (webhook, subscriptions, bc-changes, router, applier)."""
+    """Run the pipeline's roles (webhook, subscriptions, bc-changes, router, applier, reconcile)."""
     settings = settings_and_logging()
     stop = stop_on_signals()
     chosen = tuple(r.strip() for r in roles.split(",") if r.strip())
@@ -31,6 +31,10 @@ def run(
         unknown = sorted(set(chosen) - set(ALL_ROLES))
         if unknown:
             raise ConfigError(f"unknown roles {unknown}; roles: {', '.join(ALL_ROLES)}")
+        if "reconcile" in chosen:  # a bad schedule is one sentence now, not a failed role
+            from producers.reconcile import parse_schedule
+
+            parse_schedule(settings.reconcile_schedule)
         if settings.uses_emulators:
             raise ConfigError("no tenant configured: set CONTACTSYNC_GRAPH_BASE_URL and "
                               "CONTACTSYNC_BC_BASE_URL, or run `contactsync sandbox`")
