@@ -29,10 +29,14 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
 
 
-def redact_text(text: str) -> str:
+def redact_secrets(text: str) -> str:
+    """Bearer tokens and JWT-shaped strings out of a text (e-mail addresses kept)."""
     text = _BEARER.sub(f"Bearer {REDACTED}", text)
-    text = _JWT.sub(REDACTED, text)
-    return _EMAIL.sub(r"\1***@\2", text)
+    return _JWT.sub(REDACTED, text)
+
+
+def redact_text(text: str) -> str:
+    return _EMAIL.sub(r"\1***@\2", redact_secrets(text))
 
 
 def redact_value(key: str, value: Any) -> Any:
@@ -55,6 +59,20 @@ def redact_processor(
     for key in list(event_dict):
         event_dict[key] = redact_value(key, event_dict[key])
     return event_dict
+
+
+def _redact_record(record: logging.LogRecord) -> bool:
+    """A stdlib logging filter: the record's formatted message, redacted (always kept)."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: leave it to logging's own error path
+        return True
+    record.msg, record.args = redact_text(message), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact_text(record.exc_text)
+    return True
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:
@@ -84,6 +102,10 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
     )
     # Libraries log through the stdlib; keep their chatter at WARNING and on the same stream.
     logging.basicConfig(level=logging.WARNING, stream=out, force=True)
+    # Their lines bypass structlog, so they get the same redaction (a library's warning can
+    # hold a URL with a mailbox in it, or a header).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redact_record)
     for noisy in ("kafka", "httpx", "httpcore", "azure", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from contactsync.clients.errors import ServiceError
 from contactsync.engine.bcfilter import FilterError
 from contactsync.kafka.local_broker import BrokerError
-from contactsync.logs import configure_logging
+from contactsync.logs import configure_logging, redact_secrets
 from contactsync.settings import Settings, load_settings
 from contactsync.store import Store
 from contactsync.store.records import StoreError
@@ -49,7 +49,9 @@ def user_errors() -> Iterator[None]:
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    # The sentence can quote a service's answer or a header: tokens never reach the terminal
+    # (or a container's log). The mailbox the admin typed stays readable: it is their input.
+    typer.secho(f"error: {redact_secrets(message)}", err=True, fg=typer.colors.RED)
     raise typer.Exit(1) from None
 
 

@@ -6,11 +6,17 @@ Kafka from the settings. Graph requires HTTPS: run it behind a TLS-terminating p
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from contactsync.cli.common import settings_and_logging, user_errors
+
+# uvicorn's own logging config gives its loggers handlers of their own, past the redaction
+# configure_logging puts on the root handler (an "Exception in ASGI application" traceback can
+# hold a mailbox). Without it, its lines propagate to the root and are redacted.
+UVICORN_LOGGING: dict[str, Any] = {"log_config": None, "log_level": "warning",
+                                   "access_log": False}
 
 
 def webhook(
@@ -29,7 +35,7 @@ def webhook(
         store = Store.open(settings.database_url)
         try:
             app = create_webhook_app(settings, StoreRegistry(store))
-            uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning",
-                        timeout_graceful_shutdown=5)
+            uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=5,
+                        **UVICORN_LOGGING)
         finally:
             store.close()

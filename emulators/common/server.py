@@ -30,6 +30,10 @@ class BackgroundServer:
         config = uvicorn.Config(
             app, host=self.host, port=self.port, log_level="warning", lifespan="on",
             access_log=False, timeout_graceful_shutdown=2,
+            # uvicorn's own logging config would give its loggers handlers that bypass the
+            # redaction of contactsync.logs (this server also runs the webhook in `contactsync
+            # run`); without it their lines go to the root handler and are redacted.
+            log_config=None,
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
