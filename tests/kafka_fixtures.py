@@ -8,14 +8,18 @@ Maven jars. Every test gets its own topic prefix, so tests never see each other'
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 from contactsync.kafka.local_broker import LocalBroker
+from contactsync.kafka.topics import topic_name
 from contactsync.settings import Settings, default_cache_dir
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
@@ -84,3 +88,24 @@ def kafka_settings(kafka: KafkaHandle, topic_prefix: str, tmp_path: Path) -> Set
         database_url=f"sqlite:///{tmp_path / 'state.db'}",
         kafka_data_dir=tmp_path / "kafka-unused",
     )
+
+
+def read_topic(settings: Settings, base: str, timeout: float = 10.0) -> list[ConsumerRecord]:
+    """Every record of a topic so far (up to its end offsets when called), without a group."""
+    topic = topic_name(settings, base)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                             enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout} s"
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close(autocommit=False)

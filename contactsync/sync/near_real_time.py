@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -166,24 +166,14 @@ class KnownReader:
         )
         self.known.saw_bc(c for c in bc_got if c is not None)
         self.known.saw_outlook(c for c in out_got if c is not None)
-        bc_found, bc_gone = list(bc_snap.contacts), set(bc_snap.deleted_ids)
-        bc_fetched = dict(zip(bc_read, bc_got, strict=True))
-        for bc_id in plan.needs_bc:
-            contact = bc_fetched.get(bc_id) if bc_id in bc_fetched else self.known.bc_at(
-                self.by_bc.get(bc_id), bc_id)
-            if contact is None:
-                bc_gone.add(bc_id)
-            else:
-                bc_found.append(contact)
-        out_found, out_gone = list(outlook_snap.contacts), set(outlook_snap.removed_ids)
-        fetched = dict(zip(out_read, out_got, strict=True))
-        for graph_id in plan.needs_outlook:
-            contact = fetched.get(graph_id) if graph_id in fetched else self.known.outlook_at(
-                self.by_graph.get(graph_id), graph_id)
-            if contact is None:
-                out_gone.add(graph_id)
-            else:
-                out_found.append(contact)
+        bc_found, bc_gone = _answers(
+            plan.needs_bc, dict(zip(bc_read, bc_got, strict=True)),
+            lambda i: self.known.bc_at(self.by_bc.get(i), i),
+            bc_snap.contacts, bc_snap.deleted_ids)
+        out_found, out_gone = _answers(
+            plan.needs_outlook, dict(zip(out_read, out_got, strict=True)),
+            lambda i: self.known.outlook_at(self.by_graph.get(i), i),
+            outlook_snap.contacts, outlook_snap.removed_ids)
         return (
             BcSnapshot(tuple(bc_found), bc_snap.complete, frozenset(bc_gone)),
             OutlookSnapshot(tuple(out_found), outlook_snap.complete, frozenset(out_gone)),
@@ -219,3 +209,19 @@ async def read_pairs(pairs: Iterable[tuple[str, str]], *, bc: BcClient, graph: G
     known.saw_outlook(out_found)
     return BcSnapshot.changes(bc_found, bc_gone), OutlookSnapshot(
         tuple(out_found), complete=False, removed_ids=frozenset(out_gone))
+
+
+def _answers(
+    wanted: Iterable[str], fetched: Mapping[str, Contact | None],
+    known: Callable[[str], Contact | None], contacts: Iterable[Contact], gone: Iterable[str],
+) -> tuple[list[Contact], set[str]]:
+    """One side's snapshot after the reads: each wanted id as fetched now, else as held at the
+    link's version; an id neither answers is gone."""
+    found, missing = list(contacts), set(gone)
+    for contact_id in wanted:
+        contact = fetched[contact_id] if contact_id in fetched else known(contact_id)
+        if contact is None:
+            missing.add(contact_id)
+        else:
+            found.append(contact)
+    return found, missing

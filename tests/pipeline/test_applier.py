@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from consumers.applier import UNKNOWN_USER, Applier
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
@@ -32,6 +31,7 @@ from schemas.messages import (
     SyncResult,
 )
 from schemas.setup import UserSetup
+from tests.kafka_fixtures import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -93,26 +93,12 @@ class Rig:
 
 
 def read_results(settings: Settings) -> list[SyncResult]:
-    topic = topic_name(settings, SYNC_RESULTS)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                             enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out: list[tuple[int, SyncResult]] = []
-        deadline = time.monotonic() + 10
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline
-            for records in consumer.poll(timeout_ms=200).values():
-                for r in records:
-                    envelope = decode(r.value)
-                    assert r.key.decode() == envelope.payload.user_id
-                    out.append((r.timestamp, envelope.payload))
-        return [result for _, result in sorted(out, key=lambda x: x[0])]
-    finally:
-        consumer.close(autocommit=False)
+    out: list[tuple[int, SyncResult]] = []
+    for r in read_topic(settings, SYNC_RESULTS):
+        envelope = decode(r.value)
+        assert r.key.decode() == envelope.payload.user_id
+        out.append((r.timestamp, envelope.payload))
+    return [result for _, result in sorted(out, key=lambda x: x[0])]
 
 
 @pytest.fixture

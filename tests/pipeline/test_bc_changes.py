@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient, parse_bc_datetime
@@ -30,6 +30,7 @@ from producers.bc_changes import BcChangeFeed, contact_id_from_resource
 from schemas.contacts import BcContact
 from schemas.envelope import decode, encode, wrap
 from schemas.messages import BcChangeKind, BcContactChanged, BcNotification
+from tests.kafka_fixtures import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -88,23 +89,8 @@ def producer(settings: Settings) -> Iterator[KafkaProducer]:
 
 def read_changes(settings: Settings) -> list[tuple[str, BcContactChanged]]:
     """Every message on bc.contact.changes so far, as (key, payload)."""
-    topic = topic_name(settings, BC_CONTACT_CHANGES)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                             enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out: list[tuple[str, BcContactChanged]] = []
-        deadline = time.monotonic() + 10
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.key.decode(), decode(r.value).payload) for r in records)
-        return out
-    finally:
-        consumer.close(autocommit=False)
+    return [(r.key.decode(), decode(r.value).payload)
+            for r in read_topic(settings, BC_CONTACT_CHANGES)]
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:

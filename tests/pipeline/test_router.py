@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from pydantic import BaseModel
 
 from consumers.router import MISSED_REASON, Router
@@ -37,6 +36,7 @@ from schemas.messages import (
     SyncCommand,
 )
 from schemas.setup import UserSetup
+from tests.kafka_fixtures import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -85,23 +85,7 @@ def produce(settings: Settings, base: str, items: Sequence[tuple[str, BaseModel,
 
 def read_all(settings: Settings, base: str) -> list[tuple[str, Envelope[Any]]]:
     """Every message on the topic so far, as (key, envelope)."""
-    topic = topic_name(settings, base)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                             enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out: list[tuple[str, Envelope[Any]]] = []
-        deadline = time.monotonic() + 10
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.key.decode(), decode(r.value)) for r in records)
-        return out
-    finally:
-        consumer.close(autocommit=False)
+    return [(r.key.decode(), decode(r.value)) for r in read_topic(settings, base)]
 
 
 def drive(worker: Worker, inputs: int, timeout: float = 20.0) -> None:

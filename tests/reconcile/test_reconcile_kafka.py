@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from typer.testing import CliRunner
 
 from consumers.applier import Applier
@@ -40,6 +39,7 @@ from producers.reconcile import CommandPublisher, Scheduler, reconcile_command
 from schemas.envelope import decode, encode, wrap
 from schemas.messages import CommandKind, GraphNotification, SyncCommand
 from schemas.setup import UserSetup
+from tests.kafka_fixtures import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -69,26 +69,12 @@ class System:
 
 def read_commands(settings: Settings) -> list[tuple[int, float, SyncCommand]]:
     """Every record of sync.commands: (partition, timestamp in s, command)."""
-    topic = topic_name(settings, SYNC_COMMANDS)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                             enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out = []
-        deadline = time.monotonic() + 10
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline
-            for records in consumer.poll(timeout_ms=200).values():
-                for r in records:
-                    command = decode(r.value).payload
-                    assert r.key == command.user_id.encode()
-                    out.append((r.partition, r.timestamp / 1000, command))
-        return out
-    finally:
-        consumer.close(autocommit=False)
+    out = []
+    for r in read_topic(settings, SYNC_COMMANDS):
+        command = decode(r.value).payload
+        assert r.key == command.user_id.encode()
+        out.append((r.partition, r.timestamp / 1000, command))
+    return out
 
 
 @pytest.fixture
