@@ -71,6 +71,11 @@ def _model(examples: int, steps: int) -> Outcome:
             phases=[Phase.explicit, Phase.reuse, Phase.generate]))
     except Exception as exc:
         outcome.problems.append(f"invariant broken: {exc}")
+        # Hypothesis wraps the real failure (a FlakyFailure group, or a cause/context): show it
+        # too, or the report says only that the replay differed, not what broke.
+        inner = list(getattr(exc, "exceptions", ()) or ())
+        inner += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+        outcome.problems += [f"underlying: {type(e).__name__}: {e}" for e in inner[:3]]
     outcome.notes.append("random edits both sides, failed single writes, engine restarts, "
                          "Sync/Full sync; invariants after quiescence")
     return outcome
