@@ -253,14 +253,24 @@ def is_stub(side: object) -> bool:
 
 
 def graph_stub(
-    contact: Mapping[str, Any], graph_id: str, change_key: str, bc_id: str
+    contact: Mapping[str, Any], graph_id: str, change_key: str, bc_id: str,
+    *, bc_email: str | None = None, shared: dict[Any, Any] | None = None,
 ) -> GraphStub | None:
     """The stub of a wire contact whose id, changeKey and BC-id tag (if any) are `graph_id`,
     `change_key` and `bc_id` (a link's: those strings are shared, not copied); None if they
-    differ or it has no email."""
+    differ or it has no email. An address equal to `bc_email` (its BC contact's) shares that
+    string; `shared` shares creation times (a bulk load creates thousands in one second)."""
     emails = contact.get("emailAddresses")
     if type(emails) is not list or not emails or type(emails[0]) is not dict:
         return None
+    address = emails[0].get("address", _ABSENT)
+    if address == bc_email:
+        address = bc_email
+    created = contact.get("createdDateTime", _ABSENT)
+    if shared is not None:
+        if len(shared) > _Shared.LIMIT:
+            shared.clear()
+        created = shared.setdefault(created, created)
     tag = bc_id_of(contact)
     if tag not in ("", bc_id) or contact.get("id") != graph_id:
         return None
@@ -269,7 +279,7 @@ def graph_stub(
     return GraphStub((
         contact.get("@odata.etag", _ABSENT), graph_id,
         change_key if contact.get("changeKey") == change_key else contact.get("changeKey", _ABSENT),
-        contact.get("createdDateTime", _ABSENT),
-        (EmailRecord((_ABSENT, emails[0].get("address", _ABSENT))),),
+        created,
+        (EmailRecord((_ABSENT, address)),),
         (PropertyRecord((BC_ID_PROPERTY, bc_id)),) if tag else (),
     ))  # fmt: skip

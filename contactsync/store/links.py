@@ -37,10 +37,21 @@ _ORIGINS = {origin.value: origin for origin in LinkOrigin}  # faster than LinkOr
 _IN_CHUNK = 1000
 _COPY_THRESHOLD = 1000
 _LOAD_TABLE = "contactsync_links_load"
+_SHARED_TIMES = 20_000  # distinct datetimes kept for sharing while loading a user's links
 
 
-def _from_row(row: Sequence[Any], shared_user_id: str | None = None) -> Link:
+def _from_row(
+    row: Sequence[Any], shared_user_id: str | None = None,
+    times: dict[Any, Any] | None = None,
+) -> Link:
+    """A link from its row; `times` (a user's load) shares equal datetimes between links:
+    upserts stamp a whole batch with one `updated_at`, and BC stamps many contacts alike."""
     user_id, bc_id, graph_id, etag, modified, change_key, synced_hash, origin, updated_at = row
+    if times is not None:
+        if len(times) > _SHARED_TIMES:  # bounded: all-distinct times cannot grow it for ever
+            times.clear()
+        modified = times.setdefault(modified, modified)
+        updated_at = times.setdefault(updated_at, updated_at)
     return Link(
         shared_user_id or user_id, bc_id, graph_id, etag, modified, change_key, synced_hash,
         _ORIGINS[origin], updated_at,
@@ -84,7 +95,8 @@ class LinkRepository(Repository):
         all: a full sync loads 100,000)."""
         query = select(*_COLUMNS).where(links.c.user_id == user_id).order_by(links.c.bc_id)
         with self._reading() as conn:
-            return [_from_row(row, user_id) for row in conn.execute(query)]
+            times: dict[Any, Any] = {}
+            return [_from_row(row, user_id, times) for row in conn.execute(query)]
 
     def for_ids(self, user_id: str, bc_ids: Iterable[str], graph_ids: Iterable[str]) -> list[Link]:
         """A user's links to any of these BC or Graph ids (the near-real-time path: a change
