@@ -377,7 +377,14 @@ async def sync_user(
         inputs = _Inputs(setup, mode, bc_snap, outlook_snap, folder_id, since, force)
         report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store,
                                        dry_run=dry_run, links=links)
+        # For pairs another worker (a second applier, a person) wrote between our read and our
+        # write (412): re-read just those and plan them as changes, not as a listing.
+        conflicts_only = dataclasses.replace(inputs, mode=SyncMode.SYNC, since=None,
+                                             bc=None, outlook=None)
     del links, bc_snap, outlook_snap, inputs
+    if not dry_run:
+        await _replan_conflicts(report, conflicts_only, nrt.Known(bc, graph, setup.mailbox),
+                                graph=graph, bc=bc, store=store)
     if full:
         release_free_memory()  # a long-lived process keeps none of the listings (memory.py)
     if report.execution is not None and not report.execution.failures:

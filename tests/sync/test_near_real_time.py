@@ -136,3 +136,33 @@ async def test_a_stale_bc_snapshot_is_not_pushed_back(world: World) -> None:
     assert report.execution is not None and sum(report.execution.writes.values()) == 0
     assert _patches(world, "graph") == 0
     assert _by_email(await world.folder())["p4@example.com"]["jobTitle"] == "New"
+
+
+async def test_full_sync_replans_a_pair_another_worker_wrote_meanwhile(world: World) -> None:
+    """A second applier (or a person) writes the BC contact between a Full sync's listing and
+    its write: the 412 costs one re-read of that pair, not a failed run, and BC's values win."""
+    people = await _linked_people(world)
+    bc_id = people[1]["id"]
+    original = world.bc.update_contact
+    edits = 0
+
+    async def other_worker_writes_first(contact_id: str, *a: Any, **kw: Any) -> Any:
+        nonlocal edits
+        if contact_id == bc_id and edits == 0:  # after our listing, before our write
+            edits += 1
+            world.emulators.bc.update_contact(bc_id, {"jobTitle": "Written by the other"})
+        return await original(contact_id, *a, **kw)
+
+    world.bc.update_contact = other_worker_writes_first  # type: ignore[method-assign]
+    graph_id = _by_email(await world.folder())["p1@example.com"]["id"]
+    world.emulators.graph.person_update_contact(MAILBOX, graph_id, {"jobTitle": "Outlook title"})
+
+    report = await world.sync(SyncMode.FULL)
+
+    assert edits == 1
+    assert report.execution is not None and report.execution.failures == [], "no failed pair"
+    assert world.emulators.bc.contact(bc_id)["jobTitle"] == "Written by the other"
+    contact = _by_email(await world.folder())["p1@example.com"]
+    assert contact["jobTitle"] == "Written by the other", "BC's values pushed to Outlook"
+    again = await world.sync(SyncMode.FULL)
+    assert again.execution is not None and sum(again.execution.writes.values()) == 0
