@@ -243,7 +243,7 @@ async def test_admin_api(bc: RunningBc) -> None:
         assert (await http.get("/_emulator/tombstones")).json()["value"][0]["id"] == cid
         await http.get(bc.contacts_url.replace(bc.url, ""))
         counters = (await http.get("/_emulator/counters")).json()
-        assert counters["total"] == 1  # admin calls are not counted
+        assert counters["total"] == 1, counters  # admin calls are not counted
         await http.delete("/_emulator/counters")
         assert (await http.get("/_emulator/counters")).json()["total"] == 0
         r = await http.post("/_emulator/faults", json={"kind": "status", "status": 500})
