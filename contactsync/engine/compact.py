@@ -247,6 +247,20 @@ class GraphStub(Record):
         "singleValueExtendedProperties",
     )  # fmt: skip
 
+    def get(self, key: str, default: Any = None) -> Any:  # Record.get, inlined: hot too
+        index = self._INDEX.get(key)
+        if index is None:
+            return default
+        value = self._values[index]
+        if value is _ABSENT:
+            return default
+        if value is _WEAK_ETAG:  # not stored: the weak ETag of the changeKey, made on read
+            return f'W/"{self._values[2]}"'
+        return value
+
+
+_WEAK_ETAG: Final = object()  # a stub's ETag that is `W/"<its changeKey>"` (most are)
+
 
 def is_stub(side: object) -> bool:
     return isinstance(side, GraphStub)
@@ -276,9 +290,14 @@ def graph_stub(
         return None
     if graph_change_key(contact) != change_key:
         return None
+    key = contact.get("changeKey", _ABSENT)
+    if key == change_key:
+        key = change_key
+    etag = contact.get("@odata.etag", _ABSENT)
+    if type(key) is str and etag == f'W/"{key}"':
+        etag = _WEAK_ETAG  # ~80 bytes a stub not kept: read back from the changeKey
     return GraphStub((
-        contact.get("@odata.etag", _ABSENT), graph_id,
-        change_key if contact.get("changeKey") == change_key else contact.get("changeKey", _ABSENT),
+        etag, graph_id, key,
         created,
         (EmailRecord((_ABSENT, address)),),
         (PropertyRecord((BC_ID_PROPERTY, bc_id)),) if tag else (),

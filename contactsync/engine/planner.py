@@ -267,7 +267,10 @@ def plan_user(
     # list per email (100,000 of them in a full sync).
     bc_by_email: dict[str, Contact] = {}
     bc_more: dict[str, list[Contact]] = {}
-    for contact in bc.contacts:
+    # Only if an Outlook contact is left to pair (none when every one is linked: a sync with
+    # no new contact builds no table of 100,000 emails here).
+    pending = any(m.as_text(c.get("id")) not in used_outlook for c in unlinked)
+    for contact in bc.contacts if pending else ():
         email = m.normalize_email(m.as_text(contact.get("email")))
         if email in bc_by_email:
             bc_more.setdefault(email, []).append(contact)
@@ -277,7 +280,7 @@ def plan_user(
     def bc_with_email(email: str) -> list[Contact]:
         first = bc_by_email.get(email)
         return [] if first is None else [first, *bc_more.get(email, ())]
-    taken = {email for key, email in folder_after.items() if key in used_outlook}
+    taken = {email for key, email in folder_after.items() if pending and key in used_outlook}
     taken.discard("")
 
     def rank(contact: Contact) -> int:
@@ -307,11 +310,14 @@ def plan_user(
     # with go first: the peak is here, with every table of this function alive.
     for done in (bc_by_email, bc_more, taken, unlinked, carriers):
         done.clear()
-    folder_emails = set(folder_after.values())
-    for contact in bc.contacts:
+    used_outlook.clear()  # not read from here on
+    unpaired = [c for c in bc.contacts if m.as_text(c.get("id")) not in used_bc]
+    used_bc.clear()
+    # The folder's emails, only if a BC contact is left (folder_after is not read after this).
+    folder_emails = set(folder_after.values()) if unpaired else set()
+    folder_after.clear()
+    for contact in unpaired:
         bc_id = m.as_text(contact.get("id"))
-        if bc_id in used_bc:
-            continue
         email = m.normalize_email(m.as_text(contact.get("email")))
         if email in folder_emails and bc_skip_reason(contact, flt) is None:
             add([Skip(Reason.EMAIL_IN_USE, bc_id=bc_id, detail=email)])
@@ -336,11 +342,13 @@ def _finish(
     force: bool,
 ) -> Plan:
     """Apply the mass-delete rail, then count."""
-    folder_ids = set(outlook_side.by_id)
-    folder_ids.update(link.graph_id for link in links)
-    folder_ids.update(outlook_side.gone)
-    folder = len(folder_ids)
-    del folder_ids
+    # The folder's size: its contacts, plus those only links or deletions know of (a small
+    # set: not a copy of 100,000 ids).
+    listed = outlook_side.by_id
+    others = {link.graph_id for link in links if link.graph_id not in listed}
+    others.update(gone for gone in outlook_side.gone if gone not in listed)
+    folder = len(listed) + len(others)
+    del others
     removing = sum(removals)
     stopped_reason = None
     withheld = 0
