@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient, parse_bc_datetime
@@ -22,7 +22,6 @@ from contactsync.kafka.topics import (
     GRAPH_NOTIFICATIONS,
     SYNC_COMMANDS,
     ensure_topics_at,
-    topic_name,
 )
 from contactsync.kafka.worker import RetryPolicy
 from contactsync.settings import Settings
@@ -40,6 +39,7 @@ from producers.webhook import StoreRegistry, create_webhook_app
 from schemas.envelope import Envelope, decode
 from schemas.messages import CommandKind, SyncCommand
 from schemas.setup import UserSetup
+from tests.kafka_fixtures import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -68,23 +68,7 @@ class Rig:
 
 
 def read_all(settings: Settings, base: str) -> list[tuple[str, Envelope[Any]]]:
-    topic = topic_name(settings, base)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                             enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out: list[tuple[str, Envelope[Any]]] = []
-        deadline = time.monotonic() + 10
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.key.decode(), decode(r.value)) for r in records)
-        return out
-    finally:
-        consumer.close(autocommit=False)
+    return [(r.key.decode(), decode(r.value)) for r in read_topic(settings, base)]
 
 
 def commands(settings: Settings) -> list[tuple[str, SyncCommand]]:
