@@ -6,12 +6,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
-from emulators.bc import BcEmulatorConfig
-from emulators.bc import SeedSpec as BcSeed
-from emulators.graph import GraphEmulatorConfig
+# The emulators load in the child only: a benchmark's own process (whose memory is measured)
+# carries the product's modules, not the emulators'.
+if TYPE_CHECKING:
+    from contactsync.cli.emulate_cmd import RunningEmulators
 
 MAILBOX = "bench@contoso.test"
 # Graph's per-mailbox request budget would stretch a 100,000-contact load over hours; the
@@ -98,6 +98,11 @@ def _folder(running: RunningEmulators, mailbox: str) -> list[dict[str, Any]]:
 
 
 def _serve(conn: Connection, fast: bool, mailboxes: list[str]) -> None:
+    from contactsync.cli.emulate_cmd import start_emulators
+    from emulators.bc import BcEmulatorConfig
+    from emulators.bc import SeedSpec as BcSeed
+    from emulators.graph import GraphEmulatorConfig
+
     graph_config = (GraphEmulatorConfig.fast(**UNTHROTTLED_GRAPH) if fast
                     else GraphEmulatorConfig(**UNTHROTTLED_GRAPH))
     bc_config = (BcEmulatorConfig.for_tests(**UNTHROTTLED_BC) if fast

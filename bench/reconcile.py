@@ -15,7 +15,8 @@ processes.
 - One user: the reconcile in a process of its own (inline, as `reconcile --inline`), with the
   clients' request budgets lifted as in bench/sync_full.py (at Graph's real 10,000 requests
   per 10 minutes, loading 100,000 contacts into one mailbox takes 100 minutes). Drift: 1% of
-  the contacts changed on each side.
+  the contacts changed on each side. The process (bench/reconcile_inline.py) imports what the
+  command imports, not this module; "after imports" is its RSS before the reconcile starts.
 
 The emulators run in a child process, so no figure here counts their memory. Goals: no drift
 means zero writes; peak RSS under 300 MB.
@@ -23,10 +24,7 @@ means zero writes; peak RSS under 300 MB.
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing as mp
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -35,9 +33,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench.emulator_process import MAILBOX, EmulatorProcess
+from bench.reconcile_inline import reconcile_in_child
 from contactsync.kafka.local_broker import LocalBroker
 from contactsync.kafka.topics import ensure_topics_at
 from contactsync.settings import Settings, default_cache_dir
@@ -75,16 +73,19 @@ class _Phase:
     per_process: list[int]
     peak_rss_mb: float
     not_ok: list[str] = field(default_factory=list)  # "user: reason" of runs not ok
+    baseline_rss_mb: float | None = None  # one user: the child's RSS after imports, before work
 
 
 def _print(name: str, runs: list[_Phase], kinds: str) -> None:
     med = statistics.median
     last = runs[-1]
     per_process = f", users per process {last.per_process}" if last.per_process else ""
+    baselines = [r.baseline_rss_mb for r in runs if r.baseline_rss_mb is not None]
+    baseline = f" (after imports {max(baselines):.0f} MB)" if baselines else ""
     print(f"  {name}: wall {med(r.wall for r in runs):.2f} s, requests "
           f"{med(r.requests for r in runs):.0f}, writes {med(r.writes for r in runs):.0f} "
           f"(report: {last.planned_writes}), results {last.statuses}{per_process}, "
-          f"peak RSS {max(r.peak_rss_mb for r in runs):.0f} MB"
+          f"peak RSS {max(r.peak_rss_mb for r in runs):.0f} MB{baseline}"
           + (f" (median of {len(runs)})" if len(runs) > 1 else ""))
     print(f"    requests by kind: {kinds}")
     for line in last.not_ok[:3]:
@@ -221,40 +222,6 @@ def _run_users(n_users: int, n_contacts: int, appliers: int, repeat: int,
 
 # --- one user, inline, in processes of its own ---
 
-def _reconcile_child(urls: dict[str, str], db_url: str, out: Any) -> None:
-    from contactsync.clients.bc import BcClient
-    from contactsync.clients.graph import GraphClient, GraphClientOptions
-    from contactsync.clients.resilience import BudgetLimits
-    from contactsync.sync.reconcile import reconcile_user
-
-    async def run() -> dict[str, Any]:
-        graph = GraphClient.create(urls["graph"], options=GraphClientOptions(
-            limits=BudgetLimits(4, 10**9, 600.0)))
-        bc = await BcClient.create(urls["bc"], urls["company"],
-                                   limits=BudgetLimits(5, 10**9, 300.0))
-        with Store.open(db_url) as store:
-            started = time.perf_counter()
-            line = await reconcile_user(store.setups.require(MAILBOX), graph=graph, bc=bc,
-                                        store=store, run_id=new_run_id("bench"))
-            wall = time.perf_counter() - started
-        await graph.close()
-        await bc.aclose()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {"wall": wall, "peak": peak, "status": line.status, "writes": line.writes}
-
-    out.put(asyncio.run(run()))
-
-
-def _in_child(urls: dict[str, str], db_url: str) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    proc = ctx.Process(target=_reconcile_child, args=(urls, db_url, out))
-    proc.start()
-    result: dict[str, Any] = out.get()
-    proc.join()
-    return result
-
-
 def _run_one(n_contacts: int, repeat: int, tmp: Path) -> None:
     emu = EmulatorProcess()
     try:
@@ -271,12 +238,12 @@ def _run_one(n_contacts: int, repeat: int, tmp: Path) -> None:
                 if drift:
                     emu.call("edit", 0.01)
                 emu.call("reset_counts")
-                r = _in_child(emu.urls, db_url)
+                r = reconcile_in_child(emu.urls, db_url, MAILBOX)
                 counts = emu.call("counts")
                 requests, writes = _requests_and_writes(counts)
                 kinds = ", ".join(f"{k}={n}" for k, n in sorted(counts.items()))
                 runs.append(_Phase(r["wall"], requests, writes, r["writes"], {r["status"]: 1},
-                                   [], r["peak"]))
+                                   [], r["peak"], baseline_rss_mb=r["baseline"]))
             _print(name, runs, kinds)
     finally:
         emu.stop()

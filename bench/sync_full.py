@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from bench.emulator_process import MAILBOX, EmulatorProcess
+from bench.rss import high_water_mb, reset_high_water
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient, GraphClientOptions
 from contactsync.clients.resilience import BudgetLimits
@@ -47,29 +48,6 @@ GRAPH_PATCHED = frozenset({
 def _peak_rss_mb() -> float:
     """The process's high-water mark since it started (ru_maxrss): every run so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_run_peak() -> bool:
-    """Start a run's own peak (Linux: VmHWM back to the current RSS). What earlier runs left
-    resident still counts, so a long-lived process's retained memory is not hidden."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _run_peak_mb() -> float | None:
-    """VmHWM: the peak RSS since `_reset_run_peak` (None where /proc has no VmHWM)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def _summarize(counts: dict[str, int]) -> tuple[int, int, str]:
@@ -199,14 +177,14 @@ async def _run(size: int) -> None:
             for phase in ("empty folder", "no change", "1% changed each side"):
                 edited = emu.call("edit", 0.01) if phase.startswith("1%") else None
                 emu.call("reset_counts")
-                reset = _reset_run_peak()
+                reset = reset_high_water()
                 started = time.perf_counter()
                 report = await sync_user(setup, SyncMode.FULL, graph=graph, bc=bc, store=store)
                 wall = time.perf_counter() - started
                 counts = emu.call("counts")
                 total, writes, kinds = _summarize(counts)
                 # Before the floor, which runs in a process of its own anyway.
-                run_peak = _run_peak_mb() if reset else None
+                run_peak = high_water_mb() if reset else None
                 peak = _peak_rss_mb()
                 emu.call("reset_counts")
                 floor = statistics.median(_floor_in_child(urls, counts) for _ in range(3))

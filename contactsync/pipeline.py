@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contactsync.logs import get_logger
+from contactsync.roles import ALL_ROLES as ALL_ROLES  # defined apart, for the CLI's start
 from contactsync.settings import Settings
 from contactsync.store import Store
-
-ALL_ROLES = ("webhook", "subscriptions", "bc-changes", "router", "applier", "reconcile")
 
 
 @dataclass

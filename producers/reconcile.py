@@ -37,6 +37,7 @@ from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.logs import get_logger
 from contactsync.settings import Settings
 from contactsync.store import Store
+from contactsync.sync.run_ids import new_run_id as new_run_id  # where callers found it
 from contactsync.sync.services import ConfigError
 from schemas.envelope import MessageError, decode, encode, wrap
 from schemas.messages import CommandKind, SyncCommand, SyncResult
@@ -175,12 +176,6 @@ def spread(user_ids: Iterable[str], window: float,
     rng.shuffle(users)
     share = window / len(users) if users else 0.0
     return [((i + rng.random()) * share, user) for i, user in enumerate(users)]
-
-
-def new_run_id(origin: str, at: datetime | None = None, *, unique: bool = True) -> str:
-    """`scheduled-20261126T020000Z` for a slot (deterministic), `cli-...-1a2b3c` on demand."""
-    stamp = (at or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{origin}-{stamp}" + (f"-{uuid.uuid4().hex[:6]}" if unique else "")
 
 
 def reconcile_command(user_id: str, run_id: str, *, dry_run: bool = False,

@@ -1,4 +1,9 @@
-"""What every command shares: settings, logging, and turning known failures into one sentence."""
+"""What every command shares: settings, logging, and turning known failures into one sentence.
+
+Kept light: `contactsync.cli.main` imports every command module at start, so this module (and
+the command modules) import the heavy parts (settings, store, clients, Kafka) where they are
+used, not at the top; `contactsync --help` and each command then load only what they need.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,21 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import click
 import typer
 from pydantic import ValidationError
 
-from contactsync.clients.errors import ServiceError
-from contactsync.engine.bcfilter import FilterError
-from contactsync.kafka.local_broker import BrokerError
-from contactsync.logs import configure_logging, redact_secrets
-from contactsync.settings import Settings, load_settings
-from contactsync.store import Store
-from contactsync.store.records import StoreError
-from contactsync.sync.services import ConfigError
+if TYPE_CHECKING:
+    from contactsync.settings import Settings
+    from contactsync.store import Store
 
 
 def settings_and_logging() -> Settings:
+    from contactsync.logs import configure_logging
+    from contactsync.settings import load_settings
+
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     return settings
@@ -33,22 +37,45 @@ def _validation_sentence(exc: ValidationError) -> str:
     return f"invalid {where}: {first['msg']}"
 
 
+def _known_failure(exc: Exception) -> str | None:
+    """The one sentence for a known failure, or None for anything else (it propagates).
+
+    The failure classes are imported here, when something failed, not at start: the modules
+    that define them (the store, the clients, the local broker) are heavy to load."""
+    from contactsync.clients.errors import ServiceError
+    from contactsync.engine.bcfilter import FilterError
+    from contactsync.kafka.local_broker import BrokerError  # loads no kafka-python
+    from contactsync.store.records import StoreError
+    from contactsync.sync.services import ConfigError
+
+    if isinstance(exc, (BrokerError, StoreError, ConfigError, ServiceError)):
+        return str(exc)
+    if isinstance(exc, FilterError):
+        return f"invalid filter: {exc}"
+    if isinstance(exc, ValidationError):
+        return _validation_sentence(exc)
+    if isinstance(exc, OSError):  # a service that cannot be reached at all
+        return f"cannot connect: {exc}"
+    return None
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Known failures end the command with one clear sentence and exit code 1, no traceback."""
     try:
         yield
-    except (BrokerError, StoreError, ConfigError, ServiceError) as exc:
-        _fail(str(exc))
-    except FilterError as exc:
-        _fail(f"invalid filter: {exc}")
-    except ValidationError as exc:
-        _fail(_validation_sentence(exc))
-    except OSError as exc:  # a service that cannot be reached at all
-        _fail(f"cannot connect: {exc}")
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # typer's own exits and usage errors, as they are
+    except Exception as exc:
+        message = _known_failure(exc)
+        if message is None:
+            raise
+        _fail(message)
 
 
 def _fail(message: str) -> None:
+    from contactsync.logs import redact_secrets
+
     # The sentence can quote a service's answer or a header: tokens never reach the terminal
     # (or a container's log). The mailbox the admin typed stays readable: it is their input.
     typer.secho(f"error: {redact_secrets(message)}", err=True, fg=typer.colors.RED)
@@ -69,6 +96,8 @@ def stop_on_signals() -> threading.Event:
 
 def run_role(name: str, role: Callable[[Settings, Store, threading.Event], None]) -> None:
     """Run one pipeline role in the foreground with the configured store until a signal."""
+    from contactsync.store import Store
+
     settings = settings_and_logging()
     stop = stop_on_signals()
     with user_errors():

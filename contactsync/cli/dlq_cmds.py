@@ -11,29 +11,24 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from kafka.errors import KafkaError
 
 from contactsync.cli.common import settings_and_logging, user_errors
-from contactsync.kafka.deadletter import (
-    DeadLetterEntry,
-    ReplayLedger,
-    mark_replayed,
-    read_dead_letters,
-    replay_entries,
-    replay_group,
-)
-from contactsync.kafka.io import make_producer, resolve_bootstrap
-from contactsync.kafka.topics import DEADLETTER, topic_name
-from contactsync.settings import Settings
+
+# Kafka (kafka-python, contactsync.kafka.*) loads when a dlq command runs, not at CLI start.
+if TYPE_CHECKING:
+    from contactsync.kafka.deadletter import DeadLetterEntry, ReplayLedger
+    from contactsync.settings import Settings
 
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic: list and replay.")
 
 
 @contextlib.contextmanager
 def _kafka_errors() -> Iterator[None]:
+    from kafka.errors import KafkaError
+
     try:
         yield
     except (KafkaError, TimeoutError) as exc:
@@ -42,6 +37,15 @@ def _kafka_errors() -> Iterator[None]:
 
 
 def _load(settings: Settings) -> tuple[str, str, list[DeadLetterEntry], ReplayLedger]:
+    from contactsync.kafka.deadletter import (
+        ReplayLedger,
+        mark_replayed,
+        read_dead_letters,
+        replay_group,
+    )
+    from contactsync.kafka.io import resolve_bootstrap
+    from contactsync.kafka.topics import DEADLETTER, topic_name
+
     bootstrap = resolve_bootstrap(settings)
     topic = topic_name(settings, DEADLETTER)
     entries = read_dead_letters(bootstrap, topic)
@@ -119,6 +123,9 @@ def replay(
     = False,
 ) -> None:
     """Re-publish dead letters to their source topic, once each."""
+    from contactsync.kafka.deadletter import replay_entries
+    from contactsync.kafka.io import make_producer
+
     if replay_all == bool(offsets):
         raise typer.BadParameter("give either --all or one or more --offset")
     settings = settings_and_logging()

@@ -13,14 +13,15 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from emulators.bc import BcEmulator, BcEmulatorConfig
-from emulators.bc import SeedSpec as BcSeed
-from emulators.common.server import BackgroundServer
-from emulators.graph import GraphEmulator, GraphEmulatorConfig
+# The emulators (FastAPI/Starlette, uvicorn) load when they start, not at CLI start.
+if TYPE_CHECKING:
+    from emulators.bc import BcEmulator, BcEmulatorConfig
+    from emulators.common.server import BackgroundServer
+    from emulators.graph import GraphEmulator, GraphEmulatorConfig
 
 
 @dataclass
@@ -50,6 +51,10 @@ def start_emulators(
     graph_config: GraphEmulatorConfig | None = None,
     bc_config: BcEmulatorConfig | None = None,
 ) -> RunningEmulators:
+    from emulators.bc import BcEmulator
+    from emulators.common.server import BackgroundServer
+    from emulators.graph import GraphEmulator
+
     graph = GraphEmulator(graph_config)
     bc = BcEmulator(bc_config)
     graph_server = BackgroundServer(graph.app, host=host, port=graph_port).start()
@@ -58,6 +63,8 @@ def start_emulators(
 
 
 def seed_emulators(running: RunningEmulators, seed: str) -> str:
+    from emulators.bc import SeedSpec as BcSeed
+
     if seed.isdigit():
         persons = int(seed)
         running.bc.seed(BcSeed(persons=persons, companies=max(1, persons // 20),

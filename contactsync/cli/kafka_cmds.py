@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from contactsync.cli.common import settings_and_logging, user_errors
-from contactsync.kafka.io import local_broker, resolve_bootstrap
-from contactsync.kafka.local_broker import LocalBroker
-from contactsync.kafka.topics import ensure_topics_at
-from contactsync.settings import Settings
+
+# kafka-python (contactsync.kafka.io, .topics) loads when a command runs, not at CLI start.
+if TYPE_CHECKING:
+    from contactsync.kafka.local_broker import LocalBroker
+    from contactsync.settings import Settings
 
 kafka_app = typer.Typer(no_args_is_help=True, help="The local single-node Kafka broker (KRaft).")
 topics_app = typer.Typer(no_args_is_help=True, help="The pipeline's topics.")
@@ -23,6 +24,8 @@ DataDir = Annotated[
 
 
 def _broker(settings: Settings, data_dir: Path | None) -> LocalBroker:
+    from contactsync.kafka.io import local_broker
+
     if data_dir is not None:
         settings = settings.model_copy(update={"kafka_data_dir": data_dir})
     return local_broker(settings)
@@ -59,6 +62,9 @@ def down(data_dir: DataDir = None) -> None:
 @topics_app.command()
 def ensure() -> None:
     """Create the topics (partitions, replication, retention from settings); idempotent."""
+    from contactsync.kafka.io import resolve_bootstrap
+    from contactsync.kafka.topics import ensure_topics_at
+
     settings = settings_and_logging()
     with user_errors():
         report = ensure_topics_at(resolve_bootstrap(settings), settings)

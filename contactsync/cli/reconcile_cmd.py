@@ -14,19 +14,23 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from contactsync.cli.common import run_role, settings_and_logging, user_errors
-from contactsync.settings import Settings
-from contactsync.store import Store
-from contactsync.sync.reconcile import PENDING, UserReport, last_reports, reconcile_user
-from contactsync.sync.services import ConfigError, open_services, open_store
-from schemas.messages import ResultStatus
+
+# The reconcile itself, the store and the clients load when the command runs (see
+# contactsync.cli.common); Kafka (producers.reconcile) only when a run goes through it.
+if TYPE_CHECKING:
+    from contactsync.settings import Settings
+    from contactsync.store import Store
+    from contactsync.sync.reconcile import UserReport
 
 
 def _users(store: Store, named: list[str], all_users: bool) -> list[str]:
+    from contactsync.sync.services import ConfigError
+
     if bool(named) == all_users:
         raise ConfigError("name the users with --user (repeatable), or use --all")
     if all_users:
@@ -43,6 +47,9 @@ def _progress(total: int) -> Any:
 
 
 def _totals(lines: list[UserReport]) -> dict[str, int]:
+    from contactsync.sync.reconcile import PENDING
+    from schemas.messages import ResultStatus
+
     keys = ("created_outlook", "created_bc", "updated_outlook", "updated_bc",
             "deleted_outlook", "linked", "unlinked", "conflicts", "failed", "writes")
     totals = {k: sum(int(getattr(line, k)) for line in lines) for k in keys}
@@ -52,6 +59,9 @@ def _totals(lines: list[UserReport]) -> dict[str, int]:
 
 
 def _print_line(line: UserReport, run_id: str = "") -> None:
+    from contactsync.sync.reconcile import PENDING
+    from schemas.messages import ResultStatus
+
     verb = "would" if line.dry_run else "did"
     head = f"{line.user_id}: {line.status}"
     if line.status != PENDING:
@@ -73,6 +83,8 @@ def _print_line(line: UserReport, run_id: str = "") -> None:
 
 
 def _report(run_id: str, lines: list[UserReport], *, dry_run: bool, as_json: bool) -> None:
+    from schemas.messages import ResultStatus
+
     lines = sorted(lines, key=lambda line: line.user_id)
     if as_json:
         typer.echo(json.dumps({"run_id": run_id, "dry_run": dry_run,
@@ -88,6 +100,9 @@ def _report(run_id: str, lines: list[UserReport], *, dry_run: bool, as_json: boo
 
 async def _inline(settings: Settings, store: Store, users: list[str], run_id: str,
                   dry_run: bool, force: bool) -> list[UserReport]:
+    from contactsync.sync.reconcile import reconcile_user
+    from contactsync.sync.services import open_services
+
     lines: list[UserReport] = []
     async with open_services(settings, store) as services:
         with _progress(len(users)) as bar:
@@ -101,6 +116,7 @@ async def _inline(settings: Settings, store: Store, users: list[str], run_id: st
 
 def _through_kafka(settings: Settings, users: list[str], run_id: str, *, dry_run: bool,
                    force: bool, wait: bool, timeout: float) -> list[UserReport] | None:
+    from contactsync.sync.reconcile import PENDING, UserReport
     from producers.reconcile import CommandPublisher, ResultWaiter, reconcile_command
 
     waiter = ResultWaiter(settings) if wait else None  # from the end, before publishing
@@ -121,6 +137,8 @@ def _through_kafka(settings: Settings, users: list[str], run_id: str, *, dry_run
 
 
 def _show_last(store: Store, users: list[str], as_json: bool) -> None:
+    from contactsync.sync.reconcile import last_reports
+
     found = last_reports(store, users or None)
     if as_json:
         typer.echo(json.dumps([{"run_id": run_id, **line.as_dict()} for run_id, line in found],
@@ -152,7 +170,8 @@ def reconcile(
 
         run_role("reconcile scheduler", run_scheduler)
         return
-    from producers.reconcile import new_run_id
+    from contactsync.sync.run_ids import new_run_id
+    from contactsync.sync.services import open_store
 
     settings = settings_and_logging()
     with user_errors(), open_store(settings) as store:

@@ -11,11 +11,7 @@ from typing import Annotated
 import typer
 
 from contactsync.cli.common import settings_and_logging, stop_on_signals, user_errors
-from contactsync.kafka.io import local_broker
-from contactsync.kafka.topics import ensure_topics_at
-from contactsync.pipeline import ALL_ROLES, Pipeline
-from contactsync.store import Store
-from contactsync.sync.services import ConfigError
+from contactsync.roles import ALL_ROLES  # the pipeline, Kafka and the store load in run()
 
 
 def run(
@@ -24,6 +20,12 @@ def run(
     port: Annotated[int, typer.Option(help="The webhook's port")] = 8080,
 ) -> None:
     """Run the pipeline's roles (webhook, subscriptions, bc-changes, router, applier, reconcile)."""
+    from contactsync.kafka.io import local_broker
+    from contactsync.kafka.topics import ensure_topics_at
+    from contactsync.pipeline import Pipeline
+    from contactsync.store import Store
+    from contactsync.sync.services import ConfigError
+
     settings = settings_and_logging()
     stop = stop_on_signals()
     chosen = tuple(r.strip() for r in roles.split(",") if r.strip())

@@ -14,34 +14,20 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from kafka import KafkaAdminClient
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from contactsync.cli.common import settings_and_logging, user_errors
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
-from contactsync.kafka.io import local_broker, make_consumer, make_producer
-from contactsync.kafka.local_broker import free_port
-from contactsync.kafka.topics import (
-    DEADLETTER,
-    SYNC_COMMANDS,
-    SYNC_RESULTS,
-    ensure_topics_at,
-    topic_name,
-)
-from contactsync.pipeline import Pipeline
-from contactsync.settings import Settings
-from contactsync.store import Store
-from emulators.bc import BcEmulatorConfig
-from emulators.bc import SeedSpec as BcSeed
-from emulators.graph import GraphEmulatorConfig
-from schemas.envelope import decode, encode, wrap
-from schemas.messages import CommandKind, SyncCommand
-from schemas.setup import UserSetup
+
+# Kafka, the emulators, the pipeline and the store load when the sandbox runs, not at CLI start.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from contactsync.cli.emulate_cmd import RunningEmulators
+    from contactsync.settings import Settings
+    from contactsync.store import Store
+    from schemas.setup import UserSetup
 
 SANDBOX_PREFIX = "sandbox."
 # Three people with their own filters (BC filter syntax) over the seeded cities.
@@ -66,6 +52,10 @@ class LiveState:
 def _fresh_topics(bootstrap: str, settings: Settings) -> None:
     """The emulators start empty each time, so must the sandbox's topics: messages of an
     earlier sandbox name contacts that no longer exist. Production topics are not touched."""
+    from kafka import KafkaAdminClient
+
+    from contactsync.kafka.topics import ensure_topics_at
+
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         old = [t for t in admin.list_topics() if t.startswith(SANDBOX_PREFIX)]
@@ -80,6 +70,8 @@ def _fresh_topics(bootstrap: str, settings: Settings) -> None:
 
 
 def _seed_users(store: Store, emulators: RunningEmulators) -> list[UserSetup]:
+    from schemas.setup import UserSetup
+
     setups = []
     for mailbox, contact_filter in SANDBOX_USERS:
         emulators.graph.add_user(mailbox)
@@ -89,6 +81,11 @@ def _seed_users(store: Store, emulators: RunningEmulators) -> list[UserSetup]:
 
 
 def _queue_full_syncs(settings: Settings, bootstrap: str, setups: list[UserSetup]) -> None:
+    from contactsync.kafka.io import make_producer
+    from contactsync.kafka.topics import SYNC_COMMANDS, topic_name
+    from schemas.envelope import encode, wrap
+    from schemas.messages import CommandKind, SyncCommand
+
     producer = make_producer(bootstrap)
     try:
         for setup in setups:
@@ -103,6 +100,10 @@ def _queue_full_syncs(settings: Settings, bootstrap: str, setups: list[UserSetup
 
 def _follow_results(settings: Settings, bootstrap: str, state: LiveState,
                     stop: threading.Event) -> None:
+    from contactsync.kafka.io import make_consumer
+    from contactsync.kafka.topics import DEADLETTER, SYNC_RESULTS, topic_name
+    from schemas.envelope import decode
+
     consumer = make_consumer(bootstrap, f"sandbox-view-{time.time_ns()}",
                              topic_name(settings, SYNC_RESULTS), topic_name(settings, DEADLETTER),
                              auto_offset_reset="latest")
@@ -151,6 +152,8 @@ def _demo(emulators: RunningEmulators, state: LiveState, stop: threading.Event) 
 
 
 def _view(state: LiveState) -> Table:
+    from rich.table import Table
+
     table = Table(title="contactsync sandbox (Ctrl-C stops)", expand=True)
     for column in ("user", "last result", "created", "updated", "deleted", "conflicts"):
         table.add_column(column)
@@ -174,6 +177,18 @@ def sandbox(
     contacts: Annotated[int, typer.Option(help="BC persons to seed")] = 200,
 ) -> None:
     """Run the whole pipeline locally against the emulators."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from contactsync.cli.emulate_cmd import start_emulators
+    from contactsync.kafka.io import local_broker
+    from contactsync.kafka.local_broker import free_port
+    from contactsync.pipeline import Pipeline
+    from contactsync.store import Store
+    from emulators.bc import BcEmulatorConfig
+    from emulators.bc import SeedSpec as BcSeed
+    from emulators.graph import GraphEmulatorConfig
+
     base = settings_and_logging()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from schemas.export import SCHEMA_DIR, stale_files, write_all
-
 schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of the topic messages.")
 
 
 @schemas_app.command()
 def export() -> None:
     """Regenerate schemas/json/*.schema.json from the pydantic models."""
+    from schemas.export import SCHEMA_DIR, write_all
+
     for name in write_all():
         typer.echo(f"wrote {SCHEMA_DIR.name}/{name}")
 
@@ -19,6 +19,8 @@ def export() -> None:
 @schemas_app.command()
 def check() -> None:
     """Exit 1 when the schema files differ from the models."""
+    from schemas.export import stale_files
+
     stale = stale_files()
     if stale:
         typer.echo("stale: " + ", ".join(stale) + " (run `contactsync schemas export`)")

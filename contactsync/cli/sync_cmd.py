@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from contactsync.cli.common import settings_and_logging, user_errors
-from contactsync.engine.links import SyncMode
-from contactsync.sync.runner import SyncReport, sync_user
-from contactsync.sync.services import open_services, open_store
+
+if TYPE_CHECKING:  # the sync, the store and the clients load when the command runs
+    from contactsync.sync.runner import SyncReport
 
 
 def _print(report: SyncReport) -> None:
@@ -46,6 +46,10 @@ def sync(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Sync one user now, without Kafka: changes since the last sync, or everything (--full)."""
+    from contactsync.engine.links import SyncMode
+    from contactsync.sync.runner import sync_user
+    from contactsync.sync.services import open_services, open_store
+
     settings = settings_and_logging()
 
     async def run() -> SyncReport:

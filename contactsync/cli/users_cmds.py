@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from contactsync.cli.common import settings_and_logging, user_errors
 from contactsync.engine.bcfilter import ContactFilter
-from contactsync.sync.services import open_services, open_store
-from schemas.setup import OutlookDeletePolicy, UserSetup
+from schemas.setup import OutlookDeletePolicy, UserSetup  # typer reads OutlookDeletePolicy
+
+if TYPE_CHECKING:
+    from contactsync.settings import Settings
+    from contactsync.store import Store
+
+
+def open_store(settings: Settings) -> Store:
+    """contactsync.sync.services.open_store, loaded when a command runs, not at CLI start."""
+    from contactsync.sync.services import open_store
+
+    return open_store(settings)
+
 
 users_app = typer.Typer(no_args_is_help=True, help="Users' sync setups.")
 
@@ -148,6 +159,8 @@ def remove(user: str) -> None:
 @users_app.command("validate")
 def validate(user: str) -> None:
     """Check mailbox access, the folder and BC access ("Validate Exchange Connection")."""
+    from contactsync.sync.services import open_services
+
     settings = settings_and_logging()
 
     async def check() -> list[str]:
