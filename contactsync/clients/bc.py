@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -54,6 +54,7 @@ from contactsync.clients.errors import (
     Unauthorized,
     error_for_status,
 )
+from contactsync.clients.json_body import parse_json
 from contactsync.clients.resilience import (
     BC_LIMITS,
     BudgetLimits,
@@ -301,7 +302,8 @@ class BcClient:
     async def _get_json(self, url: str, params: dict[str, str] | None = None,
                         headers: dict[str, str] | None = None) -> Any:
         async def call() -> Any:
-            return (await self._send("GET", url, params=params, headers=headers)).json()
+            resp = await self._send("GET", url, params=params, headers=headers)
+            return parse_json(resp.content)
 
         return await self._retry(call)
 
@@ -329,7 +331,7 @@ class BcClient:
     async def iter_contact_pages(
         self, odata_filter: str | None = None, page_size: int | None = None,
         select: list[str] | None = None,
-    ) -> AsyncIterator[list[Contact]]:
+    ) -> AsyncGenerator[list[Contact], None]:
         """Server-driven pages (Prefer: odata.maxpagesize), following `@odata.nextLink`. The
         next page is requested before this one is handed over, so BC serves it while the
         caller works on this one."""

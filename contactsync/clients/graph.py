@@ -67,6 +67,7 @@ from contactsync.clients.errors import (
     Unauthorized,
 )
 from contactsync.clients.graph_errors import SERVICE, graph_failure
+from contactsync.clients.json_body import parse_json
 from contactsync.clients.resilience import (
     GRAPH_MAILBOX_LIMITS,
     BudgetLimits,
@@ -264,7 +265,7 @@ class GraphClient:
         except (httpx.HTTPError, OSError) as exc:
             raise graph_failure(exc=exc) from exc
         try:
-            body: Any = resp.json() if resp.content else None
+            body: Any = parse_json(resp.content) if resp.content else None
         except ValueError:
             body = resp.text
         if resp.status_code >= 400:

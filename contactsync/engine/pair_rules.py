@@ -103,6 +103,20 @@ def outlook_changed(outlook: Mapping[str, Any], link: Link) -> bool:
     return m.content_hash(m.canonical_from_graph(outlook)) != link.synced_hash
 
 
+def unchanged_pair(bc: Side, outlook: Side, link: Link, contact_filter: ContactFilter) -> bool:
+    """True for a linked pair that `_plan_linked` would leave alone ([]): the BC contact still
+    syncs, both sides still carry the link's versions, and the Outlook contact carries no other
+    BC contact's tag. The cheap checks first: this is asked of every pair of a full sync."""
+    if not isinstance(outlook, Mapping) or not isinstance(bc, Mapping):
+        return False
+    key = m.graph_change_key(outlook)
+    if not key or key != link.graph_change_key:
+        return False
+    if m.bc_id_of(outlook) not in ("", link.bc_id):
+        return False
+    return not bc_changed(bc, link) and bc_skip_reason(bc, contact_filter) is None
+
+
 def needs_content(outlook: Side, graph_id: str) -> list[Action] | None:
     """[NeedsRead] when `outlook` is a stub, whose content the rule about to run needs."""
     return [NeedsRead(graph_id=graph_id)] if is_stub(outlook) else None

@@ -93,6 +93,7 @@ from contactsync.engine.pair_rules import (
     bc_skip_reason,
     parse_time,
     plan_contact,
+    unchanged_pair,
 )
 from schemas.setup import UserSetup
 
@@ -200,10 +201,20 @@ def plan_user(
     groups: list[tuple[Action, ...]] = []
     removals: list[bool] = []  # per group: does it remove, or react to a vanished contact?
     # The folder's emails once the plan has run (by Graph id; "+bc id" for creates): a contact
-    # must not be created where the folder will already hold its email.
-    folder_after = {
-        m.as_text(c.get("id")): m.normalize_email(m.graph_email(c)) for c in outlook.contacts
-    }
+    # must not be created where the folder will already hold its email. Built only when a
+    # contact is left to pair (a full sync with nothing new never builds 100,000 entries);
+    # until then, what the actions change is noted.
+    folder_changes: dict[str, str | None] = {}  # None: the contact leaves the folder
+
+    def folder_after() -> dict[str, str]:
+        emails = {m.as_text(c.get("id")): m.normalize_email(m.graph_email(c))
+                  for c in outlook.contacts}
+        for key, email in folder_changes.items():
+            if email is None:
+                emails.pop(key, None)
+            else:
+                emails[key] = email
+        return emails
 
     def add(actions: list[Action], vanished: bool = False) -> None:
         if not actions:
@@ -212,11 +223,11 @@ def plan_user(
         removals.append(vanished or any(isinstance(a, DeleteFromOutlook) for a in actions))
         for a in actions:
             if isinstance(a, DeleteFromOutlook):
-                folder_after.pop(a.graph_id, None)
+                folder_changes[a.graph_id] = None
             elif isinstance(a, UpdateOutlook):
-                folder_after[a.graph_id] = m.normalize_email(m.graph_email(a.fields))
+                folder_changes[a.graph_id] = m.normalize_email(m.graph_email(a.fields))
             elif isinstance(a, CreateInOutlook):
-                folder_after["+" + a.bc_id] = m.normalize_email(a.email)
+                folder_changes["+" + a.bc_id] = m.normalize_email(a.email)
 
     used_bc = {link.bc_id for link in links}
     used_outlook = {link.graph_id for link in links}
@@ -250,7 +261,10 @@ def plan_user(
                 actions.insert(0, DropLink(link.bc_id, link.graph_id, Reason.DELETED_IN_OUTLOOK))
             add(actions)
         else:
-            add(pair(bc_side.state(link.bc_id), outlook_state, link), outlook_state is None)
+            bc_state = bc_side.state(link.bc_id)
+            if not extra and unchanged_pair(bc_state, outlook_state, link, flt):
+                continue  # what pair() would answer, without its work (most of a full sync)
+            add(pair(bc_state, outlook_state, link), outlook_state is None)
         drop_duplicates(link.bc_id, extra)
 
     # 2. by our BC-id tag (no link)
@@ -280,7 +294,8 @@ def plan_user(
     def bc_with_email(email: str) -> list[Contact]:
         first = bc_by_email.get(email)
         return [] if first is None else [first, *bc_more.get(email, ())]
-    taken = {email for key, email in folder_after.items() if pending and key in used_outlook}
+    taken = ({email for key, email in folder_after().items() if key in used_outlook}
+             if pending else set())
     taken.discard("")
 
     def rank(contact: Contact) -> int:
@@ -313,9 +328,9 @@ def plan_user(
     used_outlook.clear()  # not read from here on
     unpaired = [c for c in bc.contacts if m.as_text(c.get("id")) not in used_bc]
     used_bc.clear()
-    # The folder's emails, only if a BC contact is left (folder_after is not read after this).
-    folder_emails = set(folder_after.values()) if unpaired else set()
-    folder_after.clear()
+    # The folder's emails, only if a BC contact is left.
+    folder_emails = set(folder_after().values()) if unpaired else set()
+    folder_changes.clear()
     for contact in unpaired:
         bc_id = m.as_text(contact.get("id"))
         email = m.normalize_email(m.as_text(contact.get("email")))
@@ -327,7 +342,7 @@ def plan_user(
             folder_emails.add(email)  # a second BC contact with this email must not create
         add(actions)
 
-    for table in (folder_after, folder_emails, used_bc, used_outlook):
+    for table in (folder_emails, used_bc, used_outlook):
         table.clear()
     return _finish(setup, mode, groups, removals, links, outlook_side, force)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import StaticPool
 
 from contactsync.store.audit import AuditRepository
 from contactsync.store.base import ConnectionSource
@@ -67,6 +68,12 @@ class Store(Repositories):
         if migrate_schema:
             migrate(store.engine)
         return store
+
+    @property
+    def threads_may_share(self) -> bool:
+        """Whether a worker thread may read while the event loop's thread uses the store: not
+        when every call shares one connection (in-memory SQLite)."""
+        return not isinstance(self.engine.pool, StaticPool)
 
     def transaction(self, *, read_only: bool = False) -> AbstractContextManager[Transaction]:
         """A unit of work: commits at the end of the `with` block, rolls back on an exception.

@@ -31,7 +31,13 @@ from contactsync.engine.actions import (
 )
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.links import Link, SyncMode
-from contactsync.engine.pair_rules import bc_changed, bc_skip_reason, outlook_changed
+from contactsync.engine.pair_rules import (
+    bc_changed,
+    bc_skip_reason,
+    outlook_changed,
+    plan_contact,
+    unchanged_pair,
+)
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, plan_user
 from schemas.setup import UserSetup
 
@@ -329,3 +335,35 @@ def test_a_side_not_read_is_never_taken_as_deleted(
     for action in without_outlook.actions:
         assert not (isinstance(action, CreateInOutlook) and action.bc_id in linked)
         assert not (isinstance(action, DropLink) and action.reason is Reason.DELETED_IN_OUTLOOK)
+
+
+
+@st.composite
+def linked_pairs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any], Link]:
+    """One linked pair whose versions are mostly still the link's (what a full sync meets)."""
+    bc = {"id": "b0", **draw(bc_contacts)}
+    outlook = {"id": "g0", **draw(outlook_contacts)}
+    link = Link(
+        user_id=USER, bc_id="b0", graph_id="g0",
+        bc_etag=draw(st.sampled_from([bc["@odata.etag"], bc["@odata.etag"], "old"])),
+        graph_change_key=draw(st.sampled_from([outlook["changeKey"], outlook["changeKey"], ""])),
+        synced_hash=draw(st.sampled_from([m.content_hash(m.canonical_from_bc(bc)), "stale"])),
+    )  # fmt: skip
+    return bc, outlook, link
+
+
+@CHECK
+@given(linked_pairs(), setups, st.sampled_from([SyncMode.FULL, SyncMode.SYNC]))
+def test_the_planners_shortcut_for_unchanged_pairs_skips_only_pairs_with_nothing_to_do(
+    pair: tuple[dict[str, Any], dict[str, Any], Link], setup: UserSetup, mode: SyncMode
+) -> None:
+    """A full sync skips the per-pair rules for pairs whose versions did not move
+    (unchanged_pair): it may say so only where the rules themselves plan nothing, and must
+    say so for a pair whose versions are the link's, whose tag is its own and which syncs."""
+    bc, outlook, link = pair
+    flt = ContactFilter.parse(setup.contact_filter)
+    if unchanged_pair(bc, outlook, link, flt):
+        assert plan_contact(bc, outlook, link, setup, mode, contact_filter=flt) == []
+    if (bc["@odata.etag"] == link.bc_etag and outlook["changeKey"] == link.graph_change_key
+            and m.bc_id_of(outlook) in ("", link.bc_id) and bc_skip_reason(bc, flt) is None):
+        assert unchanged_pair(bc, outlook, link, flt)
