@@ -90,6 +90,22 @@ def kafka_settings(kafka: KafkaHandle, topic_prefix: str, tmp_path: Path) -> Set
     )
 
 
+def role_env(settings: Settings) -> dict[str, str]:
+    """The variables that point `contactsync` commands and role processes at `settings`: its
+    broker, topics, store and services; logs as JSON, warnings and up."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "CONTACTSYNC_TOPIC_PREFIX": settings.topic_prefix,
+        "CONTACTSYNC_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "CONTACTSYNC_DATABASE_URL": settings.database_url,
+        "CONTACTSYNC_GRAPH_BASE_URL": settings.graph_base_url,
+        "CONTACTSYNC_BC_BASE_URL": settings.bc_base_url,
+        "CONTACTSYNC_BC_COMPANY": settings.bc_company,
+        "CONTACTSYNC_LOG_FORMAT": "json",
+        "CONTACTSYNC_LOG_LEVEL": "WARNING",
+    }
+
+
 def read_topic(settings: Settings, base: str, timeout: float = 10.0) -> list[ConsumerRecord]:
     """Every record of a topic so far (up to its end offsets when called), without a group."""
     topic = topic_name(settings, base)

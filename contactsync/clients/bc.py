@@ -55,6 +55,7 @@ from contactsync.clients.errors import (
     error_for_status,
 )
 from contactsync.clients.json_body import parse_json
+from contactsync.clients.paging import prefetched_pages
 from contactsync.clients.resilience import (
     BC_LIMITS,
     BudgetLimits,
@@ -328,13 +329,12 @@ class BcClient:
 
     # -- contacts: reads -------------------------------------------------------------------
 
-    async def iter_contact_pages(
+    def iter_contact_pages(
         self, odata_filter: str | None = None, page_size: int | None = None,
         select: list[str] | None = None,
     ) -> AsyncGenerator[list[Contact], None]:
-        """Server-driven pages (Prefer: odata.maxpagesize), following `@odata.nextLink`. The
-        next page is requested before this one is handed over, so BC serves it while the
-        caller works on this one."""
+        """Server-driven pages (Prefer: odata.maxpagesize), following `@odata.nextLink`, the
+        next one requested before this one is handed over (paging.py)."""
         size = min(page_size or self.page_size, MAX_PAGE_SIZE)
         headers = {"Prefer": f"odata.maxpagesize={size}"}
         query: dict[str, str] = {}
@@ -342,22 +342,14 @@ class BcClient:
             query["$filter"] = odata_filter
         if select:
             query["$select"] = ",".join(select)
-        page = await self._get_json(self.contacts_url, params=query or None, headers=headers)
-        while True:
+        def next_page(page: dict[str, Any]) -> Awaitable[dict[str, Any]] | None:
             url = page.get("@odata.nextLink")  # it carries the query
-            upcoming = (asyncio.ensure_future(self._get_json(url, headers=headers))
-                        if url else None)
-            items = list(page.get("value", []))
-            page = {}  # only `items` stays referenced while the caller works on it
-            try:
-                yield items
-            except BaseException:
-                if upcoming is not None:
-                    upcoming.cancel()
-                raise
-            if upcoming is None:
-                return
-            page = await upcoming
+            return self._get_json(url, headers=headers) if url else None
+
+        def first() -> Awaitable[dict[str, Any]]:
+            return self._get_json(self.contacts_url, params=query or None, headers=headers)
+
+        return prefetched_pages(first, next_page, lambda page: list(page.get("value", [])))
 
     async def iter_contacts(
         self, odata_filter: str | None = None, page_size: int | None = None,

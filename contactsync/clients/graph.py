@@ -35,7 +35,7 @@ import logging
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -68,6 +68,7 @@ from contactsync.clients.errors import (
 )
 from contactsync.clients.graph_errors import SERVICE, graph_failure
 from contactsync.clients.json_body import parse_json
+from contactsync.clients.paging import prefetched_pages
 from contactsync.clients.resilience import (
     GRAPH_MAILBOX_LIMITS,
     BudgetLimits,
@@ -310,29 +311,18 @@ class GraphClient:
             items.extend(page)
         return items
 
-    async def _iter_pages(
+    def _iter_pages(
         self, principal: str, first: RequestInformation
-    ) -> AsyncIterator[list[Json]]:
-        """Each page's items, following `@odata.nextLink`; the next page is already on its way
-        while the caller works on this one (two round trips never wait on each other)."""
-        page = await self._send(principal, lambda: first)
-        while True:
+    ) -> AsyncGenerator[list[Json], None]:
+        """Each page's items, following `@odata.nextLink`, the next one already on its way
+        while the caller works on this one (paging.py)."""
+
+        def next_page(page: _Response) -> Awaitable[_Response] | None:
             link = page.body.get("@odata.nextLink")
-            upcoming = (
-                asyncio.ensure_future(self._send(principal, partial(self._url, str(link))))
-                if link else None
-            )
-            items = page.body.get("value") or []
-            del page  # only `items` stays referenced while the caller works on it
-            try:
-                yield items
-            except BaseException:
-                if upcoming is not None:
-                    upcoming.cancel()
-                raise
-            if upcoming is None:
-                return
-            page = await upcoming
+            return self._send(principal, partial(self._url, str(link))) if link else None
+
+        return prefetched_pages(lambda: self._send(principal, lambda: first), next_page,
+                                lambda page: page.body.get("value") or [])
 
     # ---- folders -----------------------------------------------------------------------------
     async def list_folders(self, mailbox: str) -> list[Json]:
@@ -397,9 +387,9 @@ class GraphClient:
             items.extend(page)
         return items
 
-    async def iter_contact_pages(
+    def iter_contact_pages(
         self, mailbox: str, folder_id: str, select: Sequence[str] | None = None
-    ) -> AsyncIterator[list[Json]]:
+    ) -> AsyncGenerator[list[Json], None]:
         """`list_contacts` page by page, so a caller can keep less than the whole listing."""
         b = self._contacts_builder(mailbox, folder_id)
         qp = b.ContactsRequestBuilderGetQueryParameters(
@@ -408,8 +398,7 @@ class GraphClient:
             select=list(select) if select else None,
         )
         ri = b.to_get_request_information(RequestConfiguration(query_parameters=qp))
-        async for page in self._iter_pages(mailbox, ri):
-            yield page
+        return self._iter_pages(mailbox, ri)
 
     async def find_by_bc_id(self, mailbox: str, folder_id: str, bc_id: str) -> Json | None:
         """The contact tagged with `bc_id` in the folder (the first, if a bug made several)."""

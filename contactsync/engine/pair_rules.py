@@ -80,14 +80,20 @@ def outlook_skip_reason(contact: m.Canonical) -> Reason | None:
     return None
 
 
+def bc_version_is_links(bc: Mapping[str, Any], link: Link) -> bool:
+    """The BC contact still carries the version its link recorded (its ETag, or else its
+    modified time): it has not changed since, and no content need be compared."""
+    etag = m.as_text(bc.get("@odata.etag"))
+    if etag and etag == link.bc_etag:
+        return True
+    modified = parse_time(bc.get("lastModifiedDateTime"))
+    return modified is not None and modified == link.bc_modified
+
+
 def bc_changed(bc: Mapping[str, Any], link: Link) -> bool:
     """Versions first: the content hash is computed only when a version moved (in a steady
     state almost never, which keeps a 100,000-contact full sync cheap)."""
-    etag = m.as_text(bc.get("@odata.etag"))
-    if etag and etag == link.bc_etag:
-        return False
-    modified = parse_time(bc.get("lastModifiedDateTime"))
-    if modified is not None and modified == link.bc_modified:
+    if bc_version_is_links(bc, link):
         return False
     return m.content_hash(m.canonical_from_bc(bc)) != link.synced_hash
 
@@ -106,7 +112,8 @@ def outlook_changed(outlook: Mapping[str, Any], link: Link) -> bool:
 def unchanged_pair(bc: Side, outlook: Side, link: Link, contact_filter: ContactFilter) -> bool:
     """True for a linked pair that `_plan_linked` would leave alone ([]): the BC contact still
     syncs, both sides still carry the link's versions, and the Outlook contact carries no other
-    BC contact's tag. The cheap checks first: this is asked of every pair of a full sync."""
+    BC contact's tag. Versions only (a moved version is left to the rules, which compare the
+    content once): this is asked of every pair of a full sync."""
     if not isinstance(outlook, Mapping) or not isinstance(bc, Mapping):
         return False
     key = m.graph_change_key(outlook)
@@ -114,7 +121,7 @@ def unchanged_pair(bc: Side, outlook: Side, link: Link, contact_filter: ContactF
         return False
     if m.bc_id_of(outlook) not in ("", link.bc_id):
         return False
-    return not bc_changed(bc, link) and bc_skip_reason(bc, contact_filter) is None
+    return bc_version_is_links(bc, link) and bc_skip_reason(bc, contact_filter) is None
 
 
 def needs_content(outlook: Side, graph_id: str) -> list[Action] | None:

@@ -32,7 +32,7 @@ from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.compact import Compactor, graph_stub
 from contactsync.engine.links import Link, SyncMode
 from contactsync.engine.mapping import BC_SELECT, GRAPH_SELECT
-from contactsync.engine.pair_rules import parse_time
+from contactsync.engine.pair_rules import bc_version_is_links
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, PlanSummary, plan_user
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord
@@ -131,7 +131,7 @@ async def _list_folder(
         link = by_graph_id.get(contact.get("id"))  # type: ignore[arg-type]
         if link is not None:
             bc_contact = bc_by_id.get(link.bc_id)
-            if bc_contact is not None and _bc_version_is_links(bc_contact, link):
+            if bc_contact is not None and bc_version_is_links(bc_contact, link):
                 stub = graph_stub(contact, link.graph_id, link.graph_change_key, link.bc_id,
                                   bc_email=bc_contact.get("email"), shared=shared)
                 if stub is not None:
@@ -140,15 +140,6 @@ async def _list_folder(
 
     pages = graph.iter_contact_pages(mailbox, folder_id, select=GRAPH_SELECT)
     return OutlookSnapshot.full(await _compacted(pages, compact))
-
-
-def _bc_version_is_links(bc_contact: Mapping[str, Any], link: Link) -> bool:
-    etag = m.as_text(bc_contact.get("@odata.etag"))
-    if etag:
-        return etag == link.bc_etag
-    return link.bc_modified is not None and (
-        parse_time(bc_contact.get("lastModifiedDateTime")) == link.bc_modified
-    )
 
 
 async def _read_outlook(

@@ -27,6 +27,7 @@ from contactsync.store.records import SubscriptionService
 from emulators.bc import BcEmulatorConfig
 from emulators.graph import GraphEmulatorConfig
 from schemas.setup import UserSetup
+from tests.kafka_fixtures import role_env
 
 pytestmark = pytest.mark.kafka
 
@@ -64,13 +65,7 @@ def world(kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
         "graph_base_url": emulators.graph_base_url, "bc_base_url": emulators.bc_base_url,
         "bc_company": emulators.bc.company_id, "webhook_public_url": f"http://127.0.0.1:{port}",
         "reconcile_schedule": "off"})
-    for name, value in (("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers),
-                        ("CONTACTSYNC_TOPIC_PREFIX", settings.topic_prefix),
-                        ("CONTACTSYNC_DATABASE_URL", settings.database_url),
-                        ("CONTACTSYNC_GRAPH_BASE_URL", settings.graph_base_url),
-                        ("CONTACTSYNC_BC_BASE_URL", settings.bc_base_url),
-                        ("CONTACTSYNC_BC_COMPANY", settings.bc_company),
-                        ("CONTACTSYNC_LOG_FORMAT", "json"), ("CONTACTSYNC_LOG_LEVEL", "WARNING")):
+    for name, value in role_env(settings).items():
         monkeypatch.setenv(name, value)
     store = Store.open(settings.database_url)
     emulators.graph.add_user(ANNA)

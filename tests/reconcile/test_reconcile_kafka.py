@@ -39,7 +39,7 @@ from producers.reconcile import CommandPublisher, Scheduler, reconcile_command
 from schemas.envelope import decode, encode, wrap
 from schemas.messages import CommandKind, GraphNotification, SyncCommand
 from schemas.setup import UserSetup
-from tests.kafka_fixtures import read_topic
+from tests.kafka_fixtures import read_topic, role_env
 
 pytestmark = pytest.mark.kafka
 
@@ -85,14 +85,7 @@ def system(kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterato
     settings = kafka_settings.model_copy(update={
         "graph_base_url": emulators.graph_base_url, "bc_base_url": emulators.bc_base_url,
         "bc_company": emulators.bc.company_id})
-    for name, value in (("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers),
-                        ("CONTACTSYNC_TOPIC_PREFIX", settings.topic_prefix),
-                        ("CONTACTSYNC_TOPIC_PARTITIONS", str(settings.topic_partitions)),
-                        ("CONTACTSYNC_DATABASE_URL", settings.database_url),
-                        ("CONTACTSYNC_GRAPH_BASE_URL", settings.graph_base_url),
-                        ("CONTACTSYNC_BC_BASE_URL", settings.bc_base_url),
-                        ("CONTACTSYNC_BC_COMPANY", settings.bc_company),
-                        ("CONTACTSYNC_LOG_FORMAT", "json"), ("CONTACTSYNC_LOG_LEVEL", "WARNING")):
+    for name, value in role_env(settings).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AZURE_CLIENT_ID", raising=False)
     store = Store.open(settings.database_url)

@@ -41,6 +41,7 @@ from contactsync.sync.runner import sync_user
 from emulators.bc import BcEmulatorConfig
 from emulators.graph import GraphEmulatorConfig
 from schemas.setup import UserSetup
+from tests.kafka_fixtures import role_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTACTSYNC = str(ROOT / ".venv" / "bin" / "contactsync")
@@ -147,17 +148,10 @@ class Deployment:
         s = self.settings
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("CONTACTSYNC_") and k != "KAFKA_BOOTSTRAP_SERVERS"}
+        env.update(role_env(s))
         env.update({
-            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-            "CONTACTSYNC_TOPIC_PREFIX": s.topic_prefix,
-            "CONTACTSYNC_TOPIC_PARTITIONS": str(s.topic_partitions),
-            "CONTACTSYNC_DATABASE_URL": s.database_url,
-            "CONTACTSYNC_GRAPH_BASE_URL": s.graph_base_url,
-            "CONTACTSYNC_BC_BASE_URL": s.bc_base_url,
-            "CONTACTSYNC_BC_COMPANY": s.bc_company,
             "CONTACTSYNC_WEBHOOK_PUBLIC_URL": s.webhook_public_url,
             "CONTACTSYNC_STATE_DIR": str(self.workdir / "state"),
-            "CONTACTSYNC_LOG_FORMAT": "json",
             "CONTACTSYNC_LOG_LEVEL": self.log_level,
             "CONTACTSYNC_CONFIG": str(self.workdir / "none.toml"),
             "PYTHONUNBUFFERED": "1",
