@@ -104,7 +104,7 @@ def _serve(conn: Connection, fast: bool, mailboxes: list[str]) -> None:
     from emulators.graph import GraphEmulatorConfig
 
     graph_config = (GraphEmulatorConfig.fast(**UNTHROTTLED_GRAPH) if fast
-                    else GraphEmulatorConfig(**UNTHROTTLED_GRAPH))
+                    else GraphEmulatorConfig(allow_http_notifications=True, **UNTHROTTLED_GRAPH))
     bc_config = (BcEmulatorConfig.for_tests(**UNTHROTTLED_BC) if fast
                  else BcEmulatorConfig(**UNTHROTTLED_BC))
     running = start_emulators(graph_config=graph_config, bc_config=bc_config)

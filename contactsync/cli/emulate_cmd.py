@@ -86,11 +86,16 @@ def emulate(
     bc_port: Annotated[int, typer.Option(help="0 = a free port")] = 0,
     host: str = "127.0.0.1",
     seed: Annotated[str | None, typer.Option(help="N persons, or a snapshot FILE")] = None,
+    allow_http_notifications: Annotated[bool, typer.Option(
+        help="let Graph subscriptions notify an http URL (real Graph requires https)")] = False,
 ) -> None:
     """Run the Graph and Business Central emulators and print their base URLs."""
+    from emulators.graph import GraphEmulatorConfig
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    running = start_emulators(host, graph_port, bc_port)
+    running = start_emulators(host, graph_port, bc_port, graph_config=GraphEmulatorConfig(
+        allow_http_notifications=allow_http_notifications))
     try:
         if seed:
             typer.echo(seed_emulators(running, seed))

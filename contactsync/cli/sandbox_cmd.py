@@ -201,7 +201,7 @@ def sandbox(
             typer.echo("starting the local Kafka broker ...")
             bootstrap = broker.up()
     emulators = start_emulators(
-        graph_config=GraphEmulatorConfig(),
+        graph_config=GraphEmulatorConfig(allow_http_notifications=True),  # a local webhook
         bc_config=BcEmulatorConfig(notification_delay_seconds=1.0),
     )
     emulators.bc.seed(BcSeed(persons=contacts, companies=max(1, contacts // 20),

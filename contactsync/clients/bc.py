@@ -48,11 +48,12 @@ from contactsync.clients.errors import (
     Conflict,
     Invalid,
     NotFound,
+    RetryableError,
     ServiceError,
     ServiceUnavailable,
-    Throttled,
     Unauthorized,
     error_for_status,
+    server_retry_after,
 )
 from contactsync.clients.json_body import parse_json
 from contactsync.clients.paging import prefetched_pages
@@ -287,8 +288,9 @@ class BcClient:
                 continue  # token revoked or expired early: refresh once
             if resp.status_code >= 400:
                 err = error_from_response(resp.status_code, resp.content, resp.headers)
-                if isinstance(err, Throttled):
-                    self._budget.pause(self.principal, err.retry_after)
+                wait = server_retry_after(err) if isinstance(err, RetryableError) else None
+                if wait:  # a 429's or a 503's Retry-After holds back the whole principal
+                    self._budget.pause(self.principal, wait)
                 raise err
             return resp
         raise AssertionError("unreachable")

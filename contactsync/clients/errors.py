@@ -3,7 +3,7 @@
     ServiceError                      every failure talking to Graph or BC
     ├── RetryableError                worth trying again later (the executor retries, then DLQ)
     │   ├── Throttled                 429; .retry_after seconds
-    │   ├── ServiceUnavailable        5xx, timeouts, connection errors
+    │   ├── ServiceUnavailable        5xx, timeouts, connection errors; .retry_after if sent
     ├── NotFound                      404 (and Graph 410 on a single item)
     ├── Conflict                      412 precondition failed / 409: the version moved on
     ├── Unauthorized                  401/403: credentials refused or missing
@@ -61,7 +61,24 @@ class Throttled(RetryableError):
 
 
 class ServiceUnavailable(RetryableError):
-    pass
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        service: str = "",
+        status: int | None = None,
+        code: str = "",
+    ) -> None:
+        super().__init__(message, service=service, status=status, code=code)
+        self.retry_after = retry_after  # a 503's Retry-After is honoured like a 429's
+
+
+def server_retry_after(error: RetryableError) -> float | None:
+    """The wait the service asked for (a 429's or a 503's Retry-After), or None."""
+    if isinstance(error, Throttled | ServiceUnavailable):
+        return error.retry_after
+    return None
 
 
 class NotFound(ServiceError):
@@ -114,8 +131,10 @@ def error_for_status(
                          status=status, code=code)
     kind: type[ServiceError]
     if status == 408 or status >= 500:
-        kind, default = ServiceUnavailable, "service unavailable"
-    elif status in (404, 410):
+        return ServiceUnavailable(message or "service unavailable", service=service,
+                                  status=status, code=code,
+                                  retry_after=parse_retry_after(retry_after))
+    if status in (404, 410):
         kind, default = NotFound, "not found"
     elif status in (409, 412):
         # 412: a stale If-Match; BC's runtime may answer 409 for the same, and 409 also means

@@ -65,6 +65,7 @@ from contactsync.clients.errors import (
     ServiceError,
     ServiceUnavailable,
     Unauthorized,
+    server_retry_after,
 )
 from contactsync.clients.graph_errors import SERVICE, graph_failure
 from contactsync.clients.json_body import parse_json
@@ -98,6 +99,16 @@ NO_CREDENTIALS = (
 # Subscription API limit is per app and tenant (2000 per 20 s), not per mailbox.
 SUBSCRIPTION_LIMITS = BudgetLimits(8, 2000, 20.0)
 _MAX_MINUTES = re.compile(r"can only be (\d+) minutes in the future", re.I)
+
+
+def prefer_header(*, immutable_ids: bool, page_size: int | None = None) -> str | None:
+    """The ONE Prefer header of a request, carrying every preference (RFC 7240: comma-separated).
+    Graph applies `IdType="ImmutableId"` per request, so every request that returns or names a
+    contact id carries it: delta pages and `$batch` inner requests too (reference 1.8)."""
+    prefs = [f"odata.maxpagesize={page_size}"] if page_size else []
+    if immutable_ids:
+        prefs.append('IdType="ImmutableId"')
+    return ", ".join(prefs) or None
 
 
 def _odata_str(value: str) -> str:
@@ -254,11 +265,15 @@ class GraphClient:
         ri.url = url  # next/delta links are absolute and opaque: follow them verbatim
         return ri
 
-    async def _send_once(self, ri: RequestInformation, *, delta: bool = False) -> _Response:
+    async def _send_once(
+        self, ri: RequestInformation, *, delta: bool = False, page_size: int | None = None
+    ) -> _Response:
         """One HTTP exchange; a non-2xx answer or transport failure raises a ServiceError."""
         ri.add_request_options([ResponseHandlerOption(NativeResponseHandler())])
-        if self.options.immutable_ids:
-            ri.headers.try_add("Prefer", 'IdType="ImmutableId"')
+        prefer = prefer_header(immutable_ids=self.options.immutable_ids, page_size=page_size)
+        ri.headers.remove("Prefer")  # kiota's try_add keeps a first value: set exactly one
+        if prefer:
+            ri.headers.try_add("Prefer", prefer)
         try:
             resp = cast(httpx.Response, await self._adapter.send_async(ri, cast(Any, None), {}))
         except ServiceError:
@@ -284,15 +299,16 @@ class GraphClient:
         find_existing: Callable[[], Awaitable[_Response | None]] | None = None,
         delta: bool = False,
         subscriptions: bool = False,
+        page_size: int | None = None,
     ) -> _Response:
         budget = self._sub_budget if subscriptions else self._budget
 
         async def attempt() -> _Response:
             async with budget.slot(principal):
                 try:
-                    return await self._send_once(build(), delta=delta)
+                    return await self._send_once(build(), delta=delta, page_size=page_size)
                 except RetryableError as err:
-                    retry_after = getattr(err, "retry_after", None)
+                    retry_after = server_retry_after(err)  # a 429's or a 503's
                     if retry_after:
                         budget.pause(principal, float(retry_after))  # hold the whole mailbox
                     raise
@@ -522,6 +538,10 @@ class GraphClient:
         pending: list[int],
     ) -> None:
         url = f"/users/{_q(mailbox)}/contactFolders/{_q(folder_id)}/contacts"
+        headers = {"Content-Type": "application/json"}
+        prefer = prefer_header(immutable_ids=self.options.immutable_ids)
+        if prefer:  # per inner request: Graph does not carry the batch's own Prefer over
+            headers["Prefer"] = prefer
         verify: set[int] = set()
         retry_number = 0
         while pending:
@@ -538,15 +558,17 @@ class GraphClient:
                     "id": str(i),
                     "method": "POST",
                     "url": url,
-                    "headers": {"Content-Type": "application/json"},
+                    "headers": headers,
                     "body": with_bc_id(contacts[i][1], contacts[i][0]),
                 }
                 for i in pending
             ]
+            whole_batch_failed = False
             try:
                 answers = await self._batch(mailbox, requests)
-            except RetryableError as err:
+            except RetryableError as err:  # the whole batch: 424, 429, 5xx, lost answer
                 failures = dict.fromkeys(pending, err)
+                whole_batch_failed = True
             except ServiceError as err:
                 for i in pending:
                     results[i].error = err
@@ -570,19 +592,23 @@ class GraphClient:
                             results[i].error = failure
             if not failures:
                 return
-            worst = max(failures.values(), key=lambda e: getattr(e, "retry_after", 0.0))
+            # Each failed item may carry its own Retry-After: wait for the longest one.
+            worst = max(failures.values(), key=lambda e: server_retry_after(e) or 0.0)
             delay = retry_delay(self.options.policy, retry_number, worst, self._rng.random())
             if delay is None:
                 for i, failed in failures.items():
                     results[i].error = failed
                 return
-            retry_after = getattr(worst, "retry_after", None)
+            retry_after = server_retry_after(worst)
             if retry_after:
                 self._budget.pause(mailbox, float(retry_after))
             await asyncio.sleep(delay)
             retry_number += 1
             pending = sorted(failures)
-            verify = {i for i, failed in failures.items() if default_is_ambiguous(failed)}
+            # After a whole-batch failure no item says whether it ran: look each up by its BC
+            # id before creating it again (never twice).
+            verify = {i for i, failed in failures.items()
+                      if whole_batch_failed or default_is_ambiguous(failed)}
 
     async def _batch(self, mailbox: str, requests: list[Json]) -> dict[str, Json]:
         """POST one `$batch` (never retried here: creates are not idempotent). Graph runs up to
@@ -620,10 +646,10 @@ class GraphClient:
         else:
             b = self._contacts_builder(mailbox, folder_id).delta
             first = b.to_get_request_information()
-        first.headers.try_add("Prefer", f"odata.maxpagesize={self.options.delta_page_size}")
+        size = self.options.delta_page_size
         changed: dict[str, Json] = {}
         removed: dict[str, None] = {}
-        page = await self._send(mailbox, lambda: first, delta=True)
+        page = await self._send(mailbox, lambda: first, delta=True, page_size=size)
         while True:
             for item in page.body.get("value") or []:
                 cid = str(item.get("id"))
@@ -641,12 +667,9 @@ class GraphClient:
             if not link:
                 raise Invalid("delta page without nextLink or deltaLink", service=SERVICE)
 
-            def follow(link: str = str(link)) -> RequestInformation:
-                ri = self._url(link)
-                ri.headers.try_add("Prefer", f"odata.maxpagesize={self.options.delta_page_size}")
-                return ri
-
-            page = await self._send(mailbox, follow, delta=True)
+            page = await self._send(
+                mailbox, partial(self._url, str(link)), delta=True, page_size=size
+            )
 
     # ---- subscriptions -----------------------------------------------------------------------
     async def create_subscription(

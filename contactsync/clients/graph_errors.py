@@ -16,9 +16,15 @@ from contactsync.clients.errors import (
     ServiceUnavailable,
     SyncStateExpired,
     error_for_status,
+    parse_retry_after,
 )
 
 SERVICE = "graph"
+# "Use delta query to track changes" (learn.microsoft.com/graph/delta-query-overview, "Token
+# duration"): an expired token is "a 40X-series error with error codes such as syncStateNotFound"
+# (410, 400 and 404 are all seen); resyncRequired asks for the same fresh start.
+_EXPIRED_CODES = {"syncstatenotfound", "resyncrequired"}
+
 def _error_fields(body: Any) -> tuple[str, str]:
     if isinstance(body, Mapping):
         err = body.get("error")
@@ -45,9 +51,16 @@ def graph_failure(
         return ServiceUnavailable(f"{type(exc).__name__}", service=SERVICE, code="TransportError")
     assert status is not None
     code, message = _error_fields(body)
-    if status == 410 and (delta or code in ("syncStateNotFound", "resyncRequired")):
+    if (400 <= status < 500 and code.lower() in _EXPIRED_CODES) or (status == 410 and delta):
         return SyncStateExpired(message or "delta token expired", service=SERVICE,
                                 status=status, code=code)
     lower = {k.lower(): v for k, v in (headers or {}).items()}
+    if status == 424:
+        # A whole `$batch` failed (learn.microsoft.com/graph/throttling, "Throttling and
+        # batching"), or an inner request whose dependency failed: worth retrying, and as
+        # ambiguous as a 5xx (part of it may have run), so creates are looked up first.
+        return ServiceUnavailable(message or "failed dependency", service=SERVICE, status=status,
+                                  code=code or "FailedDependency",
+                                  retry_after=parse_retry_after(lower.get("retry-after")))
     return error_for_status(status, message, service=SERVICE, code=code,
                             retry_after=lower.get("retry-after"))

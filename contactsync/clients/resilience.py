@@ -9,8 +9,9 @@ Three pieces, usable on their own:
 * `RetryPolicy` + `backoff_delay()` / `retry_delay()`: jittered exponential backoff as pure
   functions (the random source is a parameter), so they are tested without sleeping.
 * `retrying()`: runs an async call, retries `RetryableError`s per the policy, honours
-  `Throttled.retry_after`, and never repeats a non-idempotent call after an *ambiguous* failure
-  (the request may have been applied) unless the caller gives `find_existing` to check first.
+  the Retry-After of a 429 or a 503, and never repeats a non-idempotent call after an
+  *ambiguous* failure (the request may have been applied) unless the caller gives
+  `find_existing` to check first.
 
 Only `contactsync.clients.errors` types are interpreted here; HTTP stays in the clients.
 """
@@ -27,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from contactsync.clients.errors import RetryableError, Throttled
+from contactsync.clients.errors import RetryableError, Throttled, server_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +196,12 @@ def retry_delay(
     """Seconds to wait before retrying after `error`, or None if we should give up now."""
     if retry_number + 1 >= policy.max_attempts:
         return None
-    if isinstance(error, Throttled):
-        if error.retry_after > policy.max_retry_after:
+    asked = server_retry_after(error)  # a 429's, or a 503's (Graph and BC send one too)
+    if asked is not None:
+        if asked > policy.max_retry_after:
             return None
         # Honour Retry-After; add a little jitter so a herd of waiters does not re-arrive at once.
-        return error.retry_after + backoff_delay(policy, 0, rand) * 0.1
+        return asked + backoff_delay(policy, 0, rand) * 0.1
     return backoff_delay(policy, retry_number, rand)
 
 

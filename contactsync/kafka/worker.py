@@ -6,7 +6,7 @@
 - A record that does not decode (`MessageError`) goes straight to the dead-letter topic: the
   error is deterministic, retrying cannot help.
 - A group whose handler raises `RetryableError` is retried with jittered exponential backoff
-  (honouring `Throttled.retry_after`) for at most `RetryPolicy.timeout` seconds, then every
+  (honouring a 429's or a 503's Retry-After) for at most `RetryPolicy.timeout` seconds, then every
   record of the group is dead-lettered: the service is down for all of them alike.
 - Any other exception is deterministic: a group of one record is dead-lettered at once; a larger
   group is split and each record runs alone, so one bad record does not fail its neighbours.
@@ -31,7 +31,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from contactsync.clients.errors import RetryableError, Throttled
+from contactsync.clients.errors import RetryableError, server_retry_after
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
 from contactsync.kafka.topics import DEADLETTER, topic_name
@@ -245,8 +245,7 @@ class Worker:
                 return _Outcome(None, attempt)
             except RetryableError as exc:
                 delay = self.retry.delay(attempt, self._rng)
-                if isinstance(exc, Throttled):
-                    delay = max(delay, exc.retry_after)
+                delay = max(delay, server_retry_after(exc) or 0.0)  # a 429's or a 503's
                 if time.monotonic() + delay > deadline:
                     return _Outcome(exc, attempt, retryable=True)
                 _log().info("retryable failure; backing off", attempt=attempt,

@@ -74,7 +74,7 @@ def seed(emu: GraphEmulator, spec: SeedSpec) -> dict[str, Any]:
                 "businessPhones": [f"+1 555 {n:07d}"],
                 "companyName": "Contoso",
             }
-            ids.append(state.create_contact(user, folder, body).id)
+            ids.append(state.create_contact(user, folder, body).public_id(True))
         for n in range(spec.duplicates_by_email):
             body = {
                 "givenName": "Dup",
@@ -83,11 +83,10 @@ def seed(emu: GraphEmulator, spec: SeedSpec) -> dict[str, Any]:
                     {"address": f"c{n % max(1, spec.contacts_per_user)}.u{i}@example.test"}
                 ],
             }
-            ids.append(state.create_contact(user, folder, body).id)
+            ids.append(state.create_contact(user, folder, body).public_id(True))
         for n in range(spec.without_email):
-            ids.append(
-                state.create_contact(user, folder, {"givenName": "NoMail", "surname": str(n)}).id
-            )
+            body = {"givenName": "NoMail", "surname": str(n)}
+            ids.append(state.create_contact(user, folder, body).public_id(True))
         out.append(
             {
                 "id": user.id,
@@ -147,7 +146,8 @@ def admin_routes(emu: GraphEmulator) -> list[Route]:
     async def person_create(request: Request) -> Any:
         user = emu.state.user(request.path_params["u"])
         folder = emu.state.folder(user, request.path_params["f"])
-        return emu.state.create_contact(user, folder, await read_json(request)).view(None, None)
+        created = emu.state.create_contact(user, folder, await read_json(request))
+        return created.view(None, None, immutable=True)
 
     async def person_list(request: Request) -> Any:
         return {"value": emu.contacts(request.path_params["u"], request.path_params["f"])}
@@ -156,7 +156,7 @@ def admin_routes(emu: GraphEmulator) -> list[Route]:
         user = emu.state.user(request.path_params["u"])
         return emu.state.update_contact(
             user, request.path_params["c"], await read_json(request)
-        ).view(None, None)
+        ).view(None, None, immutable=True)
 
     async def person_delete(request: Request) -> Any:
         emu.state.delete_contact(emu.state.user(request.path_params["u"]), request.path_params["c"])
@@ -181,7 +181,16 @@ def admin_routes(emu: GraphEmulator) -> list[Route]:
 
     async def expire_delta(request: Request) -> Any:
         body = await read_json(request)
-        return {"expired": emu.expire_delta_tokens(body.get("user"), body.get("folderId"))}
+        status = body.get("status")
+        try:
+            expired = emu.delta.expire(
+                emu.state.user(body["user"]).id if body.get("user") else None,
+                body.get("folderId"),
+                int(status) if status is not None else None,
+            )
+        except ValueError as exc:
+            raise invalid(str(exc)) from exc
+        return {"expired": expired}
 
     async def lifecycle(request: Request) -> Any:
         body = await read_json(request)

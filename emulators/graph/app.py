@@ -35,6 +35,9 @@ from .subscriptions import Notifier, SubscriptionStore
 T = TypeVar("T")
 
 _FAULT_CODES = {
+    # A whole $batch may fail with 424 or 429 (learn.microsoft.com/graph/throttling,
+    # "Throttling and batching"): inject either on route "$batch".
+    424: "FailedDependency",
     429: "TooManyRequests",
     500: "generalException",
     502: "badGateway",
@@ -78,6 +81,9 @@ class _CollapseSlashes:
 
 class GraphEmulator:
     """State, faults, throttle and counters of one emulated tenant, plus Python helpers.
+
+    The helpers and the admin API give contact ids in the immutable form (the product's) and
+    accept either form.
 
     The helpers can be called from any thread: once the app runs, they hop onto its event
     loop, where all state lives.
@@ -269,7 +275,7 @@ class GraphEmulator:
         def run() -> dict[str, Any]:
             u = self.state.user(user)
             folder = self.state.folder(u, folder_id or u.root_folder_id)
-            return self.state.create_contact(u, folder, body).view(None, None)
+            return self.state.create_contact(u, folder, body).view(None, None, immutable=True)
 
         return self._call(run)
 
@@ -292,7 +298,7 @@ class GraphEmulator:
             u = self.state.user(user)
             f = self.state.folder(u, folder_id or u.root_folder_id)
             return [
-                c.view(None, None) | {"_ext": {i: v for i, v in c.ext.values()}}
+                c.view(None, None, immutable=True) | {"_ext": {i: v for i, v in c.ext.values()}}
                 for c in self.state.iter_contacts(f, f.order())
             ]
 
@@ -331,9 +337,15 @@ class GraphEmulator:
             lambda: dict(vars(self.notifier.stats), log=list(self.notifier.stats.log))
         )
 
-    def expire_delta_tokens(self, user: str | None = None, folder_id: str | None = None) -> int:
+    def expire_delta_tokens(
+        self, user: str | None = None, folder_id: str | None = None, status: int | None = None
+    ) -> int:
+        """Forget delta tokens; `status` (400, 404 or 410, the default) is what using one
+        answers from now on, always with code syncStateNotFound."""
         return self._call(
-            lambda: self.delta.expire(self.state.user(user).id if user else None, folder_id)
+            lambda: self.delta.expire(
+                self.state.user(user).id if user else None, folder_id, status
+            )
         )
 
     def send_lifecycle(self, subscription_id: str, event: str) -> bool:

@@ -19,7 +19,11 @@ from starlette.types import ASGIApp, Message
 from .config import GraphEmulatorConfig
 from .model import dumps, invalid, new_guid
 
-_FORWARDED = (b"host", b"authorization", b"client-request-id", b"prefer")
+# What an inner request inherits from the batch request. Not Prefer: preferences such as
+# IdType="ImmutableId" apply per request ("This header only applies to the request it is included
+# with", learn.microsoft.com/graph/outlook-immutable-id); an inner request carries its own in its
+# "headers" (learn.microsoft.com/graph/json-batching, "Creating a batch request").
+_FORWARDED = (b"host", b"authorization", b"client-request-id")
 
 
 def _fail_dependency(req_id: str) -> dict[str, Any]:

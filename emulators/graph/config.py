@@ -27,7 +27,9 @@ class GraphEmulatorConfig(BaseModel):
     subscription_min_minutes: int = 45
     subscriptions_per_mailbox: int = 1000
     validation_timeout_seconds: float = 10.0
-    require_https_notification_url: bool = False  # Graph requires https; local receivers are http
+    # Graph refuses an http notificationUrl; local receivers are http: the sandbox, tests and
+    # benchmarks allow it (`contactsync emulate --allow-http-notifications`).
+    allow_http_notifications: bool = False
     # Notification delivery (reference 3.5): 2xx within 3 s, else retried with backoff (Graph's
     # schedule is unpublished; we use base * 2**attempt) for up to 4 hours, then dropped.
     delivery_timeout_seconds: float = 3.0
@@ -49,6 +51,7 @@ class GraphEmulatorConfig(BaseModel):
             "delivery_batch_window_seconds": 0.02,
             "delivery_backoff_base_seconds": 0.05,
             "delivery_max_attempts": 4,
+            "allow_http_notifications": True,
         }
         values.update(overrides)
         return cls.model_validate(values)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .model import CONTACT_TYPE, GraphError, dumps
+from .model import CONTACT_TYPE, GraphError, dumps, id_in_form
 from .state import GraphState
 
 
@@ -38,9 +38,16 @@ class _Token:
     select: list[str] | None
 
 
-def _expired() -> GraphError:
+# "Use delta query to track changes in Microsoft Graph data" (learn.microsoft.com/graph/
+# delta-query-overview, "Token duration"): an expired token gives "a 40X-series error with error
+# codes such as syncStateNotFound". 410 Gone by default; 400 (what identity resources answer,
+# devblogs "Duration of change tracking tokens") or 404 with the same code as an injected fault.
+EXPIRED_STATUSES = (400, 404, 410)
+
+
+def _expired(status: int = 410) -> GraphError:
     return GraphError(
-        410,
+        status,
         "syncStateNotFound",
         "The sync state generation is not found. Start a new sync without a delta token.",
     )
@@ -53,9 +60,17 @@ class DeltaTracker:
         self.max_rounds = max_rounds
         self._tokens: dict[str, _Token] = {}
         self._rounds: dict[str, _Round] = {}
+        self.expired_status = 410  # the status of the 40X an unknown token gets
 
-    def expire(self, user_id: str | None = None, folder_id: str | None = None) -> int:
-        """Forget delta and skip tokens (all, one mailbox's, or one folder's)."""
+    def expire(
+        self, user_id: str | None = None, folder_id: str | None = None, status: int | None = None
+    ) -> int:
+        """Forget delta and skip tokens (all, one mailbox's, or one folder's); with `status`,
+        unknown tokens answer that 40X from now on."""
+        if status is not None:
+            if status not in EXPIRED_STATUSES:
+                raise ValueError(f"an expired delta token answers one of {EXPIRED_STATUSES}")
+            self.expired_status = status
         n = 0
         tables: tuple[dict[str, Any], ...] = (self._tokens, self._rounds)
         for table in tables:
@@ -84,6 +99,7 @@ class DeltaTracker:
         select: list[str] | None,
         page_size: int | None,
         default_page_size: int,
+        immutable: bool = False,
     ) -> bytes:
         folder = self.state.folders.get(folder_id)
         if skiptoken is not None:
@@ -91,17 +107,17 @@ class DeltaTracker:
                 rid, pos_s = base64.urlsafe_b64decode(skiptoken.encode()).decode().split(":")
                 pos = int(pos_s)
             except Exception as exc:  # any malformed token is an unknown sync state
-                raise _expired() from exc
+                raise _expired(self.expired_status) from exc
             rnd = self._rounds.get(rid)
             if rnd is None or rnd.folder_id != folder_id:
-                raise _expired()
+                raise _expired(self.expired_status)
         else:
             if folder is None:
-                raise _expired()
+                raise _expired(self.expired_status)
             if deltatoken is not None:
                 tok = self._tokens.get(deltatoken)
                 if tok is None or tok.folder_id != folder_id:
-                    raise _expired()
+                    raise _expired(self.expired_status)
                 ids = self.state.changed_since(folder, tok.since)
                 select = tok.select
             else:
@@ -117,7 +133,7 @@ class DeltaTracker:
             rnd.page_size = page_size
         page_size = rnd.page_size
         chunk = rnd.ids[pos : pos + page_size]
-        parts = [self._item(cid, rnd) for cid in chunk]
+        parts = [self._item(cid, rnd, immutable) for cid in chunk]
         end = pos + page_size >= len(rnd.ids)
         if end:
             token = secrets.token_urlsafe(24)
@@ -140,12 +156,16 @@ class DeltaTracker:
             + b"}"
         )
 
-    def _item(self, cid: str, rnd: _Round) -> bytes:
+    def _item(self, cid: str, rnd: _Round, immutable: bool) -> bytes:
         c = self.state.contacts.get(cid)
         if c is None or c.folder_id != rnd.folder_id:
             return dumps(
-                {"@odata.type": CONTACT_TYPE, "id": cid, "@removed": {"reason": "deleted"}}
+                {
+                    "@odata.type": CONTACT_TYPE,
+                    "id": id_in_form(cid, immutable),
+                    "@removed": {"reason": "deleted"},
+                }
             )
         if rnd.select:
-            return dumps({"@odata.type": CONTACT_TYPE, **c.view(rnd.select, None)})
-        return b'{"@odata.type":"' + CONTACT_TYPE.encode() + b'",' + c.raw()[1:]
+            return dumps({"@odata.type": CONTACT_TYPE, **c.view(rnd.select, None, immutable)})
+        return b'{"@odata.type":"' + CONTACT_TYPE.encode() + b'",' + c.raw(immutable)[1:]

@@ -133,9 +133,33 @@ def _b64(n: int) -> str:
     return base64.urlsafe_b64encode(os.urandom(n)).decode().rstrip("=")
 
 
+REST_ID_PREFIX = "AAMkAGI2"
+IMMUTABLE_ID_PREFIX = "AAkALgAA"
+
+
 def new_item_id() -> str:
     # Outlook REST ids are long, case-sensitive, url-safe base64 ending in "=".
-    return "AAMkAGI2" + _b64(48) + "AAA="
+    return REST_ID_PREFIX + _b64(48) + "AAA="
+
+
+# Two id forms for one item ("Obtain immutable identifiers for Outlook resources",
+# learn.microsoft.com/graph/outlook-immutable-id): a request with `Prefer: IdType="ImmutableId"`
+# sees the immutable id, one without it the default (REST) id; the strings differ. Items are
+# stored under their REST id; the immutable one is derived from it (and back), so either form
+# names the item in a request, as Graph accepts both.
+def immutable_id(rest_id: str) -> str:
+    return IMMUTABLE_ID_PREFIX + rest_id.removeprefix(REST_ID_PREFIX)
+
+
+def rest_id(any_id: str) -> str:
+    """The stored (REST) id of an item named by either form."""
+    if any_id.startswith(IMMUTABLE_ID_PREFIX):
+        return REST_ID_PREFIX + any_id.removeprefix(IMMUTABLE_ID_PREFIX)
+    return any_id
+
+
+def id_in_form(stored_id: str, immutable: bool) -> str:
+    return immutable_id(stored_id) if immutable else stored_id
 
 
 def new_folder_id() -> str:
@@ -309,7 +333,11 @@ class Contact:
     data: dict[str, Any]  # Graph's JSON shape, without @odata.etag
     ext: dict[str, tuple[str, str]] = field(default_factory=dict)  # canon id -> (id, value)
     seq: int = 0  # global change sequence of the last write (delta)
-    _raw: bytes | None = None  # cached JSON of the full item
+    _raw: bytes | None = None  # cached JSON of the full item, REST id
+    _raw_immutable: bytes | None = None  # the same with the immutable id
+
+    def public_id(self, immutable: bool) -> str:
+        return id_in_form(self.id, immutable)
 
     @property
     def change_key(self) -> str:
@@ -326,16 +354,24 @@ class Contact:
             if e.get("address")
         }
 
-    def raw(self) -> bytes:
-        """The full item with `@odata.etag`, encoded once per version."""
+    def raw(self, immutable: bool = False) -> bytes:
+        """The full item with `@odata.etag`, encoded once per version and id form."""
+        if immutable:
+            if self._raw_immutable is None:
+                self._raw_immutable = dumps(
+                    {"@odata.etag": self.etag, **self.data, "id": immutable_id(self.id)}
+                )
+            return self._raw_immutable
         if self._raw is None:
             self._raw = dumps({"@odata.etag": self.etag, **self.data})
         return self._raw
 
     def invalidate(self) -> None:
-        self._raw = None
+        self._raw = self._raw_immutable = None
 
-    def view(self, select: list[str] | None, expand_ext: str | None) -> dict[str, Any]:
+    def view(
+        self, select: list[str] | None, expand_ext: str | None, immutable: bool = False
+    ) -> dict[str, Any]:
         """The item as a dict, narrowed by $select and with the expanded extended property."""
         out: dict[str, Any] = {"@odata.etag": self.etag}
         if select:
@@ -345,6 +381,7 @@ class Contact:
                     out[key] = self.data[key]
         else:
             out.update(self.data)
+        out["id"] = self.public_id(immutable)
         if expand_ext is not None:
             hit = self.ext.get(expand_ext)
             out["singleValueExtendedProperties"] = [{"id": hit[0], "value": hit[1]}] if hit else []

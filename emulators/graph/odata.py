@@ -26,6 +26,7 @@ _EXT_EXPAND = re.compile(
     rf"^\s*singleValueExtendedProperties\(\s*\$filter\s*=\s*id\s+eq\s+{_STR}\s*\)\s*$", re.I
 )
 _MAXPAGESIZE = re.compile(r"odata\.maxpagesize\s*=\s*(\d+)", re.I)
+_IMMUTABLE = re.compile(r"(?:^|[,;\s])IdType\s*=\s*\"?ImmutableId\"?\s*(?:$|[,;])", re.I)
 
 
 def _unquote(s: str) -> str:
@@ -85,6 +86,13 @@ def parse_select(request: Request) -> list[str] | None:
     if not raw:
         return None
     return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+def wants_immutable_ids(request: Request) -> bool:
+    """`Prefer: IdType="ImmutableId"` on THIS request ("This header only applies to the request
+    it is included with": learn.microsoft.com/graph/outlook-immutable-id). Preferences may
+    share one Prefer header, comma-separated (RFC 7240), or come in several."""
+    return any(_IMMUTABLE.search(v) for v in request.headers.getlist("prefer"))
 
 
 def max_page_size(request: Request) -> int | None:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from .batch import run_batch
 from .model import Contact, Folder, GraphError, User, dumps, invalid
-from .odata import max_page_size, parse_contact_query, parse_select
+from .odata import max_page_size, parse_contact_query, parse_select, wants_immutable_ids
 
 if TYPE_CHECKING:
     from .app import GraphEmulator
@@ -100,8 +100,9 @@ class ServiceRoutes:
     ) -> Response:
         q = parse_contact_query(request, self.config.max_top, self.config.strict)
         ctx = f"{base_of(request)}/v1.0/$metadata#users('{quote(user.id)}')/contacts/$entity"
-        body = c.view(q.select, q.expand_ext) if (q.select or q.expand_ext) else None
-        raw = dumps(body) if body is not None else c.raw()
+        immutable = wants_immutable_ids(request)
+        body = c.view(q.select, q.expand_ext, immutable) if (q.select or q.expand_ext) else None
+        raw = dumps(body) if body is not None else c.raw(immutable)
         return json_response(
             b'{"@odata.context":' + dumps(ctx) + b"," + raw[1:], status, {"ETag": c.etag}
         )
@@ -184,10 +185,11 @@ class ServiceRoutes:
         size = self._page_size(request, q.top)
         contacts = self.state.contacts
         page = [contacts[cid] for cid in ids[q.skip : q.skip + size]]
+        immutable = wants_immutable_ids(request)
         if q.select or q.expand_ext:
-            items = [dumps(c.view(q.select, q.expand_ext)) for c in page]
+            items = [dumps(c.view(q.select, q.expand_ext, immutable)) for c in page]
         else:
-            items = [c.raw() for c in page]
+            items = [c.raw(immutable) for c in page]
         ctx = (
             f"{base_of(request)}/v1.0/$metadata#users('{quote(user.id)}')/contactFolders"
             f"('{quote(folder.id)}')/contacts"
@@ -246,13 +248,19 @@ class ServiceRoutes:
             select=parse_select(request),
             page_size=max(1, size) if size else None,
             default_page_size=self.config.delta_default_page_size,
+            # Per request, next and delta links included: the links work with either form
+            # (learn.microsoft.com/graph/outlook-immutable-id, "Immutable ID with delta query").
+            immutable=wants_immutable_ids(request),
         )
         headers = {"Preference-Applied": f"odata.maxpagesize={size}"} if pref else None
         return json_response(body, headers=headers)
 
     # ---- subscriptions -----------------------------------------------------------------------
     async def create_subscription(self, request: Request) -> Response:
-        sub = await self.emu.subs.create(await read_json(request))
+        # Notifications carry the id form asked for when the subscription was created
+        # (learn.microsoft.com/graph/outlook-immutable-id, "Immutable ID with change
+        # notifications").
+        sub = await self.emu.subs.create(await read_json(request), wants_immutable_ids(request))
         return json_response(sub.to_json(base_of(request)), 201)
 
     async def list_subscriptions(self, request: Request) -> Response:

@@ -31,6 +31,7 @@ from .model import (
     not_found,
     now_iso,
     parse_ext_props,
+    rest_id,
 )
 
 
@@ -131,7 +132,8 @@ class GraphState:
 
     # ---- contacts ----------------------------------------------------------------------------
     def contact(self, user: User, contact_id: str, folder: Folder | None = None) -> Contact:
-        c = self.contacts.get(contact_id)
+        """The contact named by either id form (REST or immutable), as Graph accepts both."""
+        c = self.contacts.get(rest_id(contact_id))
         if c is None or c.user_id != user.id or (folder is not None and c.folder_id != folder.id):
             raise not_found()
         return c

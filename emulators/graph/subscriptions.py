@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from .config import GraphEmulatorConfig
-from .model import GraphError, invalid, new_guid, not_found
+from .model import GraphError, id_in_form, invalid, new_guid, not_found
 from .state import Change, GraphState
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class Subscription:
     expiration: datetime
     user_id: str
     folder_id: str | None  # None: every contact of the mailbox
+    immutable_ids: bool = False  # created with Prefer: IdType="ImmutableId"
 
     def to_json(self, base: str) -> dict[str, Any]:
         return {
@@ -211,11 +212,19 @@ class SubscriptionStore:
     def _check_url(self, name: str, url: Any) -> str:
         if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
             raise invalid(f"{name} must be an absolute URL.", "InvalidRequest")
-        if self.config.require_https_notification_url and not url.lower().startswith("https://"):
-            raise invalid(f"{name} must be HTTPS.", "InvalidRequest")
+        # "Create subscription" (learn.microsoft.com/graph/api/subscription-post-subscriptions)
+        # and "Receive change notifications through webhooks" (learn.microsoft.com/graph/
+        # change-notifications-delivery-webhooks): the URL must use HTTPS. Graph's answer to an
+        # http one, as reported (microsoft-graph-docs-contrib issue 7821): 400 InvalidRequest
+        # "NotificationUrl scheme='http' is not supported." Local receivers are http, hence
+        # the switch (`contactsync emulate --allow-http-notifications`).
+        if not self.config.allow_http_notifications and not url.lower().startswith("https://"):
+            scheme = url.split(":", 1)[0].lower()
+            label = "NotificationUrl" if name == "notificationUrl" else "LifecycleNotificationUrl"
+            raise invalid(f"{label} scheme='{scheme}' is not supported.", "InvalidRequest")
         return url
 
-    async def create(self, body: Any) -> Subscription:
+    async def create(self, body: Any, immutable_ids: bool = False) -> Subscription:
         if not isinstance(body, dict):
             raise invalid("The request body must be a JSON object.", "BadRequest")
         types = {t.strip() for t in str(body.get("changeType") or "").split(",") if t.strip()}
@@ -253,6 +262,7 @@ class SubscriptionStore:
             expiration,
             user_id,
             folder_id,
+            immutable_ids,
         )
         self.subs[sub.id] = sub
         self._by_user[user_id].add(sub.id)
@@ -316,7 +326,8 @@ class SubscriptionStore:
                 continue
             if sub.folder_id is not None and sub.folder_id != change.folder_id:
                 continue
-            res = f"Users/{change.user_id}/Contacts/{change.contact_id}"
+            contact_id = id_in_form(change.contact_id, sub.immutable_ids)
+            res = f"Users/{change.user_id}/Contacts/{contact_id}"
             self.notifier.enqueue(
                 sub.notification_url,
                 {
@@ -328,7 +339,7 @@ class SubscriptionStore:
                         "@odata.type": "#Microsoft.Graph.Contact",
                         "@odata.id": res,
                         "@odata.etag": change.etag,
-                        "id": change.contact_id,
+                        "id": contact_id,
                     },
                     "clientState": sub.client_state,
                     "tenantId": self.config.tenant_id,

@@ -8,14 +8,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from contactsync.clients.bc import error_from_response
 from contactsync.clients.errors import (
     Conflict,
     Invalid,
     NotFound,
+    RetryableError,
     SyncStateExpired,
     Unauthorized,
 )
 from contactsync.clients.graph import BC_ID_PROPERTY, GraphClient, bc_id_of
+from contactsync.clients.graph_errors import graph_failure
+from contactsync.clients.resilience import RetryPolicy, retry_delay
 from tests.emulators.graph_fixtures import (  # noqa: F401
     GraphEnv,
     Receiver,
@@ -176,3 +180,79 @@ async def test_subscription_lifecycle(
         await client.create_subscription(
             resource, receiver.url + "/hook", None, "s", datetime.now(UTC) + timedelta(hours=1)
         )
+
+
+async def test_every_call_speaks_one_id_form(
+    graph: GraphEnv, client: GraphClient, receiver: Receiver
+) -> None:
+    """Issue 12, defect 1: delta pages (first, next, delta link) and `$batch` creates carry
+    `IdType="ImmutableId"` like every other call, so an id read one way matches the others."""
+    uid = graph.emu.add_user("ids@contoso.test")["id"]
+    folder = await client.find_or_create_folder(uid)
+    sub = await client.create_subscription(
+        f"users/{uid}/contactFolders/{folder}/contacts", receiver.url + "/hook", None, "ids",
+        datetime.now(UTC) + timedelta(hours=1),
+    )
+    batch = await client.create_contacts(uid, folder, [(f"B{n}", _person(n)) for n in range(5)])
+    single = await client.create_contact(uid, folder, "S", _person(9))
+    created = {str(r.contact["id"]) for r in batch if r.contact} | {single["id"]}
+    assert created == {c["id"] for c in graph.emu.contacts(uid, folder)}  # immutable form
+    assert {c["id"] for c in await client.list_contacts(uid, folder)} == created
+    client.options.delta_page_size = 2  # first page, nextLink follows, then the deltaLink
+    first = await client.delta(uid, folder)
+    assert {c["id"] for c in first.changed} == created
+    moved, gone = sorted(created)[:2]
+    await client.update_contact(uid, moved, {"jobTitle": "Lead"})
+    await client.delete_contact(uid, gone)
+    later = await client.delta(uid, folder, first.delta_link)
+    assert [c["id"] for c in later.changed] == [moved] and later.removed == [gone]
+    receiver.wait_for(lambda items: {i["resourceData"]["id"] for i in items} >= created)
+    assert await client.delete_subscription(sub["id"])
+
+
+@pytest.mark.parametrize("status", [400, 404, 410])
+async def test_expired_delta_token_is_known_by_its_code(
+    graph: GraphEnv, client: GraphClient, status: int
+) -> None:
+    """Issue 12, defect 5: "a 40X-series error with syncStateNotFound", whatever the 40X."""
+    u = graph.emu.seed(users=1, contacts_per_user=3)["users"][0]
+    first = await client.delta(u["id"], u["folderId"])
+    graph.emu.expire_delta_tokens(status=status)
+    with pytest.raises(SyncStateExpired):
+        await client.delta(u["id"], u["folderId"], first.delta_link)
+    again = await client.delta(u["id"], u["folderId"])  # the fresh start works
+    assert len(again.changed) == 3
+
+
+@pytest.mark.parametrize("status", [424, 429])
+async def test_whole_batch_failure_retries_without_duplicates(
+    graph: GraphEnv, client: GraphClient, status: int
+) -> None:
+    """Issue 12, defect 6: Graph fails the whole `$batch` with 424 or 429; the creates are
+    retried (after Retry-After), and those that had landed are found by their BC id first."""
+    uid = graph.emu.add_user(f"batch{status}@contoso.test")["id"]
+    folder = await client.find_or_create_folder(uid)
+    graph.emu.add_fault(kind="status", status=status, count=1, route="/$batch", retry_after=1)
+    results = await client.create_contacts(uid, folder, [(f"W{n}", _person(n)) for n in range(3)])
+    assert all(r.ok for r in results)
+    graph.emu.add_fault(kind="drop_response", status=status, count=1, route="/$batch")
+    results = await client.create_contacts(
+        uid, folder, [(f"X{n}", _person(n)) for n in range(3, 6)]
+    )
+    assert all(r.ok and r.existed for r in results)
+    tags = sorted(next(iter(c["_ext"].values())) for c in graph.emu.contacts(uid, folder))
+    assert tags == ["W0", "W1", "W2", "X3", "X4", "X5"]
+
+
+def test_503_retry_after_is_honoured_like_429s() -> None:
+    """Issue 12, defect 7: a 503's Retry-After sets the wait before the retry, as a 429's does
+    (Graph's mapping; BC's shares `error_for_status`)."""
+    policy = RetryPolicy(max_attempts=3, max_retry_after=60)
+    for status in (429, 503):
+        err = graph_failure(status=status, headers={"Retry-After": "7"}, body=None)
+        assert isinstance(err, RetryableError)
+        assert retry_delay(policy, 0, err, 0.0) == 7
+        bc_err = error_from_response(status, b"", {"Retry-After": "7"})
+        assert isinstance(bc_err, RetryableError)
+        assert retry_delay(policy, 0, bc_err, 0.0) == 7
+    assert retry_delay(policy, 0, graph_failure(status=503, body=None), 0.0) == 0.0  # backoff

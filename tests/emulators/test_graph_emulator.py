@@ -16,6 +16,8 @@ from tests.emulators.graph_fixtures import (  # noqa: F401
     receiver_fixture,
 )
 
+# The emulator's helpers give immutable ids: these requests ask for that form too.
+IMMUTABLE = {"Prefer": 'IdType="ImmutableId"'}
 PROP = "String {0d671bb5-1436-455a-8a48-2f020ee6e0c2} Name BcContactId"
 
 
@@ -33,7 +35,7 @@ def _error(resp: httpx.Response) -> str:
 
 def test_users_by_id_and_upn(graph: GraphEnv) -> None:
     uid, _, _ = _seed(graph, 0)
-    with httpx.Client(base_url=graph.api) as c:
+    with httpx.Client(base_url=graph.api, headers=IMMUTABLE) as c:
         assert [u["id"] for u in c.get("/users").json()["value"]] == [uid]
         assert c.get("/users/USER0@contoso.test").json()["id"] == uid
         assert c.get(f"/users/{uid}").json()["userPrincipalName"] == "user0@contoso.test"
@@ -43,7 +45,7 @@ def test_users_by_id_and_upn(graph: GraphEnv) -> None:
 
 def test_paging_to_the_end_with_absolute_next_links(graph: GraphEnv) -> None:
     uid, fid, ids = _seed(graph, 25)
-    with httpx.Client() as c:
+    with httpx.Client(headers=IMMUTABLE) as c:
         url: str | None = f"{graph.api}/users/{uid}/contactFolders/{fid}/contacts"
         pages, seen = 0, []
         while url:
@@ -61,7 +63,7 @@ def test_paging_to_the_end_with_absolute_next_links(graph: GraphEnv) -> None:
 
 def test_contact_shape_etag_and_change_key(graph: GraphEnv) -> None:
     uid, fid, _ = _seed(graph, 0)
-    with httpx.Client(base_url=graph.api) as c:
+    with httpx.Client(base_url=graph.api, headers=IMMUTABLE) as c:
         r = c.post(
             f"/users/{uid}/contactFolders/{fid}/contacts",
             json={
@@ -96,7 +98,7 @@ def test_contact_shape_etag_and_change_key(graph: GraphEnv) -> None:
 def test_filters_select_and_expand(graph: GraphEnv) -> None:
     uid, fid, _ = _seed(graph, 5)
     base = f"/users/{uid}/contactFolders/{fid}/contacts"
-    with httpx.Client(base_url=graph.api) as c:
+    with httpx.Client(base_url=graph.api, headers=IMMUTABLE) as c:
         cid = c.post(
             base,
             json={
@@ -126,9 +128,9 @@ def test_filters_select_and_expand(graph: GraphEnv) -> None:
 
 def test_delta_round_update_delete_and_expiry(graph: GraphEnv) -> None:
     uid, fid, ids = _seed(graph, 12)
-    with httpx.Client() as c:
+    with httpx.Client(headers=IMMUTABLE) as c:
         url = f"{graph.api}/users/{uid}/contactFolders/{fid}/contacts/delta()"
-        r = c.get(url, headers={"Prefer": "odata.maxpagesize=5"})
+        r = c.get(url, headers={"Prefer": 'odata.maxpagesize=5, IdType="ImmutableId"'})
         assert r.headers["preference-applied"] == "odata.maxpagesize=5"
         items, pages = [], 0
         while True:
@@ -162,7 +164,7 @@ def test_delta_round_update_delete_and_expiry(graph: GraphEnv) -> None:
 
 def test_stale_if_match_gives_412(graph: GraphEnv) -> None:
     uid, _, ids = _seed(graph, 1)
-    with httpx.Client(base_url=graph.api) as c:
+    with httpx.Client(base_url=graph.api, headers=IMMUTABLE) as c:
         etag = c.get(f"/users/{uid}/contacts/{ids[0]}").json()["@odata.etag"]
         ok = c.patch(
             f"/users/{uid}/contacts/{ids[0]}", json={"title": "Dr"}, headers={"If-Match": etag}
@@ -195,7 +197,7 @@ async def test_concurrency_over_four_is_throttled(graph: GraphEnv) -> None:
     assert throttled[0].headers["retry-after"] == "1"
     assert _error(throttled[0]) == "ApplicationThrottled"
     graph.emu.throttle_storm(uid, 2)
-    with httpx.Client(base_url=graph.api) as c:
+    with httpx.Client(base_url=graph.api, headers=IMMUTABLE) as c:
         r = c.get(f"/users/{uid}")
         assert r.status_code == 429 and _error(r) == "TooManyRequests"
         assert int(r.headers["retry-after"]) >= 1
@@ -215,7 +217,7 @@ def test_batch_limits_dependencies_and_counting(graph: GraphEnv) -> None:
         }
         for i in range(21)
     ]
-    with httpx.Client(base_url=graph.api) as c:
+    with httpx.Client(base_url=graph.api, headers=IMMUTABLE) as c:
         too_many = c.post("/$batch", json={"requests": reqs})
         assert too_many.status_code == 400
         r = c.post("/$batch", json={"requests": reqs[:20]})
@@ -260,7 +262,7 @@ def _sub_body(rec: Receiver, uid: str, fid: str, minutes: int = 60) -> dict[str,
 
 def test_subscription_handshake_failure_and_lifetime(graph: GraphEnv, receiver: Receiver) -> None:
     uid, fid, _ = _seed(graph, 0)
-    with httpx.Client(base_url=graph.api) as c:
+    with httpx.Client(base_url=graph.api, headers=IMMUTABLE) as c:
         receiver.validate = False
         r = c.post("/subscriptions", json=_sub_body(receiver, uid, fid))
         assert r.status_code == 400 and _error(r) == "ValidationError"
@@ -287,7 +289,7 @@ def test_subscription_handshake_failure_and_lifetime(graph: GraphEnv, receiver: 
 
 def test_notifications_delivered_retried_and_lifecycle(graph: GraphEnv, receiver: Receiver) -> None:
     uid, fid, _ = _seed(graph, 0)
-    with httpx.Client(base_url=graph.api) as c:
+    with httpx.Client(base_url=graph.api, headers=IMMUTABLE) as c:
         sid = c.post("/subscriptions", json=_sub_body(receiver, uid, fid)).json()["id"]
     created = graph.emu.person_create_contact(uid, fid, {"givenName": "N"})
     receiver.wait_for(lambda items: any(i.get("changeType") == "created" for i in items))
@@ -326,7 +328,7 @@ def test_notifications_delivered_retried_and_lifecycle(graph: GraphEnv, receiver
 
 
 def test_admin_http_api_seed_counters_snapshot(graph: GraphEnv, tmp_path: Path) -> None:
-    with httpx.Client(base_url=graph.url) as c:
+    with httpx.Client(base_url=graph.url, headers=IMMUTABLE) as c:
         seeded = c.post(
             "/_emulator/seed",
             json={"users": 2, "contacts_per_user": 3, "duplicates_by_email": 1, "without_email": 1},
