@@ -39,6 +39,7 @@ from sqlalchemy.exc import OperationalError
 
 from contactsync.clients.errors import ServiceUnavailable
 from contactsync.engine.bcfilter import ContactFilter, FilterError
+from contactsync.engine.links import canon_bc_id
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import (
     BC_CONTACT_CHANGES,
@@ -217,7 +218,7 @@ class Router:
         for record in records:
             payload = record.payload
             if isinstance(payload, BcContactChanged):
-                linked = holders.get(payload.contact_id, [])
+                linked = holders.get(canon_bc_id(payload.contact_id), [])
                 for user_id in self._bc_targets(payload, users, linked):
                     out.append(self._outgoing(record, user_id, SyncCommand(
                         user_id=user_id, kind=CommandKind.BC_CHANGE, bc_change=payload,

@@ -12,6 +12,13 @@ from datetime import datetime
 from enum import StrEnum
 
 
+def canon_bc_id(bc_id: str) -> str:
+    """A BC contact id in the one form we store and compare. BC ids are GUIDs, whose case
+    means nothing (a tag written by another tool, a notification's resource path may differ):
+    lower case, as BC itself writes them."""
+    return bc_id.strip().lower()
+
+
 class LinkOrigin(StrEnum):
     BC = "bc"  # we created the Outlook contact from BC
     OUTLOOK = "outlook"  # we created the BC contact from Outlook

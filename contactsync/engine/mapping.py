@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypedDict, cast
 
+from contactsync.engine.links import canon_bc_id
 from schemas.contacts import CanonicalContact
 
 BC_ID_PROPERTY: Final = "String {f4c1a0e2-5b7d-4c8e-9a3f-2d6b8e1c7a90} Name BcContactId"
@@ -217,10 +218,11 @@ def graph_email(graph: Mapping[str, Any]) -> str:
 
 
 def bc_id_of(graph: Mapping[str, Any], property_id: str = BC_ID_PROPERTY) -> str:
-    """The BC contact id we tagged this Outlook contact with, or ""."""
+    """The BC contact id we tagged this Outlook contact with (canonical), or ""."""
+    wanted = property_id.lower()  # Graph may spell the GUID in either case
     for prop in graph.get("singleValueExtendedProperties") or ():
-        if isinstance(prop, Mapping) and prop.get("id") == property_id:
-            return as_text(prop.get("value"))
+        if isinstance(prop, Mapping) and as_text(prop.get("id")).lower() == wanted:
+            return canon_bc_id(as_text(prop.get("value")))
     return ""
 
 

@@ -30,7 +30,7 @@ from contactsync.engine.actions import (
 )
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.compact import is_stub
-from contactsync.engine.links import Link, LinkOrigin, SyncMode
+from contactsync.engine.links import Link, LinkOrigin, SyncMode, canon_bc_id
 from schemas.setup import OutlookDeletePolicy, UserSetup
 
 
@@ -119,7 +119,7 @@ def unchanged_pair(bc: Side, outlook: Side, link: Link, contact_filter: ContactF
     key = m.graph_change_key(outlook)
     if not key or key != link.graph_change_key:
         return False
-    if m.bc_id_of(outlook) not in ("", link.bc_id):
+    if m.bc_id_of(outlook) not in ("", canon_bc_id(link.bc_id)):
         return False
     return bc_version_is_links(bc, link) and bc_skip_reason(bc, contact_filter) is None
 
@@ -229,7 +229,8 @@ def _push(
     actions: list[Action] = (
         _audit(bc_id, graph_id, reason, outlook_contact, bc_contact) if audit else []
     )
-    write = bool(m.differing_fields(bc_contact, outlook_contact)) or m.bc_id_of(outlook) != bc_id
+    retag = m.bc_id_of(outlook) != canon_bc_id(bc_id)
+    write = bool(m.differing_fields(bc_contact, outlook_contact)) or retag
     if write:
         fields = m.graph_fields_from_canonical(bc_contact, bc_id, outlook)
         actions.append(UpdateOutlook(graph_id, bc_id, fields, _if_match(outlook)))
@@ -290,7 +291,7 @@ def _plan_unlinked(ctx: _Context, bc: Side, outlook: Side) -> list[Action]:
             graph_id = m.as_text(outlook.get("id"))
             if (read := needs_content(outlook, graph_id)) is not None:
                 return read
-            ours = m.bc_id_of(outlook) == bc_id
+            ours = m.bc_id_of(outlook) == canon_bc_id(bc_id)
             if reason is not None and ours:
                 return [DeleteFromOutlook(graph_id, reason, bc_id, _if_match(outlook))]
             if reason is not None:
@@ -359,7 +360,7 @@ def _plan_linked(ctx: _Context, bc: Side, outlook: Side, link: Link) -> list[Act
         return [NeedsRead(graph_id=link.graph_id)] if bc_moved else []
     outlook_moved = outlook_changed(outlook, link)
     # A tag naming another BC contact contradicts the link: the link wins, the push retags.
-    retag = m.bc_id_of(outlook) not in ("", link.bc_id)
+    retag = m.bc_id_of(outlook) not in ("", canon_bc_id(link.bc_id))
     if (bc_moved or retag or outlook_moved) and (
         read := needs_content(outlook, link.graph_id)
     ) is not None:

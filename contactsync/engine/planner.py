@@ -64,7 +64,7 @@ Case table (link = we created or linked the pair):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,7 +85,7 @@ from contactsync.engine.actions import (
     summarize,
 )
 from contactsync.engine.bcfilter import ContactFilter
-from contactsync.engine.links import Link, SyncMode
+from contactsync.engine.links import Link, SyncMode, canon_bc_id
 from contactsync.engine.pair_rules import (
     UNREAD,
     Side,
@@ -161,14 +161,23 @@ def _oldest_first(contact: Contact) -> tuple[bool, float, str]:
     return (created is None, created.timestamp() if created else 0.0, m.as_text(contact["id"]))
 
 
-class _Sides:
-    """Looks up a side's state by id: the dict, None (known gone) or UNREAD."""
+def _same(contact_id: str) -> str:
+    return contact_id  # Graph ids are case-sensitive
 
-    def __init__(self, contacts: Sequence[Contact], complete: bool, gone: frozenset[str]):
-        self.by_id = {m.as_text(c.get("id")): c for c in contacts}
-        self.complete, self.gone = complete, gone
+
+class _Sides:
+    """Looks up a side's state by id: the dict, None (known gone) or UNREAD. `key` is the
+    id's canonical form (BC ids: any case; Graph ids: as they are)."""
+
+    def __init__(self, contacts: Sequence[Contact], complete: bool, gone: frozenset[str],
+                 key: Callable[[str], str] = _same):
+        self.key = key
+        self.by_id = {key(m.as_text(c.get("id"))): c for c in contacts}
+        self.complete = complete
+        self.gone = gone if key is _same else frozenset(map(key, gone))
 
     def state(self, contact_id: str) -> Side:
+        contact_id = self.key(contact_id)
         found = self.by_id.get(contact_id)
         if found is not None:
             return found
@@ -188,7 +197,7 @@ def plan_user(
     """Plan one user's sync. None for a side means it was not read: nothing there is deleted."""
     bc = bc or BcSnapshot()
     outlook = outlook or OutlookSnapshot()
-    bc_side = _Sides(bc.contacts, bc.complete, bc.deleted_ids)
+    bc_side = _Sides(bc.contacts, bc.complete, bc.deleted_ids, canon_bc_id)
     outlook_side = _Sides(outlook.contacts, outlook.complete, outlook.removed_ids)
     links = list(links)
     flt = ContactFilter.parse(setup.contact_filter)
@@ -229,7 +238,7 @@ def plan_user(
             elif isinstance(a, CreateInOutlook):
                 folder_changes["+" + a.bc_id] = m.normalize_email(a.email)
 
-    used_bc = {link.bc_id for link in links}
+    used_bc = {canon_bc_id(link.bc_id) for link in links}
     used_outlook = {link.graph_id for link in links}
     # Linked Outlook contacts pair by link only: order (oldest first) just the others, once.
     unlinked = sorted(
@@ -252,7 +261,7 @@ def plan_user(
     # 1. by link
     for link in links:
         outlook_state = outlook_side.state(link.graph_id)
-        extra = carriers.pop(link.bc_id, [])
+        extra = carriers.pop(canon_bc_id(link.bc_id), [])  # tags are canonical
         if outlook_state is None and extra:  # ours vanished but another carries our tag
             keeper, *extra = extra
             used_outlook.add(m.as_text(keeper.get("id")))
@@ -326,7 +335,7 @@ def plan_user(
     for done in (bc_by_email, bc_more, taken, unlinked, carriers):
         done.clear()
     used_outlook.clear()  # not read from here on
-    unpaired = [c for c in bc.contacts if m.as_text(c.get("id")) not in used_bc]
+    unpaired = [c for c in bc.contacts if canon_bc_id(m.as_text(c.get("id"))) not in used_bc]
     used_bc.clear()
     # The folder's emails, only if a BC contact is left.
     folder_emails = set(folder_after().values()) if unpaired else set()

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, exc, func, select
 
-from contactsync.engine.links import Link, LinkOrigin
+from contactsync.engine.links import Link, LinkOrigin, canon_bc_id
 from contactsync.store.base import Repository, upsert_statement, utcnow
 from contactsync.store.records import LinkConflictError, SetupNotFoundError
 from contactsync.store.tables import links
@@ -61,7 +61,7 @@ def _from_row(
 def _to_params(link: Link, now: Any) -> dict[str, Any]:
     return {
         "user_id": link.user_id,
-        "bc_id": link.bc_id,
+        "bc_id": canon_bc_id(link.bc_id),  # stored and looked up in one case (GUIDs)
         "graph_id": link.graph_id,
         "bc_etag": link.bc_etag,
         "bc_modified": link.bc_modified,
@@ -79,7 +79,9 @@ def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[st
 
 class LinkRepository(Repository):
     def get(self, user_id: str, bc_id: str) -> Link | None:
-        query = select(*_COLUMNS).where(links.c.user_id == user_id, links.c.bc_id == bc_id)
+        query = select(*_COLUMNS).where(
+            links.c.user_id == user_id, links.c.bc_id == canon_bc_id(bc_id)
+        )
         with self._reading() as conn:
             row = conn.execute(query).one_or_none()
         return None if row is None else _from_row(row)
@@ -103,7 +105,8 @@ class LinkRepository(Repository):
         needs its own links, not the user's thousands), ordered by BC id."""
         found: dict[str, Link] = {}
         with self._reading() as conn:
-            for column, ids in ((links.c.bc_id, bc_ids), (links.c.graph_id, graph_ids)):
+            for column, ids in ((links.c.bc_id, map(canon_bc_id, bc_ids)),
+                                (links.c.graph_id, graph_ids)):
                 for chunk in _chunks(sorted(set(ids))):
                     query = select(*_COLUMNS).where(links.c.user_id == user_id,
                                                     column.in_(chunk))
@@ -119,15 +122,17 @@ class LinkRepository(Repository):
 
     def users_for_bc_id(self, bc_id: str) -> list[str]:
         """Every user who holds a link to this BC contact (the router's question)."""
-        query = select(links.c.user_id).where(links.c.bc_id == bc_id).order_by(links.c.user_id)
+        query = (select(links.c.user_id).where(links.c.bc_id == canon_bc_id(bc_id))
+                 .order_by(links.c.user_id))
         with self._reading() as conn:
             return list(conn.execute(query).scalars())
 
     def users_for_bc_ids(self, bc_ids: Iterable[str]) -> dict[str, list[str]]:
-        """Like users_for_bc_id for a batch: BC id -> user ids (BC ids nobody links are absent)."""
+        """Like users_for_bc_id for a batch: canonical BC id -> user ids (BC ids nobody links
+        are absent)."""
         result: dict[str, list[str]] = defaultdict(list)
         with self._reading() as conn:
-            for chunk in _chunks(sorted(set(bc_ids))):
+            for chunk in _chunks(sorted(set(map(canon_bc_id, bc_ids)))):
                 query = (
                     select(links.c.bc_id, links.c.user_id)
                     .where(links.c.bc_id.in_(chunk))
@@ -142,7 +147,7 @@ class LinkRepository(Repository):
         now = utcnow()
         with self._writing() as conn:
             self._upsert(conn, [_to_params(link, now)])
-        return dataclasses.replace(link, updated_at=now)
+        return dataclasses.replace(link, bc_id=canon_bc_id(link.bc_id), updated_at=now)
 
     def upsert_many(self, batch: Iterable[Link]) -> int:
         """Upsert many links in one batch (one transaction); returns how many distinct links.
@@ -151,7 +156,7 @@ class LinkRepository(Repository):
         """
         now = utcnow()
         # PostgreSQL refuses to upsert the same key twice in one statement: keep the last.
-        by_key = {(link.user_id, link.bc_id): link for link in batch}
+        by_key = {(link.user_id, canon_bc_id(link.bc_id)): link for link in batch}
         params = [_to_params(link, now) for link in by_key.values()]
         if params:
             with self._writing() as conn:
@@ -161,13 +166,14 @@ class LinkRepository(Repository):
     def delete(self, user_id: str, bc_id: str) -> bool:
         with self._writing() as conn:
             result = conn.execute(
-                links.delete().where(links.c.user_id == user_id, links.c.bc_id == bc_id)
+                links.delete().where(links.c.user_id == user_id,
+                                     links.c.bc_id == canon_bc_id(bc_id))
             )
         return result.rowcount == 1
 
     def delete_many(self, user_id: str, bc_ids: Iterable[str]) -> int:
         total = 0
-        wanted = sorted(set(bc_ids))
+        wanted = sorted(set(map(canon_bc_id, bc_ids)))
         if not wanted:
             return 0
         with self._writing() as conn:

@@ -29,7 +29,7 @@ from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import NotFound
 from contactsync.clients.graph import GraphClient, with_bc_id
 from contactsync.engine import mapping as m
-from contactsync.engine.links import Link
+from contactsync.engine.links import Link, canon_bc_id
 from contactsync.engine.pair_rules import parse_time
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan
 from contactsync.store import Store
@@ -134,7 +134,8 @@ def drop_stale(bc_snap: BcSnapshot | None, links: Sequence[Link]) -> BcSnapshot 
     newest: dict[str, datetime] = {
         link.bc_id: link.bc_modified for link in links if link.bc_modified is not None
     }
-    fresh = [c for c in bc_snap.contacts if not _older(c, newest.get(m.as_text(c.get("id"))))]
+    fresh = [c for c in bc_snap.contacts
+             if not _older(c, newest.get(canon_bc_id(m.as_text(c.get("id")))))]
     if len(fresh) == len(bc_snap.contacts):
         return bc_snap
     return BcSnapshot(tuple(fresh), bc_snap.complete, bc_snap.deleted_ids)
@@ -157,7 +158,8 @@ class KnownReader:
                        bc_snap: BcSnapshot, outlook_snap: OutlookSnapshot
                        ) -> tuple[BcSnapshot, OutlookSnapshot]:
         # Reads that are needed go out together: the clients' budgets pace them.
-        bc_read = [i for i in plan.needs_bc if self.known.bc_at(self.by_bc.get(i), i) is None]
+        bc_read = [i for i in plan.needs_bc
+                   if self.known.bc_at(self.by_bc.get(canon_bc_id(i)), i) is None]
         out_read = [i for i in plan.needs_outlook
                     if self.known.outlook_at(self.by_graph.get(i), i) is None]
         bc_got, out_got = await asyncio.gather(

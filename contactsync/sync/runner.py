@@ -30,7 +30,7 @@ from contactsync.engine import mapping as m
 from contactsync.engine.actions import Action, CreateInBc
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.compact import Compactor, graph_stub
-from contactsync.engine.links import Link, SyncMode
+from contactsync.engine.links import Link, SyncMode, canon_bc_id
 from contactsync.engine.mapping import BC_SELECT, GRAPH_SELECT
 from contactsync.engine.pair_rules import bc_version_is_links
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, PlanSummary, plan_user
@@ -123,7 +123,7 @@ async def _list_folder(
     """The whole folder, compact (engine/compact.py). A contact whose changeKey and BC contact's
     ETag (or modified time) are still its link's has nothing to write: a stub is kept."""
     by_graph_id = {link.graph_id: link for link in links if link.graph_change_key}
-    bc_by_id = {m.as_text(c.get("id")): c for c in bc_snap.contacts}
+    bc_by_id = {canon_bc_id(m.as_text(c.get("id"))): c for c in bc_snap.contacts}
     full = Compactor().graph
     shared: dict[Any, Any] = {}
 
@@ -491,7 +491,7 @@ async def _confirm_unlinked(bc_snap: BcSnapshot | None, links: Sequence[Link], b
     reread = False
     for contact in bc_snap.contacts:
         bc_id = str(contact.get("id", ""))
-        if bc_id in linked:
+        if canon_bc_id(bc_id) in linked:  # links hold canonical ids
             fresh.append(dict(contact))
             continue
         reread = True

@@ -382,3 +382,21 @@ def test_plan_contact_single_pair_and_unread_sides() -> None:
         ("drop_link", "b1", "g1")
     ]
     assert Reason.CONFLICT.value == "conflict"
+
+
+def test_bc_ids_compare_in_any_case() -> None:
+    """Issue 12, defect 7: BC ids are GUIDs; an Outlook tag or a link that spells one in upper
+    case is the same BC contact (no duplicate created, no retag, no write)."""
+    guid = "5d115c9c-44e3-ea11-bb43-000d3a2feca1"
+    person = bc(guid)
+    tagged = synced(bc(guid.upper()), "g-upper")
+    setup = UserSetup(user_id=USER, mailbox=USER)
+    by_tag = plan_user(full(person), folder(tagged), [], setup, SyncMode.FULL)
+    assert not [a for a in by_tag.actions if isinstance(a, CreateInOutlook | UpdateOutlook)]
+    assert [sig(a) for a in by_tag.actions if isinstance(a, SaveLink)] == [
+        ("save_link", guid, "g-upper")
+    ]
+    same = synced(person, "g-lower")
+    upper_link = link(bc(guid.upper(), **{"@odata.etag": person["@odata.etag"]}), same)
+    by_link = plan_user(full(person), folder(same), [upper_link], setup, SyncMode.FULL)
+    assert list(by_link.actions) == []

@@ -220,6 +220,21 @@ def test_users_holding_a_link_to_a_bc_contact(store: Store) -> None:
     }
 
 
+def test_bc_ids_are_one_link_in_any_case(store: Store) -> None:
+    """Issue 12, defect 7: BC ids are GUIDs; a notification or a tag spelling one in upper
+    case finds the same link, and re-saving it in another case keeps one link."""
+    guid = "5d115c9c-44e3-ea11-bb43-000d3a2feca1"
+    store.setups.add(setup_for("dana"))
+    store.links.upsert(link_for("dana", 1, bc_id=guid.upper()))
+    store.links.upsert(link_for("dana", 1, bc_id=guid, graph_change_key="ck-new"))
+    assert store.links.count("dana") == 1
+    found = store.links.get("dana", guid.upper())
+    assert found is not None and found.graph_change_key == "ck-new"
+    assert store.links.users_for_bc_ids([guid.upper()]) == {guid: ["dana"]}
+    assert [x.bc_id for x in store.links.for_ids("dana", [guid.upper()], [])] == [guid]
+    assert store.links.delete("dana", guid.upper()) is True
+
+
 def test_unit_of_work_commits_links_and_audit_together_or_not_at_all(store: Store) -> None:
     store.setups.add(setup_for("bob"))
     conflict = AuditRecord("bob", AuditKind.CONFLICT, "bc-000001", "g1", {"lost": {"a": 1}})
