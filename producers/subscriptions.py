@@ -55,7 +55,7 @@ from kafka.errors import KafkaError
 
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
-from contactsync.clients.graph import GraphClient, new_client_state
+from contactsync.clients.graph import GraphClient, is_loopback, new_client_state
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import GRAPH_NOTIFICATIONS, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
@@ -127,6 +127,11 @@ class SubscriptionKeeper:
         if not base:
             raise ConfigError("set CONTACTSYNC_WEBHOOK_PUBLIC_URL: the public base URL of the "
                               "webhook, where Graph and BC send notifications")
+        if not base.lower().startswith("https://") and not is_loopback(graph.base_url):
+            # Graph refuses an http notificationUrl ("Create subscription", learn.microsoft.com/
+            # graph/api/subscription-post-subscriptions): say so once, not at every pass.
+            raise ConfigError("set CONTACTSYNC_WEBHOOK_PUBLIC_URL to an https URL (an ingress "
+                              "or a tunnel in front of the webhook): Graph only notifies https")
         self.settings = settings
         self.store = store
         self.graph = graph

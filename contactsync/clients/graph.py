@@ -102,6 +102,11 @@ SUBSCRIPTION_LIMITS = BudgetLimits(8, 2000, 20.0)
 _MAX_MINUTES = re.compile(r"can only be (\d+) minutes in the future", re.I)
 
 
+def is_loopback(url: str) -> bool:
+    """A URL on this machine (an emulator), where http and anonymous access are fine."""
+    return (urlsplit(url).hostname or "").lower() in LOOPBACK_HOSTS
+
+
 def prefer_header(*, immutable_ids: bool, page_size: int | None = None) -> str | None:
     """The ONE Prefer header of a request, carrying every preference (RFC 7240: comma-separated).
     Graph applies `IdType="ImmutableId"` per request, so every request that returns or names a
@@ -240,6 +245,10 @@ class GraphClient:
         adapter = GraphRequestAdapter(auth, client=http)
         adapter.base_url = base  # never a trailing slash: it would give `/v1.0//users` (5.3)
         return cls(adapter, options, http_client=http)
+
+    @property
+    def base_url(self) -> str:
+        return str(self._adapter.base_url)
 
     async def close(self) -> None:
         if self._http is not None:

@@ -239,3 +239,24 @@ def test_a_disabled_user_loses_the_subscription(rig: Rig) -> None:
     assert rig.run_once().deleted == [ann.subscription_id]
     assert rig.emulators.graph.subscriptions() == []
     assert rig.store.subscriptions.list_all(service=SubscriptionService.GRAPH) == []
+
+
+async def test_an_http_public_url_is_refused_once_against_a_real_graph() -> None:
+    """Issue 12, defect 11: Graph only notifies https; against a real (non-loopback) Graph the
+    keeper refuses at start with one sentence instead of failing every pass for every user."""
+    from azure.identity.aio import ClientSecretCredential
+
+    from contactsync.sync.services import ConfigError
+
+    UNUSED: Any = None  # the store and the producer: the check comes before either is used
+    settings = Settings(webhook_public_url="http://hooks.contoso.test")
+    credential = ClientSecretCredential("tenant", "client", "secret")
+    async with credential, GraphClient.create(
+        "https://graph.microsoft.com/v1.0", credential
+    ) as graph:
+        with pytest.raises(ConfigError, match="CONTACTSYNC_WEBHOOK_PUBLIC_URL to an https URL"):
+            SubscriptionKeeper(settings, UNUSED, graph, None, UNUSED)
+        https = settings.model_copy(update={"webhook_public_url": "https://hooks.contoso.test"})
+        SubscriptionKeeper(https, UNUSED, graph, None, UNUSED).close()
+    async with GraphClient.create("http://127.0.0.1:9/v1.0") as emulator:  # loopback: allowed
+        SubscriptionKeeper(settings, UNUSED, emulator, None, UNUSED).close()
