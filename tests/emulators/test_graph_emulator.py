@@ -352,3 +352,85 @@ def test_admin_http_api_seed_counters_snapshot(graph: GraphEnv, tmp_path: Path) 
         c.post("/_emulator/faults", json={"kind": "status", "status": 503, "count": 1})
         assert c.get(f"{graph.api}/users/{u}").status_code == 503
         assert c.get(f"{graph.api}//users/{u}").status_code == 200  # `//` tolerated
+
+
+def test_two_id_forms_per_request(graph: GraphEnv, receiver: Receiver) -> None:
+    """Issue 12: a request with Prefer IdType="ImmutableId" sees immutable ids, one without it
+    default ids (distinct strings), per request: delta and $batch inner requests included;
+    either form names the item; notifications follow their subscription's creation."""
+    uid, fid, [immutable] = _seed(graph, 1)
+    with httpx.Client(base_url=graph.api) as rest, httpx.Client(
+        base_url=graph.api, headers=IMMUTABLE
+    ) as imm:
+        plain = rest.get(f"/users/{uid}/contacts/{immutable}").json()["id"]
+        assert plain != immutable
+        assert imm.get(f"/users/{uid}/contacts/{plain}").json()["id"] == immutable
+        listing = f"/users/{uid}/contactFolders/{fid}/contacts"
+        assert [c["id"] for c in rest.get(listing).json()["value"]] == [plain]
+        assert [c["id"] for c in imm.get(listing).json()["value"]] == [immutable]
+        delta = imm.get(listing + "/delta", headers={"Prefer": "odata.maxpagesize=5"}).json()
+        assert [c["id"] for c in delta["value"]] == [plain]  # that request had no IdType
+        link = delta["@odata.deltaLink"]
+        graph.emu.person_update_contact(uid, immutable, {"jobTitle": "Lead"})
+        both = 'odata.maxpagesize=5, IdType="ImmutableId"'
+        later = imm.get(link, headers={"Prefer": both}).json()  # links work with either form
+        assert [c["id"] for c in later["value"]] == [immutable]
+        inner = {"id": "1", "method": "GET", "url": f"/users/{uid}/contacts/{plain}"}
+        batch = imm.post("/$batch", json={"requests": [
+            inner, {**inner, "id": "2", "headers": IMMUTABLE}]}).json()["responses"]
+        ids = {r["id"]: r["body"]["id"] for r in batch}
+        assert ids == {"1": plain, "2": immutable}  # the batch's own Prefer is not inherited
+        imm.post("/subscriptions", json=_sub_body(receiver, uid, fid))
+        rest.post("/subscriptions", json=_sub_body(receiver, uid, fid))
+    graph.emu.person_update_contact(uid, plain, {"jobTitle": "Head"})
+    receiver.wait_for(lambda items: len(items) >= 2)
+    assert sorted(i["resourceData"]["id"] for i in receiver.received) == sorted([plain, immutable])
+    assert {i["resource"].rsplit("/", 1)[1] for i in receiver.received} == {plain, immutable}
+
+
+def test_http_notification_url_is_refused_unless_allowed(receiver: Receiver) -> None:
+    """Graph requires https for notificationUrl (400 InvalidRequest); the emulator allows http
+    only when started with allow_http_notifications (the sandbox and tests)."""
+    from emulators.common.server import BackgroundServer
+    from emulators.graph import GraphEmulator, GraphEmulatorConfig
+
+    strict = GraphEmulator(GraphEmulatorConfig())
+    server = BackgroundServer(strict.app).start()
+    try:
+        u = strict.seed(users=1)["users"][0]
+        with httpx.Client(base_url=server.url + "/v1.0") as c:
+            r = c.post("/subscriptions", json=_sub_body(receiver, u["id"], u["folderId"]))
+        assert r.status_code == 400 and _error(r) == "InvalidRequest"
+        assert r.json()["error"]["message"] == "NotificationUrl scheme='http' is not supported."
+        assert receiver.validations == 0  # refused before any handshake
+    finally:
+        server.stop()
+
+
+def test_expired_delta_and_whole_batch_faults(graph: GraphEnv) -> None:
+    """Expired delta state: 410 syncStateNotFound by default, 400/404 with the same code when
+    injected; a whole $batch can be failed with 424 or 429 (Retry-After)."""
+    uid, fid, _ = _seed(graph, 2)
+    with httpx.Client(base_url=graph.api, headers=IMMUTABLE) as c:
+        link = c.get(f"/users/{uid}/contactFolders/{fid}/contacts/delta").json()[
+            "@odata.deltaLink"
+        ]
+        graph.emu.expire_delta_tokens()
+        r = c.get(link)
+        assert r.status_code == 410 and _error(r) == "syncStateNotFound"
+        for status in (400, 404):
+            assert c.post(
+                graph.url + "/_emulator/delta/expire", json={"status": status}
+            ).status_code == 200
+            r = c.get(link)
+            assert r.status_code == status and _error(r) == "syncStateNotFound"
+        assert c.post(graph.url + "/_emulator/delta/expire", json={"status": 500}).status_code \
+            == 400
+        inner = {"requests": [{"id": "1", "method": "GET", "url": f"/users/{uid}"}]}
+        graph.emu.add_fault(kind="status", status=424, route="/$batch")
+        r = c.post("/$batch", json=inner)
+        assert r.status_code == 424 and _error(r) == "FailedDependency"
+        graph.emu.add_fault(kind="status", status=429, route="/$batch", retry_after=3)
+        r = c.post("/$batch", json=inner)
+        assert r.status_code == 429 and r.headers["Retry-After"] == "3"
+        assert c.post("/$batch", json=inner).status_code == 200
