@@ -75,6 +75,8 @@ class Subscription:
             "creatorId": self.user_id,
             "includeResourceData": False,
             "latestSupportedTlsVersion": "v1_2",
+            # Read-only; application/json is the default ("subscription resource type").
+            "notificationContentType": "application/json",
             "encryptionCertificate": None,
             "encryptionCertificateId": None,
             "notificationUrlAppId": None,
@@ -331,6 +333,9 @@ class SubscriptionStore:
             self.notifier.enqueue(
                 sub.notification_url,
                 {
+                    # changeNotification "id" (optional, present in the documented example of
+                    # learn.microsoft.com/graph/change-notifications-delivery-webhooks)
+                    "id": new_guid(),
                     "subscriptionId": sub.id,
                     "subscriptionExpirationDateTime": _iso(sub.expiration),
                     "changeType": change.change_type,

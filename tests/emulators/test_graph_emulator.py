@@ -298,6 +298,7 @@ def test_notifications_delivered_retried_and_lifecycle(graph: GraphEnv, receiver
     assert note["resourceData"]["id"] == created["id"]
     assert note["resourceData"]["@odata.etag"] == f'W/"{created["changeKey"]}"'
     assert set(note) == {
+        "id",
         "subscriptionId",
         "subscriptionExpirationDateTime",
         "changeType",
