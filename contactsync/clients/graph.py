@@ -7,6 +7,11 @@ are sent as JSON bytes, so data in and out is **plain dicts in Graph's wire shap
 e.g. `{"givenName": ..., "emailAddresses": [{"name", "address"}], "@odata.etag": ...}`): no
 model parsing cost per contact, no conversion for the engine's BC<->Graph mapping.
 
+Ids: every request that returns or names a contact id asks for immutable ids, in ONE Prefer
+header carrying every preference (`odata.maxpagesize=200, IdType="ImmutableId"` on delta pages,
+first page and links alike); each `$batch` inner request carries its own, since Graph applies
+Prefer per request. So links, delta, notifications and creates all speak one id form.
+
 Every contact we write carries the BC contact id in a single-value extended property,
 `BC_ID_PROPERTY` (a named property in our own GUID namespace, reference 1.6). Reads that
 return contacts expand it, so `bc_id_of(contact)` gives it back; `find_by_bc_id` filters on it.
@@ -18,7 +23,8 @@ Resilience (`contactsync.clients.resilience`):
 * the SDK's own RetryHandler is switched off (`should_retry=False`) for every request: it would
   repeat POSTs blindly (reference 5.7) and bypass our budget;
 * creates are never repeated blindly: after an ambiguous failure (5xx, timeout, dropped
-  connection) the contact is looked up by its BC id first and created only if absent.
+  connection, a whole `$batch` failed with 424 or 429) the contact is looked up by its BC id
+  first and created only if absent.
   GET/PATCH/DELETE retry freely; a DELETE that finds nothing on a retry counts as done.
   A PATCH with If-Match retried after an ambiguous failure may answer Conflict because our own
   first attempt landed; callers treat Conflict as "re-read and re-plan" anyway.
