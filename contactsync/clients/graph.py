@@ -85,7 +85,6 @@ from contactsync.clients.resilience import (
     retry_delay,
     retrying,
 )
-from contactsync.engine.links import canon_bc_id
 from contactsync.engine.mapping import BC_ID_PROPERTY  # one tag, shared with the planner
 
 if TYPE_CHECKING:
@@ -132,12 +131,12 @@ def _q(segment: str) -> str:
 
 
 def bc_id_of(contact: Mapping[str, Any]) -> str | None:
-    """The BC contact id tag (canonical: GUIDs compare in any case) of a contact read with the
-    property expanded, else None."""
+    """The BC contact id tag of a contact read with the property expanded, as stored, else None
+    (the engine compares it in canonical form: `mapping.bc_id_of`)."""
     for prop in contact.get("singleValueExtendedProperties") or ():
         if str(prop.get("id", "")).lower() == BC_ID_PROPERTY.lower():
             value = prop.get("value")
-            return canon_bc_id(str(value)) if value is not None else None
+            return str(value) if value is not None else None
     return None
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from operator import itemgetter
 from typing import Any, ClassVar, Final
 
-from contactsync.engine.links import Link
+from contactsync.engine.links import Link, canon_bc_id
 from contactsync.engine.mapping import BC_ID_PROPERTY, bc_id_of, graph_change_key
 
 _ABSENT: Final = object()  # a key the wire dict did not have
@@ -286,7 +286,7 @@ def graph_stub(
             shared.clear()
         created = shared.setdefault(created, created)
     tag = bc_id_of(contact)
-    if tag not in ("", bc_id) or contact.get("id") != graph_id:
+    if tag not in ("", canon_bc_id(bc_id)) or contact.get("id") != graph_id:
         return None
     if graph_change_key(contact) != change_key:
         return None
