@@ -244,6 +244,23 @@ async def test_whole_batch_failure_retries_without_duplicates(
     assert tags == ["W0", "W1", "W2", "X3", "X4", "X5"]
 
 
+async def test_throttled_inner_requests_are_retried_alone(
+    graph: GraphEnv, client: GraphClient
+) -> None:
+    """Issue 12, defect 6: inner 429s carry their own Retry-After; only those creates go again,
+    and each contact exists once."""
+    uid = graph.emu.add_user("inner@contoso.test")["id"]
+    folder = await client.find_or_create_folder(uid)
+    graph.emu.add_fault(kind="status", status=429, count=2, method="POST", route="/contacts",
+                        retry_after=1)
+    results = await client.create_contacts(uid, folder, [(f"I{n}", _person(n)) for n in range(5)])
+    assert all(r.ok and not r.existed for r in results)
+    tags = sorted(next(iter(c["_ext"].values())) for c in graph.emu.contacts(uid, folder))
+    assert tags == [f"I{n}" for n in range(5)]
+    posts = graph.emu.counters_snapshot()["by_status"]
+    assert posts["429"] == 2
+
+
 def test_503_retry_after_is_honoured_like_429s() -> None:
     """Issue 12, defect 7: a 503's Retry-After sets the wait before the retry, as a 429's does
     (Graph's mapping; BC's shares `error_for_status`)."""
