@@ -305,3 +305,36 @@ async def test_client_reads_the_documented_responses(replay: str) -> None:
         renewed = await client.renew_subscription(sub["id"], datetime.now(UTC))
         assert renewed["changeType"] == "created,updated"
         assert await client.delete_subscription(sub["id"]) is True
+
+
+def test_emulator_validation_handshake_as_documented(tenant: Tenant) -> None:
+    """The handshake request is the documented one; only the URL-decoded token, in plain text,
+    validates (an encoded echo fails and the subscription is refused)."""
+    doc = fixture("validation-handshake")
+    seen: list[tuple[str, str, str]] = []
+    encode = [False]
+
+    async def hook(request: Request) -> Response:
+        token = request.query_params["validationToken"]  # decoded by the framework
+        seen.append((request.method, request.headers["content-type"], token))
+        raw = request.url.query.split("validationToken=", 1)[1]
+        return Response(raw if encode[0] else token, media_type="text/plain")
+
+    server = BackgroundServer(Starlette(routes=[Route("/hook", hook, methods=["POST"])])).start()
+    body = {
+        "changeType": "created", "notificationUrl": server.url + "/hook", "clientState": "s",
+        "resource": f"users/{tenant.user}/contactFolders/{tenant.folder}/contacts",
+        "expirationDateTime": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    }
+    try:
+        made = tenant.http.post(tenant.graph.api + "/subscriptions", json=body)
+        assert made.status_code == 201
+        method, content_type, token = seen[0]
+        assert method == doc["request"]["method"]
+        assert content_type == doc["request"]["headers"]["Content-Type"]
+        assert token and " " in token  # a readable token, sent URL-encoded
+        encode[0] = True
+        refused = tenant.http.post(tenant.graph.api + "/subscriptions", json=body)
+        assert refused.status_code == 400
+    finally:
+        server.stop()
