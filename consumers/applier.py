@@ -11,10 +11,13 @@ one per contact id wins) and a single Graph delta read answers every hint. A `sy
 order.
 
 Every command gets one `SyncResult` (ok / stopped by the safety rail / failed with a reason),
-acked by the broker before the handler returns. An unknown or disabled user yields a failed
-result (no retry, no dead letter). A `RetryableError` from the services propagates: the Worker
-retries the group, then dead-letters it. A non-retryable service error (a mailbox that does not
-exist, refused credentials, ...) fails the command's result and the stream goes on.
+acked by the broker before the handler returns. A coalesced segment's counts go on its first
+command's result; the others carry its status with zero counts (summing results never counts
+one write twice). A setup stopped for sharing another's folder gets `stopped` results. An
+unknown or disabled user yields a failed result (no retry, no dead letter). A `RetryableError`
+from the services propagates: the Worker retries the group, then dead-letters it. A
+non-retryable service error (a mailbox that does not exist, refused credentials, ...) fails the
+command's result and the stream goes on.
 
 The Graph and BC clients are async: the applier owns ONE event loop, created in the worker's
 thread, with the clients opened once on it (`open_services`) and reused across batches; `close`
@@ -97,6 +100,12 @@ class _Outcome:
     summary: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     duration_ms: int = 0
+
+    def merged(self) -> _Outcome:
+        """The outcome of a command applied in the run of its segment's first command: its
+        status and reason, but no counts (those are the first command's), so that adding up
+        a merged batch's results counts each write once, not once per command."""
+        return _Outcome(self.status, self.reason, dict.fromkeys(self.summary, 0))
 
 
 def merge_bc_changes(commands: Sequence[SyncCommand]) -> BcSnapshot | None:
@@ -271,6 +280,13 @@ class Applier:
     def _setup_or_refuse(self, user_id: str, commands: list[_Command],
                          sent: list[tuple[_Command, Any]]) -> UserSetup | None:
         setup = self.store.setups.get(user_id)
+        if setup is not None and setup.enabled and setup.stopped_reason:
+            _log().warning("commands for a stopped setup", user_id=user_id,
+                           commands=len(commands), reason=setup.stopped_reason)
+            for c in commands:
+                sent.append((c, self._send(c, _Outcome(ResultStatus.STOPPED,
+                                                       setup.stopped_reason))))
+            return None
         if setup is None or not setup.enabled:
             reason = UNKNOWN_USER if setup is None else f"{UNKNOWN_USER}: sync is disabled"
             _log().warning("commands for an unknown or disabled user", user_id=user_id,
@@ -303,8 +319,8 @@ class Applier:
         for setup, segment in sorted(wave, key=lambda item: isinstance(
                 self._prepared.get(id(item[1][0].command)), BaseException)):
             outcome = self._apply_segment(setup, segment)
-            for c in segment:
-                sent.append((c, self._send(c, outcome)))
+            for i, c in enumerate(segment):
+                sent.append((c, self._send(c, outcome if i == 0 else outcome.merged())))
 
     def _remember_finished(self, commands: Iterable[_Command]) -> None:
         for c in commands:

@@ -108,6 +108,7 @@ class SetupCache:
         self._absent: set[str] = set()
         self._loaded_at: float | None = None
         self._lock = threading.Lock()
+        self._stopped: set[str] = set()  # stopped setups already logged: once, not per refresh
 
     def users(self) -> dict[str, RoutedUser]:
         with self._lock:
@@ -127,7 +128,7 @@ class SetupCache:
         if user_id in self._absent:
             return False
         setup = self._store.setups.get(user_id)
-        if setup is not None and setup.enabled:
+        if setup is not None and setup.syncs:
             self.invalidate()
             return True
         self._absent.add(user_id)
@@ -140,6 +141,12 @@ class SetupCache:
     def _load(self) -> dict[str, RoutedUser]:
         users: dict[str, RoutedUser] = {}
         for setup in self._store.setups.list_all(enabled=True):
+            if setup.stopped_reason:  # shares another setup's folder: never synced
+                if setup.user_id not in self._stopped:
+                    self._stopped.add(setup.user_id)
+                    _log().warning("setup stopped; not routed", user_id=setup.user_id,
+                                   reason=setup.stopped_reason)
+                continue
             try:
                 parsed: ContactFilter | None = ContactFilter.parse(setup.contact_filter)
             except FilterError as exc:

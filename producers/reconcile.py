@@ -268,7 +268,7 @@ class Scheduler:
         """Publish the slot's run: each enabled user at its point of the window. Returns the
         run id. A user disabled before its turn is left out."""
         run_id = new_run_id("scheduled", slot, unique=False)
-        users = [s.user_id for s in self.store.setups.list_all() if s.enabled]
+        users = [s.user_id for s in self.store.setups.list_all() if s.syncs]
         plan = spread(users, self.jitter, self.rng)
         _log().info("reconcile run", run_id=run_id, users=len(plan), window_s=self.jitter)
         for offset, user_id in plan:
@@ -277,7 +277,7 @@ class Scheduler:
                                run_id=run_id, published=self.published)
                 break
             setup = self.store.setups.get(user_id)
-            if setup is None or not setup.enabled:
+            if setup is None or not setup.syncs:
                 continue
             self.publisher.publish([reconcile_command(user_id, run_id, reason="schedule")])
             self.published += 1

@@ -237,7 +237,7 @@ class SubscriptionKeeper:
             await self._renew_graph(setup, keep, report)
 
     async def _keep_graph(self, report: KeeperReport) -> None:
-        setups = {s.user_id: s for s in self.store.setups.list_all(enabled=True)}
+        setups = {s.user_id: s for s in self.store.setups.list_all(enabled=True) if s.syncs}
         listing: dict[str, dict[str, Any]] | None
         try:
             listing = {str(s["id"]): s for s in await self.graph.list_subscriptions()}
@@ -365,7 +365,7 @@ class SubscriptionKeeper:
                 LifecycleEvent.MISSED:
             return report
         setup = self.store.setups.get(sub.user_id or "")
-        if setup is None or not setup.enabled:
+        if setup is None or not setup.syncs:
             await self._delete_graph(sub, report)
             return report
         if event.event is LifecycleEvent.SUBSCRIPTION_REMOVED:

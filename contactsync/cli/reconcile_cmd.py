@@ -34,10 +34,13 @@ def _users(store: Store, named: list[str], all_users: bool) -> list[str]:
     if bool(named) == all_users:
         raise ConfigError("name the users with --user (repeatable), or use --all")
     if all_users:
-        return [s.user_id for s in store.setups.list_all() if s.enabled]
+        return [s.user_id for s in store.setups.list_all() if s.syncs]
     for user_id in named:
-        if not store.setups.require(user_id).enabled:
+        setup = store.setups.require(user_id)
+        if not setup.enabled:
             raise ConfigError(f"sync is disabled for {user_id}: `users enable` it first")
+        if setup.stopped_reason:
+            raise ConfigError(setup.stopped_reason)
     return list(dict.fromkeys(named))
 
 

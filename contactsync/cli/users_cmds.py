@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -15,6 +16,10 @@ from schemas.setup import OutlookDeletePolicy, UserSetup  # typer reads OutlookD
 if TYPE_CHECKING:
     from contactsync.settings import Settings
     from contactsync.store import Store
+    from contactsync.sync.services import Services
+    from contactsync.sync.setup_checks import Mailbox
+
+T = TypeVar("T")
 
 
 def open_store(settings: Settings) -> Store:
@@ -28,7 +33,7 @@ users_app = typer.Typer(no_args_is_help=True, help="Users' sync setups.")
 
 FilterOpt = Annotated[
     list[str] | None,
-    typer.Option("--filter", help="FIELD=EXPR in BC filter syntax, e.g. city='Seattle|Redmond'"),
+    typer.Option("--filter", help='FIELD=EXPR in BC filter syntax, e.g. "city=Seattle|Redmond"'),
 ]
 
 
@@ -44,12 +49,31 @@ def parse_filters(items: list[str] | None) -> dict[str, str]:
     return filters
 
 
+def folder_name(name: str) -> str:
+    """The Outlook folder's name as given; a blank one is refused (it names no folder)."""
+    if not name.strip():
+        raise typer.BadParameter("the folder name is blank: name the Outlook folder, e.g. "
+                                 "--folder 'Business Central'", param_hint="--folder")
+    return name
+
+
 def _describe(setup: UserSetup) -> str:
     flt = ", ".join(f"{k}={v}" for k, v in setup.contact_filter.items()) or "(all contacts)"
-    state = "enabled" if setup.enabled else "disabled"
+    state = "stopped" if setup.stopped_reason else "enabled" if setup.enabled else "disabled"
     return (f"{setup.user_id}  mailbox={setup.mailbox}  folder={setup.folder_name!r}  {state}  "
             f"filter: {flt}  create-in-bc={setup.create_in_bc}  "
             f"outlook-delete={setup.outlook_delete_policy}")
+
+
+def _with_services(settings: Settings, store: Store, check: Callable[[Services], Awaitable[T]]
+                   ) -> T:
+    from contactsync.sync.services import open_services
+
+    async def run() -> T:
+        async with open_services(settings, store) as services:
+            return await check(services)
+
+    return asyncio.run(run())
 
 
 @users_app.command("add")
@@ -62,17 +86,36 @@ def add(
     filters: FilterOpt = None,
     create_in_bc: Annotated[bool, typer.Option(help="New Outlook contacts go to BC")] = True,
     outlook_delete: OutlookDeletePolicy = OutlookDeletePolicy.RECREATE,
-    enabled: bool = True,
+    enable: Annotated[bool, typer.Option(
+        "--enable", help="Start syncing at once (default: disabled until `users enable`)")]
+    = False,
 ) -> None:
-    """Add a user's setup."""
+    """Add a user's setup (checked against Graph and BC; disabled unless --enable)."""
+    from contactsync.store import SetupExistsError
+    from contactsync.sync.setup_checks import count_selected, resolve_mailbox, selected_sentence
+
     settings = settings_and_logging()
     with user_errors():
-        setup = UserSetup(user_id=user_id or mailbox, mailbox=mailbox, folder_name=folder,
-                          contact_filter=parse_filters(filters), enabled=enabled,
-                          create_in_bc=create_in_bc, outlook_delete_policy=outlook_delete)
+        setup = UserSetup(user_id=user_id or mailbox, mailbox=mailbox,
+                          folder_name=folder_name(folder), contact_filter=parse_filters(filters),
+                          enabled=enable, create_in_bc=create_in_bc,
+                          outlook_delete_policy=outlook_delete)
         with open_store(settings) as store:
-            store.setups.add(setup)
+            if store.setups.get(setup.user_id) is not None:
+                raise SetupExistsError(setup.user_id)
+
+            async def check(services: Services) -> tuple[Mailbox, int]:
+                return (await resolve_mailbox(services.graph, mailbox),
+                        await count_selected(services.bc, setup.contact_filter))
+
+            found, selected = _with_services(settings, store, check)
+            setup = store.setups.add(setup.model_copy(update={"mailbox_id": found.user_id}),
+                                     aliases=found.aliases)
     typer.echo(f"added {_describe(setup)}")
+    typer.echo(selected_sentence(selected))
+    if not enable:
+        typer.echo(f"nothing syncs yet: `contactsync users enable {setup.user_id}` says what "
+                   "the first sync will do and starts syncing")
 
 
 @users_app.command("list")
@@ -112,30 +155,56 @@ def set_(
     create_in_bc: Annotated[bool | None, typer.Option("--create-in-bc/--no-create-in-bc")] = None,
     outlook_delete: OutlookDeletePolicy | None = None,
 ) -> None:
-    """Change a user's setup (only the options given)."""
+    """Change a user's setup (only the options given), checked as `users add` checks."""
+    from contactsync.sync.setup_checks import count_selected, selected_sentence
+
     settings = settings_and_logging()
     changes: dict[str, object] = {}
-    if folder is not None:
-        changes["folder_name"] = folder
-    if clear_filter:
-        changes["contact_filter"] = {}
-    if filters:
-        changes["contact_filter"] = parse_filters(filters)
-    if create_in_bc is not None:
-        changes["create_in_bc"] = create_in_bc
-    if outlook_delete is not None:
-        changes["outlook_delete_policy"] = outlook_delete
-    with user_errors(), open_store(settings) as store:
-        setup = store.setups.update(user, **changes)
+    selected: int | None = None
+    with user_errors():
+        if folder is not None:
+            changes["folder_name"] = folder_name(folder)
+        if clear_filter:
+            changes["contact_filter"] = {}
+        if filters:
+            changes["contact_filter"] = parse_filters(filters)
+        if create_in_bc is not None:
+            changes["create_in_bc"] = create_in_bc
+        if outlook_delete is not None:
+            changes["outlook_delete_policy"] = outlook_delete
+        with open_store(settings) as store:
+            store.setups.require(user)
+            if "contact_filter" in changes:
+                new_filter = dict(changes["contact_filter"])  # type: ignore[call-overload]
+
+                async def check(services: Services) -> int:
+                    return await count_selected(services.bc, new_filter)
+
+                selected = _with_services(settings, store, check)
+            setup = store.setups.update(user, **changes)
     typer.echo(f"updated {_describe(setup)}")
+    if selected is not None:
+        typer.echo(selected_sentence(selected))
 
 
 @users_app.command("enable")
 def enable(user: str) -> None:
-    """Enable a user's sync."""
+    """Enable a user's sync, saying first what the first sync will do (from a dry run)."""
+    from contactsync.store import SetupStoppedError
+    from contactsync.sync.setup_checks import first_sync_preview
+
     settings = settings_and_logging()
     with user_errors(), open_store(settings) as store:
+        setup = store.setups.require(user)
+        if setup.stopped_reason:
+            raise SetupStoppedError(setup.stopped_reason)
+
+        async def preview(services: Services) -> str:
+            return await first_sync_preview(setup, services)
+
+        plan = _with_services(settings, store, preview)
         typer.echo(f"enabled {_describe(store.setups.enable(user))}")
+    typer.echo(plan)
 
 
 @users_app.command("disable")
@@ -158,27 +227,37 @@ def remove(user: str) -> None:
 
 @users_app.command("validate")
 def validate(user: str) -> None:
-    """Check mailbox access, the folder and BC access ("Validate Exchange Connection")."""
-    from contactsync.sync.services import open_services
+    """Check the mailbox, the folder, BC access and the filter ("Validate Exchange Connection");
+    a setup stopped for sharing another setup's folder fails with the reason."""
+    from contactsync.sync.setup_checks import count_selected, resolve_mailbox, selected_sentence
 
     settings = settings_and_logging()
 
-    async def check() -> list[str]:
-        lines = []
-        with open_store(settings) as store:
-            setup = store.setups.require(user)
-            async with open_services(settings, store) as services:
-                folders = await services.graph.list_folders(setup.mailbox)
-                lines.append(f"ok  mailbox {setup.mailbox}: {len(folders)} contact folders")
-                names = {str(f.get('displayName', '')).lower() for f in folders}
-                there = setup.folder_name.lower() in names
-                lines.append(f"ok  folder {setup.folder_name!r}: "
-                             + ("exists" if there else "will be created by the first sync"))
-                contacts = await services.bc.list_contacts("type eq 'Person'", page_size=1)
-                lines.append(f"ok  Business Central company {settings.bc_company}: reachable"
-                             f" ({'has' if contacts else 'no'} person contacts)")
+    async def check(store: Store, setup: UserSetup, services: Services) -> list[str]:
+        found = await resolve_mailbox(services.graph, setup.mailbox)
+        setup = store.setups.record_mailbox_id(setup.user_id, found.user_id)
+        folders = await services.graph.list_folders(setup.mailbox)
+        lines = [f"ok  mailbox {setup.mailbox}: Graph user {found.user_id}, "
+                 f"{len(folders)} contact folders"]
+        names = {str(f.get('displayName', '')).lower() for f in folders}
+        there = setup.folder_name.lower() in names
+        lines.append(f"ok  folder {setup.folder_name!r}: "
+                     + ("exists" if there else "will be created by the first sync"))
+        selected = await count_selected(services.bc, setup.contact_filter)
+        lines.append(f"ok  Business Central company {settings.bc_company}: reachable; "
+                     + selected_sentence(selected))
         return lines
 
-    with user_errors():
-        for line in asyncio.run(check()):
+    with user_errors(), open_store(settings) as store:
+        setup = store.setups.require(user)
+        for line in _with_services(settings, store, lambda s: check(store, setup, s)):
             typer.echo(line)
+        setup = store.setups.require(user)
+        sharing = [s.user_id for s in store.setups.folder_conflicts()
+                   if s.shares_folder_with == user]
+    if sharing:
+        typer.echo(f"note: setup(s) {', '.join(sharing)} share this folder and are stopped: "
+                   "give each a folder of its own or remove them")
+    if setup.stopped_reason:
+        typer.secho(f"error: {setup.stopped_reason}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)

@@ -356,6 +356,17 @@ class GraphClient:
         return prefetched_pages(lambda: self._send(principal, lambda: first), next_page,
                                 lambda page: page.body.get("value") or [])
 
+    # ---- users -------------------------------------------------------------------------------
+    async def get_user(self, mailbox: str) -> Json:
+        """The user behind a mailbox address or id (`id`, `userPrincipalName`, `mail`):
+        `GET /users/{id | userPrincipalName}` ("Get user", learn.microsoft.com/graph/api/
+        user-get). NotFound for no such user; an app needs User.Read.All to read users."""
+        b = self._sdk.users.by_user_id(mailbox)
+        qp = b.UserItemRequestBuilderGetQueryParameters(select=["id", "userPrincipalName", "mail"])
+        ri = b.to_get_request_information(RequestConfiguration(query_parameters=qp))
+        resp = await self._send(mailbox, lambda: ri)
+        return cast(Json, resp.body)
+
     # ---- folders -----------------------------------------------------------------------------
     async def list_folders(self, mailbox: str) -> list[Json]:
         b = self._sdk.users.by_user_id(mailbox).contact_folders

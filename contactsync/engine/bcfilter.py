@@ -19,7 +19,9 @@ UNCONFIRMED choices (BC's docs do not say):
   `>=` or a range; `<>` with a wildcard means "does not match".
 - Code fields (postalCode, country, number, companyNumber) upper-case the filter value, as BC
   stores Code values in upper case. `type` compares its option names case-insensitively.
-- An empty expression sets no filter on that field (as SetFilter(field, '') does).
+- An empty expression is refused, though SetFilter(field, '') would clear the field's filter:
+  a `city=` typed by mistake must not sync a mailbox with every contact. `''` means empty.
+- A range has exactly two dots: `98000...98999` is refused, not read as 98000..'.98999'.
 - Date fields are not filterable here.
 
 `ContactFilter.to_odata()` gives an exact `$filter` or None; the server's collation may still
@@ -204,6 +206,7 @@ class _Parser:
             self.pos += 1
         if self.peek(".."):  # open start: ..B
             self.pos += 2
+            self.reject_third_dot()
             high, _ = self.need_value()
             self.reject_operator(op, start)
             return Range(None, self.literal(high, start), ignore_case)
@@ -211,6 +214,7 @@ class _Parser:
         value, quoted = self.need_value()
         if self.peek(".."):
             self.pos += 2
+            self.reject_third_dot()
             self.reject_operator(op, start)
             upper, _ = self.value(required=False)
             return Range(
@@ -228,6 +232,10 @@ class _Parser:
         if self.kind is FieldKind.BOOL and op not in (None, "=", "<>"):
             raise self.fail(f"{op!r} does not apply to a yes/no field", start)
         return Compare(op or "=", self.literal(value, value_at), ignore_case)
+
+    def reject_third_dot(self) -> None:
+        if self.peek("."):
+            raise self.fail("a range has two dots, as in 98000..98999")
 
     def reject_operator(self, op: str | None, start: int) -> None:
         if op is not None:
@@ -426,7 +434,11 @@ def parse_filter(field: str, expression: str) -> FieldFilter:
     if kind is None:
         raise UnknownFilterField(field)
     if not expression.strip():
-        return FieldFilter(field, expression, None)
+        raise FilterSyntaxError(
+            field, expression, len(expression),
+            "empty expression: write a value (<>'' for not empty, '' for empty), "
+            "or leave the field out",
+        )
     return FieldFilter(field, expression, _Parser(field, kind, expression).parse())
 
 

@@ -209,6 +209,7 @@ def plan_user(
 
     groups: list[tuple[Action, ...]] = []
     removals: list[bool] = []  # per group: does it remove, or react to a vanished contact?
+    vanishing: list[bool] = []  # per group: does it react to a linked contact gone from Outlook?
     # The folder's emails once the plan has run (by Graph id; "+bc id" for creates): a contact
     # must not be created where the folder will already hold its email. Built only when a
     # contact is left to pair (a full sync with nothing new never builds 100,000 entries);
@@ -230,6 +231,7 @@ def plan_user(
             return
         groups.append(tuple(actions))
         removals.append(vanished or any(isinstance(a, DeleteFromOutlook) for a in actions))
+        vanishing.append(vanished)
         for a in actions:
             if isinstance(a, DeleteFromOutlook):
                 folder_changes[a.graph_id] = None
@@ -353,7 +355,7 @@ def plan_user(
 
     for table in (folder_emails, used_bc, used_outlook):
         table.clear()
-    return _finish(setup, mode, groups, removals, links, outlook_side, force)
+    return _finish(setup, mode, groups, removals, sum(vanishing), links, outlook_side, force)
 
 
 def _finish(
@@ -361,24 +363,34 @@ def _finish(
     mode: SyncMode,
     groups: list[tuple[Action, ...]],
     removals: list[bool],
+    vanished: int,
     links: list[Link],
     outlook_side: _Sides,
     force: bool,
 ) -> Plan:
     """Apply the mass-delete rail, then count."""
-    # The folder's size: its contacts, plus those only links or deletions know of (a small
-    # set: not a copy of 100,000 ids).
     listed = outlook_side.by_id
-    others = {link.graph_id for link in links if link.graph_id not in listed}
-    others.update(gone for gone in outlook_side.gone if gone not in listed)
-    folder = len(listed) + len(others)
-    del others
+    if outlook_side.complete:
+        # A complete listing is the folder: links to contacts no longer in it (a store that
+        # outlived the mailbox's contents) are not contacts in it.
+        folder = len(listed)
+    else:
+        # Its contacts as far as known: those read, plus those only links or deletions know
+        # of (a small set: not a copy of 100,000 ids).
+        others = {link.graph_id for link in links if link.graph_id not in listed}
+        others.update(gone for gone in outlook_side.gone if gone not in listed)
+        folder = len(listed) + len(others)
+        del others
     removing = sum(removals)
     stopped_reason = None
     withheld = 0
     if removing > setup.max_delete_share * folder and removing > setup.max_delete_floor:
+        what = (f"{removing} of {folder} contacts in the folder"
+                if not (vanished and outlook_side.complete) else
+                f"{removing} contacts: {removing - vanished} of the {folder} in the folder and "
+                f"{vanished} linked ones no longer in it")
         stopped_reason = (
-            f"would remove {removing} of {folder} contacts in the folder (limit: more than "
+            f"would remove {what} (limit: more than "
             f"{setup.max_delete_share:.0%} and more than {setup.max_delete_floor}); "
             "nothing was removed: check the listings, or run with force"
         )

@@ -158,9 +158,47 @@ def _v2_subscriptions_audit_dedupe(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v3_one_setup_per_folder(conn: Connection) -> None:
+    """Each setup's folder identity, and the key that gives a folder to one setup only.
+
+    A store may already hold setups sharing a folder (a case variant of the mailbox, or the
+    same mailbox under another user id): the earliest keeps the folder, each later one is
+    marked as sharing it (stopped, never synced) and reported by `users validate`."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    setups = Table(
+        "user_setups", md,
+        Column("user_id", String, primary_key=True),
+        Column("mailbox", String, nullable=False),
+        Column("folder_name", String(255), nullable=False),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("mailbox_id", String, nullable=False, server_default=""),
+        Column("mailbox_key", String, nullable=False, server_default=""),
+        Column("folder_key", String(255), nullable=False, server_default=""),
+        Column("shares_folder_with", String),
+    )
+    for ddl in ("mailbox_id VARCHAR NOT NULL DEFAULT ''",
+                "mailbox_key VARCHAR NOT NULL DEFAULT ''",
+                "folder_key VARCHAR(255) NOT NULL DEFAULT ''",
+                "shares_folder_with VARCHAR"):
+        conn.execute(text(f"ALTER TABLE user_setups ADD COLUMN {ddl}"))
+    rows = conn.execute(select(setups.c.user_id, setups.c.mailbox, setups.c.folder_name)
+                        .order_by(setups.c.created_at, setups.c.user_id)).all()
+    holders: dict[tuple[str, str], str] = {}
+    for user_id, mailbox, folder_name in rows:
+        key = (mailbox.lower(), folder_name.lower())  # as setups.folder_identity did then
+        holder = holders.setdefault(key, user_id)
+        conn.execute(setups.update().where(setups.c.user_id == user_id).values(
+            mailbox_key=key[0], folder_key=key[1],
+            shares_folder_with=None if holder == user_id else holder))
+    Index("uq_user_setups_folder", setups.c.mailbox_key, setups.c.folder_key, unique=True,
+          sqlite_where=text("shares_folder_with IS NULL"),
+          postgresql_where=text("shares_folder_with IS NULL")).create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "user setups, links, sync state, company watermarks", _v1_core),
     Migration(2, "subscriptions, audit records, processed events", _v2_subscriptions_audit_dedupe),
+    Migration(3, "one setup per Outlook folder of a mailbox", _v3_one_setup_per_folder),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -24,6 +24,22 @@ class SetupNotFoundError(StoreError):
         self.user_id = user_id
 
 
+class FolderTakenError(StoreError):
+    """A setup would sync an Outlook folder another setup already syncs."""
+
+    def __init__(self, folder_name: str, mailbox: str, holder: str) -> None:
+        super().__init__(
+            f"folder {folder_name!r} of mailbox {mailbox} already belongs to setup {holder!r}: "
+            "two setups in one folder delete each other's contacts; choose another --folder, "
+            f"or change that setup (contactsync users show {holder})"
+        )
+        self.holder = holder
+
+
+class SetupStoppedError(StoreError):
+    """The setup may not sync: it shares its folder with an earlier setup."""
+
+
 class LinkConflictError(StoreError):
     """A write would link one Outlook contact to two BC contacts of the same user."""
 

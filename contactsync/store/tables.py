@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from contactsync.store.types import JsonType, UtcDateTime
@@ -57,6 +58,17 @@ user_setups = Table(
     Column("max_delete_floor", Integer, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    Column("mailbox_id", String, nullable=False, server_default=""),
+    # The folder's identity: Graph's user id (else the mailbox as typed) and the folder name,
+    # both lower-cased, as Outlook matches folder names and Graph matches UPNs.
+    Column("mailbox_key", String, nullable=False, server_default=""),
+    Column("folder_key", String(255), nullable=False, server_default=""),
+    Column("shares_folder_with", String),
+    # One folder of one mailbox belongs to at most one setup. Only setups stored before this
+    # key existed may share one: they carry `shares_folder_with` and are stopped.
+    Index("uq_user_setups_folder", "mailbox_key", "folder_key", unique=True,
+          sqlite_where=text("shares_folder_with IS NULL"),
+          postgresql_where=text("shares_folder_with IS NULL")),
 )
 
 # A user's links go with the user's setup (ON DELETE CASCADE): without a setup they mean nothing.

@@ -35,7 +35,7 @@ from contactsync.engine.mapping import BC_SELECT, GRAPH_SELECT
 from contactsync.engine.pair_rules import bc_version_is_links
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, PlanSummary, plan_user
 from contactsync.store import Store
-from contactsync.store.records import AuditKind, AuditRecord
+from contactsync.store.records import AuditKind, AuditRecord, SetupStoppedError
 from contactsync.sync import near_real_time as nrt
 from contactsync.sync.bulk_gc import keep_out_of_gc, snapshots_kept_out_of_gc
 from contactsync.sync.executor import ExecutionReport, Executor, WriteHook
@@ -86,6 +86,12 @@ class SyncReport:
             ]
             data["fields_left_out"] = self.execution.field_issues
         return data
+
+
+def refuse_stopped(setup: UserSetup) -> None:
+    """A setup sharing another's folder never syncs, whichever path asks (the last guard)."""
+    if setup.stopped_reason:
+        raise SetupStoppedError(setup.stopped_reason)
 
 
 async def _find_folder(graph: GraphClient, mailbox: str, name: str) -> str | None:
@@ -388,6 +394,7 @@ async def sync_user(
     force: bool = False,
 ) -> SyncReport:
     """BC's "Sync" (changes since the last sync, both ways) or "Full sync" (everything)."""
+    refuse_stopped(setup)
     started_clock = time.perf_counter()
     started_at = datetime.now(UTC)
     state = store.state.get(setup.user_id)
@@ -444,6 +451,7 @@ async def apply_changes(
     Reads and echoes are kept down as sync/near_real_time.py describes: the change's own links,
     stale snapshots dropped, known versions written with If-Match, a 412 re-read and re-planned.
     """
+    refuse_stopped(setup)
     started_clock = time.perf_counter()
     folder_id = await _folder(graph, setup, dry_run=False, cached=True)
     known = nrt.Known(bc, graph, setup.mailbox)

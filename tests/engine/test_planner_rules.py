@@ -347,6 +347,17 @@ def test_mass_delete_rail_stops_an_empty_outlook_listing_too() -> None:
     assert not plan.writes
 
 
+def test_the_rail_counts_the_contacts_really_in_the_folder() -> None:
+    # The store outlived the mailbox's contents: 94 links, a folder that holds 25 of them.
+    contacts, outlook, links = _many(94)
+    setup = UserSetup(user_id=USER, mailbox=USER)
+    plan = plan_user(BcSnapshot.full(contacts), OutlookSnapshot.full(outlook[:25]), links, setup,
+                     SyncMode.FULL)
+    assert plan.stopped_reason is not None and not plan.writes
+    assert plan.stopped_reason.startswith(
+        "would remove 69 contacts: 0 of the 25 in the folder and 69 linked ones no longer in it")
+
+
 def test_small_deletes_pass_the_rail() -> None:
     contacts, outlook, links = _many(30)
     setup = UserSetup(user_id=USER, mailbox=USER)  # 3 of 30 is 10%, but under the floor of 20

@@ -18,6 +18,7 @@ from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, ensure_topics_
 from contactsync.kafka.worker import RetryPolicy, Worker
 from contactsync.settings import Settings
 from contactsync.store import Store
+from contactsync.store.tables import user_setups
 from emulators.bc import BcEmulatorConfig
 from emulators.graph import GraphEmulatorConfig
 from schemas.contacts import BcContact
@@ -164,6 +165,10 @@ def test_bc_changes_reach_the_folder_once_and_duplicates_write_nothing(rig: Rig)
     rig.send(*commands, *commands)
     results = rig.apply(8)
     assert _statuses(results) == [(MAILBOX, CommandKind.BC_CHANGE, ResultStatus.OK)] * 8
+    # Each result carries its own counts: together they count every write once.
+    totals = {k: sum(r.summary.get(k, 0) for r in results)
+              for k in ("created_in_outlook", "updated_outlook", "deleted_from_outlook")}
+    assert totals == {"created_in_outlook": 1, "updated_outlook": 1, "deleted_from_outlook": 1}
     folder = rig.folder()
     assert folder["p1@example.com"]["jobTitle"] == "Chief Buyer"
     assert "new@example.com" in folder and "p4@example.com" not in folder
@@ -190,6 +195,27 @@ def test_a_graph_hint_brings_an_outlook_edit_into_bc(rig: Rig) -> None:
     assert [r.status for r in results] == [ResultStatus.OK] * 3
     assert bc.contact(ada["id"])["jobTitle"] == "Countess"
     assert results[0].summary["updated_bc"] == 1
+    assert sum(r.summary.get("updated_bc", 0) for r in results) == 1, "counted once"
+
+
+def test_a_setup_sharing_another_setups_folder_is_stopped_and_never_synced(rig: Rig) -> None:
+    rig.emulators.bc.create_contact(_person("Ada", "ada@example.com"))
+    rig.send(full_sync())
+    rig.apply(1)
+    # As a store written before the one-setup-per-folder key may hold it: a case variant.
+    twin = "twin@contoso.test"
+    rig.store.setups.add(UserSetup(user_id=twin, mailbox=MAILBOX.upper(), folder_name="Twin"))
+    with rig.store.engine.begin() as conn:  # what migration 3 marks in such a store
+        conn.execute(user_setups.update().where(user_setups.c.user_id == twin).values(
+            folder_name="business central", folder_key="business central",
+            shares_folder_with=MAILBOX))
+    before = rig.writes()
+    rig.send(SyncCommand(user_id=twin, kind=CommandKind.FULL_SYNC),
+             SyncCommand(user_id=twin, kind=CommandKind.GRAPH_HINT))
+    results = rig.apply(2)
+    assert [r.status for r in results] == [ResultStatus.STOPPED] * 2
+    assert "shares folder 'business central'" in results[0].reason and MAILBOX in results[0].reason
+    assert rig.writes() == before and len(rig.folder()) == 1
 
 
 def test_a_full_sync_against_an_emptied_bc_stops_on_the_rail(rig: Rig) -> None:

@@ -12,13 +12,17 @@ from contactsync.engine.links import Link, LinkOrigin
 from contactsync.store import (
     AuditKind,
     AuditRecord,
+    FolderTakenError,
     LinkConflictError,
     SetupExistsError,
     SetupNotFoundError,
     Store,
     Subscription,
     SubscriptionService,
+    create_db_engine,
+    migrate,
 )
+from contactsync.store.tables import user_setups
 from schemas.setup import OutlookDeletePolicy, UserSetup
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -398,3 +402,52 @@ def test_dedupe_prune(store: Store) -> None:
     assert not store.events.seen("router", "old")
     assert store.events.seen("router", "recent")
     assert store.events.check_and_remember("router", "old") is True  # forgotten: new again
+
+
+def test_one_outlook_folder_of_one_mailbox_belongs_to_one_setup(store: Store) -> None:
+    store.setups.add(UserSetup(user_id="anna", mailbox="anna@contoso.test", mailbox_id="ID-1"))
+    refused = [
+        UserSetup(user_id="ANNA2", mailbox="ANNA@contoso.test"),  # case variant, no id yet
+        UserSetup(user_id="anna3", mailbox="a.smith@contoso.test", mailbox_id="id-1"),  # alias
+        UserSetup(user_id="anna4", mailbox="anna@contoso.test", folder_name="business CENTRAL"),
+    ]
+    for setup in refused:
+        with pytest.raises(FolderTakenError, match="already belongs to setup 'anna'"):
+            store.setups.add(setup)
+    with pytest.raises(FolderTakenError):  # an address Graph resolved for the same user
+        store.setups.add(UserSetup(user_id="anna5", mailbox="id-1x"), aliases=["Anna@Contoso.test"])
+    store.setups.add(UserSetup(user_id="anna-other", mailbox="anna@contoso.test",
+                               mailbox_id="ID-1", folder_name="Other"))
+    with pytest.raises(FolderTakenError):
+        store.setups.update("anna-other", folder_name="Business Central")
+    assert [s.user_id for s in store.setups.list_all()] == ["anna", "anna-other"]
+    assert store.setups.folder_conflicts() == []
+
+
+def test_a_store_that_already_shares_a_folder_stops_the_later_setups(db_url: str) -> None:
+    engine = create_db_engine(db_url)
+    migrate(engine, target=2)
+    old = {"folder_name": "Business Central", "contact_filter": {}, "enabled": True,
+           "create_in_bc": True, "outlook_delete_policy": "recreate", "max_delete_share": 0.1,
+           "max_delete_floor": 20, "updated_at": datetime(2026, 1, 1, tzinfo=UTC)}
+    with engine.begin() as conn:  # as `users add` wrote them before the unique key
+        for i, (user, mailbox) in enumerate([("b-first", "user1@contoso.test"),
+                                             ("a-second", "USER1@contoso.test"),
+                                             ("c-third", "user1@contoso.test")]):
+            conn.execute(user_setups.insert().values(
+                user_id=user, mailbox=mailbox, created_at=datetime(2026, 1, 1 + i, tzinfo=UTC),
+                **old))
+    engine.dispose()
+    with Store.open(db_url) as store:
+        stopped = store.setups.folder_conflicts()
+        assert [(s.user_id, s.shares_folder_with) for s in stopped] == [
+            ("a-second", "b-first"), ("c-third", "b-first")]
+        assert "shares folder 'Business Central'" in stopped[0].stopped_reason
+        assert not stopped[0].syncs and store.setups.require("b-first").syncs
+        # The holder goes: the earliest of the others holds the folder now.
+        store.setups.remove("b-first")
+        assert [(s.user_id, s.shares_folder_with) for s in store.setups.folder_conflicts()] == [
+            ("c-third", "a-second")]
+        # A stopped setup given a folder of its own syncs again.
+        moved = store.setups.update("c-third", folder_name="Customers")
+        assert moved.syncs and store.setups.folder_conflicts() == []
