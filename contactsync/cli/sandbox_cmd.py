@@ -1,10 +1,11 @@
 """`contactsync sandbox`: the README's main job, everything on this machine.
 
 With no tenant configured it starts the local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS
-names one), the Graph and BC emulators seeded with contacts, three users with their own
-filters, and every role of the pipeline; queues a full sync for each user, then shows a live
-view of the results. `--demo` edits contacts on both sides, as people would, and the view
-shows them arrive. Ctrl-C (or `--duration`) stops everything it started.
+names one, or it runs already: then it is used and left running), the Graph and BC emulators
+seeded with contacts, three users with their own filters, and every role of the pipeline;
+queues a full sync for each user, then shows a live view of the results. `--demo` edits
+contacts on both sides, as people would, and the view shows them arrive. Ctrl-C (or
+`--duration`) stops everything it started.
 """
 
 from __future__ import annotations
@@ -197,9 +198,13 @@ def sandbox(
         if base.kafka_bootstrap_servers:
             bootstrap = base.kafka_bootstrap_servers
         else:
-            broker = local_broker(base)
-            typer.echo("starting the local Kafka broker ...")
-            bootstrap = broker.up()
+            local = local_broker(base)
+            if local.status().running:  # an admin's own `kafka up`: used, and left running
+                typer.echo("using the local Kafka broker already running (left running)")
+            else:
+                broker = local  # ours: stopped on the way out
+                typer.echo("starting the local Kafka broker ...")
+            bootstrap = local.up()
     emulators = start_emulators(
         graph_config=GraphEmulatorConfig(allow_http_notifications=True),  # a local webhook
         bc_config=BcEmulatorConfig(notification_delay_seconds=1.0),

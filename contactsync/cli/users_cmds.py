@@ -103,10 +103,13 @@ def add(
         with open_store(settings) as store:
             if store.setups.get(setup.user_id) is not None:
                 raise SetupExistsError(setup.user_id)
+            store.setups.require_folder_free(setup)  # as typed: refused before any request
 
             async def check(services: Services) -> tuple[Mailbox, int]:
-                return (await resolve_mailbox(services.graph, mailbox),
-                        await count_selected(services.bc, setup.contact_filter))
+                found = await resolve_mailbox(services.graph, mailbox)
+                store.setups.require_folder_free(  # the same mailbox under another name
+                    setup.model_copy(update={"mailbox_id": found.user_id}), found.aliases)
+                return found, await count_selected(services.bc, setup.contact_filter)
 
             found, selected = _with_services(settings, store, check)
             setup = store.setups.add(setup.model_copy(update={"mailbox_id": found.user_id}),

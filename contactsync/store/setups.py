@@ -166,6 +166,12 @@ class SetupRepository(Repository):
             .order_by(_t.created_at)
         ).scalars().first()
 
+    def require_folder_free(self, setup: UserSetup, aliases: Iterable[str] = ()) -> None:
+        """FolderTakenError if another setup syncs this setup's folder (a check before the
+        work that leads to `add`, which checks again)."""
+        with self._reading() as conn:
+            self._require_folder_free(conn, setup, aliases)
+
     def _require_folder_free(self, conn: Connection, setup: UserSetup,
                              aliases: Iterable[str] = ()) -> None:
         holder = self._holder(conn, setup, aliases)

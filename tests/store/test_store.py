@@ -19,11 +19,9 @@ from contactsync.store import (
     Store,
     Subscription,
     SubscriptionService,
-    create_db_engine,
-    migrate,
 )
-from contactsync.store.tables import user_setups
 from schemas.setup import OutlookDeletePolicy, UserSetup
+from tests.store.legacy import write_v2_setups
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -425,19 +423,8 @@ def test_one_outlook_folder_of_one_mailbox_belongs_to_one_setup(store: Store) ->
 
 
 def test_a_store_that_already_shares_a_folder_stops_the_later_setups(db_url: str) -> None:
-    engine = create_db_engine(db_url)
-    migrate(engine, target=2)
-    old = {"folder_name": "Business Central", "contact_filter": {}, "enabled": True,
-           "create_in_bc": True, "outlook_delete_policy": "recreate", "max_delete_share": 0.1,
-           "max_delete_floor": 20, "updated_at": datetime(2026, 1, 1, tzinfo=UTC)}
-    with engine.begin() as conn:  # as `users add` wrote them before the unique key
-        for i, (user, mailbox) in enumerate([("b-first", "user1@contoso.test"),
-                                             ("a-second", "USER1@contoso.test"),
-                                             ("c-third", "user1@contoso.test")]):
-            conn.execute(user_setups.insert().values(
-                user_id=user, mailbox=mailbox, created_at=datetime(2026, 1, 1 + i, tzinfo=UTC),
-                **old))
-    engine.dispose()
+    write_v2_setups(db_url, [("b-first", "user1@contoso.test"), ("a-second", "USER1@contoso.test"),
+                             ("c-third", "user1@contoso.test")])
     with Store.open(db_url) as store:
         stopped = store.setups.folder_conflicts()
         assert [(s.user_id, s.shares_folder_with) for s in stopped] == [

@@ -54,7 +54,7 @@ def test_validate_then_sync_and_dry_run_print_summaries(env: None, emulators: Ru
     for i in range(3):
         emulators.bc.create_contact({"displayName": f"Person {i}", "email": f"p{i}@x.test",
                                      "type": "Person"})
-    assert runner.invoke(app, ["users", "add", MAILBOX]).exit_code == 0
+    assert runner.invoke(app, ["users", "add", MAILBOX, "--enable"]).exit_code == 0
     validated = runner.invoke(app, ["users", "validate", MAILBOX])
     assert validated.exit_code == 0, validated.output
     assert validated.output.count("ok ") == 3
@@ -71,7 +71,10 @@ def test_validate_then_sync_and_dry_run_print_summaries(env: None, emulators: Ru
 def test_unknown_user_and_missing_tenant_are_clear_errors(env: None, monkeypatch):
     unknown = runner.invoke(app, ["sync", "nobody@contoso.test"])
     assert unknown.exit_code == 1 and "no setup for user 'nobody@contoso.test'" in unknown.output
+    assert runner.invoke(app, ["users", "add", MAILBOX, "--enable"]).exit_code == 0
     monkeypatch.delenv("CONTACTSYNC_BC_BASE_URL")
-    assert runner.invoke(app, ["users", "add", MAILBOX]).exit_code == 0
     missing = runner.invoke(app, ["sync", MAILBOX])
     assert missing.exit_code == 1 and "CONTACTSYNC_BC_BASE_URL" in missing.output
+    # `users add` checks the mailbox and the filter at the services: it needs them too.
+    refused = runner.invoke(app, ["users", "add", MAILBOX, "--user-id", "u2", "--folder", "F2"])
+    assert refused.exit_code == 1 and "CONTACTSYNC_BC_BASE_URL" in refused.output
