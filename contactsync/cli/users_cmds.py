@@ -145,6 +145,8 @@ def show(user: str) -> None:
         state = store.state.get(user)
         links = store.links.count(user)
     typer.echo(_describe(setup))
+    if setup.stopped_reason:
+        typer.echo(setup.stopped_reason)
     typer.echo(f"linked contacts: {links}  last sync: {state.last_sync_at or 'never'}  "
                f"last full sync: {state.last_full_sync_at or 'never'}")
 

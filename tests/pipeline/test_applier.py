@@ -18,7 +18,6 @@ from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, ensure_topics_
 from contactsync.kafka.worker import RetryPolicy, Worker
 from contactsync.settings import Settings
 from contactsync.store import Store
-from contactsync.store.tables import user_setups
 from emulators.bc import BcEmulatorConfig
 from emulators.graph import GraphEmulatorConfig
 from schemas.contacts import BcContact
@@ -33,6 +32,7 @@ from schemas.messages import (
 )
 from schemas.setup import UserSetup
 from tests.kafka_fixtures import read_topic
+from tests.store.legacy import mark_sharing
 
 pytestmark = pytest.mark.kafka
 
@@ -204,17 +204,15 @@ def test_a_setup_sharing_another_setups_folder_is_stopped_and_never_synced(rig: 
     rig.apply(1)
     # As a store written before the one-setup-per-folder key may hold it: a case variant.
     twin = "twin@contoso.test"
-    rig.store.setups.add(UserSetup(user_id=twin, mailbox=MAILBOX.upper(), folder_name="Twin"))
-    with rig.store.engine.begin() as conn:  # what migration 3 marks in such a store
-        conn.execute(user_setups.update().where(user_setups.c.user_id == twin).values(
-            folder_name="business central", folder_key="business central",
-            shares_folder_with=MAILBOX))
+    rig.store.setups.add(UserSetup(user_id=twin, mailbox=twin, folder_name="Twin"))
+    mark_sharing(rig.store, twin, MAILBOX)
     before = rig.writes()
     rig.send(SyncCommand(user_id=twin, kind=CommandKind.FULL_SYNC),
              SyncCommand(user_id=twin, kind=CommandKind.GRAPH_HINT))
     results = rig.apply(2)
     assert [r.status for r in results] == [ResultStatus.STOPPED] * 2
-    assert "shares folder 'business central'" in results[0].reason and MAILBOX in results[0].reason
+    assert "shares folder 'Business Central'" in results[0].reason
+    assert MAILBOX.upper() in results[0].reason and "--folder" in results[0].reason
     assert rig.writes() == before and len(rig.folder()) == 1
 
 

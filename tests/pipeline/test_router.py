@@ -37,6 +37,7 @@ from schemas.messages import (
 )
 from schemas.setup import UserSetup
 from tests.kafka_fixtures import read_topic
+from tests.store.legacy import mark_sharing
 
 pytestmark = pytest.mark.kafka
 
@@ -155,6 +156,20 @@ def test_a_deletion_reaches_the_enabled_link_holders_only(settings: Settings, st
             for user, cmd, trace in commands] == [
         (HOLDER, CommandKind.BC_CHANGE, BcChangeKind.DELETED, "trace-del"),
     ]
+
+
+def test_a_setup_sharing_another_setups_folder_is_never_routed(settings: Settings,
+                                                               store: Store) -> None:
+    twin = "twin@contoso.test"
+    store.setups.add(UserSetup(user_id=twin, mailbox=twin, folder_name="Twin",
+                               contact_filter={"city": "Seattle"}))
+    store.links.upsert(Link(twin, "c-1", "g-twin", origin=LinkOrigin.BC))
+    mark_sharing(store, twin, SEATTLE)
+    produce(settings, BC_CONTACT_CHANGES, [
+        ("c-1", _change("c-1", BcChangeKind.UPSERT, displayName="Ada", email="a@x.test",
+                        city="Seattle"), "trace-up"),
+    ])
+    assert sorted(user for user, _, _ in route(settings, store, inputs=1)) == [HOLDER, SEATTLE]
 
 
 def test_graph_notifications_become_hints_and_missed_becomes_a_sync(settings: Settings,

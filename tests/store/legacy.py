@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from contactsync.store import create_db_engine, migrate
+from contactsync.store import Store, create_db_engine, migrate
 from contactsync.store.tables import user_setups
 
 
@@ -24,3 +24,14 @@ def write_v2_setups(db_url: str, setups: Sequence[tuple[str, str]],
                 max_delete_share=0.1, max_delete_floor=20,
                 created_at=first + timedelta(days=day), updated_at=first))
     engine.dispose()
+
+
+def mark_sharing(store: Store, user_id: str, holder: str) -> None:
+    """Make `user_id` share `holder`'s folder, as migration 3 leaves a pair `users add` stored
+    before it (the repository itself never lets two setups take one folder)."""
+    holder_setup = store.setups.require(holder)
+    with store.engine.begin() as conn:
+        conn.execute(user_setups.update().where(user_setups.c.user_id == user_id).values(
+            mailbox=holder_setup.mailbox.upper(), folder_name=holder_setup.folder_name,
+            mailbox_key=holder_setup.mailbox.lower(),
+            folder_key=holder_setup.folder_name.lower(), shares_folder_with=holder))
