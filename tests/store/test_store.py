@@ -438,3 +438,13 @@ def test_a_store_that_already_shares_a_folder_stops_the_later_setups(db_url: str
         # A stopped setup given a folder of its own syncs again.
         moved = store.setups.update("c-third", folder_name="Customers")
         assert moved.syncs and store.setups.folder_conflicts() == []
+
+
+def test_resolving_two_aliases_to_one_mailbox_stops_the_later_setup(store: Store) -> None:
+    # Stored before their ids were resolved: two addresses of one mailbox, one folder.
+    store.setups.add(UserSetup(user_id="first", mailbox="anna@contoso.test"))
+    store.setups.add(UserSetup(user_id="second", mailbox="a.smith@contoso.test"))
+    assert store.setups.record_mailbox_id("second", "ID-1").syncs, "no other known id yet"
+    store.setups.record_mailbox_id("first", "id-1")  # `users validate` of the earlier one
+    assert [(s.user_id, s.shares_folder_with) for s in store.setups.folder_conflicts()] == [
+        ("second", "first")]
