@@ -5,8 +5,9 @@
 - The filter is shown at work: how many BC contacts it selects now (as a sync would: Persons
   with a name and an email, not privacy-blocked, inside the filter).
 - Enabling says what the first sync will do, from a dry-run plan (nothing written).
-- `folder_conflicts` lists the setups stopped for sharing another setup's folder (`users
-  validate`, `doctor`).
+
+Setups stopped for sharing another setup's folder are listed by the store itself, without
+the services: `store.setups.folder_conflicts()`, each with its `stopped_reason`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.links import SyncMode
 from contactsync.engine.mapping import BC_SELECT
 from contactsync.engine.pair_rules import bc_skip_reason
-from contactsync.store import Store
 from contactsync.sync.runner import FULL_LISTING_PAGE, sync_user
 from contactsync.sync.services import ConfigError, Services
 from schemas.setup import UserSetup
@@ -94,7 +94,3 @@ async def first_sync_preview(setup: UserSetup, services: Services) -> str:
         sentence += f"; the mass-delete rail would stop it: {report.stopped_reason}"
     return sentence
 
-
-def folder_conflicts(store: Store) -> list[str]:
-    """One sentence per setup stopped for sharing another setup's Outlook folder."""
-    return [setup.stopped_reason for setup in store.setups.folder_conflicts()]
