@@ -40,6 +40,7 @@ from schemas.envelope import decode, encode, wrap
 from schemas.messages import CommandKind, GraphNotification, SyncCommand
 from schemas.setup import UserSetup
 from tests.kafka_fixtures import read_topic, role_env
+from tests.store.legacy import mark_sharing
 
 pytestmark = pytest.mark.kafka
 
@@ -237,9 +238,10 @@ def test_reconcile_commands_share_the_partition_of_the_users_real_time_commands(
 
 def test_the_scheduler_publishes_one_command_per_enabled_user_jittered_in_the_window(
         system: System):
-    for i in range(6):
+    for i in range(7):
         system.store.setups.add(UserSetup(user_id=f"u{i}@contoso.test",
                                           mailbox=f"u{i}@contoso.test"))
+    mark_sharing(system.store, "u6@contoso.test", ANNA)  # stopped: never scheduled
     enabled = sorted([ANNA, BEN] + [f"u{i}@contoso.test" for i in range(6)])
     window = 2.0
     scheduler = Scheduler(system.settings, system.store, jitter=window)
@@ -249,7 +251,7 @@ def test_the_scheduler_publishes_one_command_per_enabled_user_jittered_in_the_wi
     ended = time.time()
 
     commands = read_commands(system.settings)
-    assert sorted(c.user_id for _, _, c in commands) == enabled, "one each, none for OFF"
+    assert sorted(c.user_id for _, _, c in commands) == enabled, "one each, none for OFF, u6"
     assert {(c.kind, c.run_id, c.dry_run, c.force) for _, _, c in commands} == {
         (CommandKind.FULL_SYNC, run_id, False, False)}
     times = sorted(t for _, t, _ in commands)
