@@ -318,7 +318,9 @@ class SubscriptionKeeper:
         if keep is not None and self._due(keep.expiration, self.bc_lifetime):
             etag = str(listing[keep.subscription_id].get("@odata.etag") or "*")
             try:
-                renewed = await bc.renew_subscription(keep.subscription_id, etag)
+                renewed = await bc.renew_subscription(
+                    keep.subscription_id, etag, notification_url=keep.notification_url,
+                    resource=keep.resource, client_state=keep.client_state)
             except NotFound:
                 self.store.subscriptions.delete(keep.subscription_id)
                 keep = None

@@ -35,10 +35,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import httpx
 from azure.core.credentials import AccessToken, TokenCredential
@@ -131,6 +132,19 @@ def parse_bc_datetime(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+_EDM = "{http://docs.oasis-open.org/odata/ns/edm}"
+
+
+def contact_properties(metadata: bytes | str) -> frozenset[str] | None:
+    """The property names of the `contact` entity type in a CSDL (`$metadata`) document, or
+    None when it declares no such type."""
+    root = ElementTree.fromstring(metadata)
+    for entity in root.iter(f"{_EDM}EntityType"):
+        if entity.get("Name") == "contact":
+            return frozenset(str(p.get("Name")) for p in entity.iter(f"{_EDM}Property"))
+    return None
+
+
 def is_loopback_url(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -199,6 +213,9 @@ class BcClient:
         self.page_size = min(page_size, MAX_PAGE_SIZE)
         self.clock_skew = clock_skew
         self._owns_http = owns_http
+        self._contact_fields: frozenset[str] | None = None
+        self._fields_known = False
+        self._missing_logged: set[str] = set()
 
     # -- construction ----------------------------------------------------------------------
 
@@ -342,14 +359,16 @@ class BcClient:
         query: dict[str, str] = {}
         if odata_filter:
             query["$filter"] = odata_filter
-        if select:
-            query["$select"] = ",".join(select)
+
         def next_page(page: dict[str, Any]) -> Awaitable[dict[str, Any]] | None:
             url = page.get("@odata.nextLink")  # it carries the query
             return self._get_json(url, headers=headers) if url else None
 
-        def first() -> Awaitable[dict[str, Any]]:
-            return self._get_json(self.contacts_url, params=query or None, headers=headers)
+        async def first() -> dict[str, Any]:
+            if select:  # only the properties this environment has (an older BC: 400)
+                query["$select"] = ",".join(await self.existing_fields(select))
+            return cast(dict[str, Any], await self._get_json(
+                self.contacts_url, params=query or None, headers=headers))
 
         return prefetched_pages(first, next_page, lambda page: list(page.get("value", [])))
 
@@ -400,12 +419,50 @@ class BcClient:
             url = f"{root}/{resource.lstrip('/')}"
         return await self._get_json(url)
 
+    # -- contact fields by environment -----------------------------------------------------
+
+    async def contact_fields(self) -> frozenset[str] | None:
+        """The contact properties this environment's `$metadata` declares (asked once per
+        client, i.e. per company; `jobTitle` came with BC 2024). None when the document cannot
+        be read or has no contact type: then every field is tried, as before."""
+        if not self._fields_known:
+            try:
+                resp = await self._retry(
+                    lambda: self._send("GET", f"{self.base_url}/$metadata",
+                                       headers={"Accept": "application/xml"}))
+                self._contact_fields = contact_properties(resp.content)
+            except (Invalid, NotFound, ElementTree.ParseError) as exc:
+                log.warning("could not read Business Central's $metadata (%s); assuming every "
+                            "contact field exists", exc)
+            self._fields_known = True
+        return self._contact_fields
+
+    async def existing_fields(self, fields: Iterable[str]) -> list[str]:
+        """`fields` without those this environment lacks (each logged once, not an error)."""
+        known = await self.contact_fields()
+        if known is None:
+            return list(fields)
+        kept = []
+        for name in fields:
+            if name in known or name.startswith("@odata."):
+                kept.append(name)
+            elif name not in self._missing_logged:
+                self._missing_logged.add(name)
+                log.warning("Business Central (company %s) has no contact field %r (an older "
+                            "version?): it is not synced", self.company_id, name)
+        return kept
+
+    async def _writable(self, body: Contact) -> Contact:
+        """A write body: annotations and properties this environment lacks left out."""
+        keep = set(await self.existing_fields(body))
+        return {k: v for k, v in body.items() if k in keep and not k.startswith("@odata.")}
+
     # -- contacts: writes ------------------------------------------------------------------
 
     async def create_contact(self, body: Contact) -> Contact:
         """POST a contact (201). See the module doc for what happens on ambiguous failures."""
         started = datetime.now(UTC)
-        payload = {k: v for k, v in body.items() if not k.startswith("@odata.")}
+        payload = await self._writable(body)
 
         async def call() -> Contact:
             return dict((await self._send("POST", self.contacts_url, json=payload)).json())
@@ -431,7 +488,7 @@ class BcClient:
     async def update_contact(self, contact_id: str, changes: Contact, etag: str) -> Contact:
         """PATCH with If-Match; 200 and the contact. Stale ETag -> Conflict."""
         url = f"{self.contacts_url}({contact_id})"
-        payload = {k: v for k, v in changes.items() if not k.startswith("@odata.")}
+        payload = await self._writable(changes)
 
         async def call() -> Contact:
             resp = await self._send("PATCH", url, json=payload, headers={"If-Match": etag})
@@ -525,15 +582,14 @@ class BcClient:
         return await self._retry(call, idempotent=False, find_existing=find)
 
     async def renew_subscription(
-        self, subscription_id: str, etag: str, notification_url: str | None = None,
-        client_state: str | None = None,
+        self, subscription_id: str, etag: str, *, notification_url: str, resource: str,
+        client_state: str,
     ) -> dict[str, Any]:
-        """PATCH with If-Match: BC repeats the handshake and extends expiry by 3 days."""
-        body: dict[str, Any] = {}
-        if notification_url is not None:
-            body["notificationUrl"] = notification_url
-        if client_state is not None:
-            body["clientState"] = client_state
+        """PATCH with If-Match and the subscription's body (notificationUrl, resource,
+        clientState), as "Update subscriptions" shows it: BC repeats the handshake and extends
+        expiry by 3 days."""
+        body = {"notificationUrl": notification_url, "resource": resource,
+                "clientState": client_state}
         url = self._subscription_url(subscription_id)
 
         async def call() -> dict[str, Any]:

@@ -28,22 +28,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from emulators.bc.config import BcEmulatorConfig
 from emulators.bc.errors import ODataError, error_response
+from emulators.bc.metadata import metadata_document
 from emulators.bc.odata_filter import Schema, compile_filter, seek_lower_bound
 from emulators.bc.seed import SeedSpec, seed
-from emulators.bc.state import CONTACT_FIELDS, BcState, Company, StoredContact
+from emulators.bc.state import BcState, Company, StoredContact, contact_fields
 from emulators.bc.webhooks import WebhookHub, running
 from emulators.common.counters import CountingMiddleware, RequestCounters
 from emulators.common.faults import FaultInjector, FaultSpec
 from emulators.common.throttle import Budget, Throttle
 
-CONTACT_SCHEMA = Schema(
-    {
-        **{f: "string" for f in CONTACT_FIELDS},
-        "privacyBlocked": "bool",
-        "lastModifiedDateTime": "datetime",
-        "lastInteractionDate": "date",
-    }
-)
+
+def contact_schema(fields: tuple[str, ...]) -> Schema:
+    """The `$filter` schema of an environment's contact properties."""
+    kinds = {"privacyBlocked": "bool", "lastModifiedDateTime": "datetime",
+             "lastInteractionDate": "date"}
+    return Schema({f: kinds.get(f, "string") for f in fields})
+
 COMPANY_SCHEMA = Schema({"id": "string", "name": "string", "displayName": "string"},
                         entity="Microsoft.NAV.company")
 OTHER_WEBHOOK_RESOURCES = ["customers", "vendors", "items", "salesInvoices", "employees"]
@@ -181,7 +181,8 @@ class BcEmulator:
 
     def __init__(self, config: BcEmulatorConfig | None = None) -> None:
         self.config = config or BcEmulatorConfig()
-        self.state = BcState(self.config.companies)
+        self.state = BcState(self.config.companies, contact_fields(self.config.job_title_field))
+        self.contact_schema = contact_schema(self.state.fields)
         self.hub = WebhookHub(self.config)
         self.state.listeners.append(self.hub.on_change)
         self.counters = RequestCounters()
@@ -261,7 +262,7 @@ class BcEmulator:
 
     def reset(self) -> None:
         """Back to empty companies, no subscriptions, no faults, zero counters."""
-        self.state.load_snapshot(BcState(self.config.companies).to_snapshot())
+        self.state.load_snapshot(BcState(self.config.companies, self.state.fields).to_snapshot())
         self.hub.reset()
         self.faults.clear()
         self.counters.reset()
@@ -307,11 +308,11 @@ class BcEmulator:
         preferred = _max_page_size(request)
         page = min(preferred or max_size, max_size)
         limit = page if top is None else min(page, top)
-        select = _select(request, CONTACT_FIELDS)
+        select = _select(request, self.state.fields)
         predicate: Callable[[dict[str, Any]], bool] | None = None
         seek: int | None = None
         if q.get("$filter"):
-            predicate, ast = compile_filter(q["$filter"], CONTACT_SCHEMA)
+            predicate, ast = compile_filter(q["$filter"], self.contact_schema)
             seek = seek_lower_bound(ast)
         token = q.get("$skiptoken", "")
         rows, next_token = self._page(company, predicate, seek, q.get("$orderby"),
@@ -354,7 +355,7 @@ class BcEmulator:
             if orderby:
                 parts = orderby.split()
                 prop = parts[0]
-                if prop not in CONTACT_FIELDS:
+                if prop not in self.state.fields:
                     raise ODataError(400, "BadRequest_NotFound",
                                      f"Could not find a property named '{prop}' on type "
                                      "'Microsoft.NAV.contact'.")
@@ -393,7 +394,7 @@ class BcEmulator:
                          status: int = 200) -> Response:
         base = str(request.url).split("/companies(")[0]
         entity = stored.entity()
-        select = _select(request, CONTACT_FIELDS)
+        select = _select(request, self.state.fields)
         if select is not None:
             entity = {k: entity[k] for k in ["@odata.etag", *select]}
         body = {"@odata.context": f"{base}/$metadata#companies({company.id})/contacts/$entity",
@@ -438,6 +439,13 @@ class BcEmulator:
         self.state.delete(company, request.path_params["contact_id"], if_match=if_match,
                           stale_status=self.config.stale_etag_status)
         return Response(status_code=204)
+
+    async def metadata(self, request: Request) -> Response:
+        """`GET .../api/v2.0/$metadata`: the CSDL (EDMX) document, matching this
+        environment's contact properties ("Use OData to return and obtain a service metadata
+        document", dev-itpro/webservices/return-obtain-service-metadata-edmx-document)."""
+        self._check_env(request)
+        return Response(metadata_document(self.state.fields), media_type="application/xml")
 
     async def list_subscriptions(self, request: Request) -> Response:
         self._check_env(request)
@@ -491,6 +499,7 @@ class BcEmulator:
             api = f"{prefix}/api/v2.0"
             runtime = f"{prefix}/api/microsoft/runtime/beta"
             routes += [
+                Route(f"{api}/$metadata", _odata(self.metadata), methods=["GET"]),
                 Route(f"{api}/companies", _odata(self.list_companies), methods=["GET"]),
                 Route(f"{api}/companies({{company_id}})", _odata(self.get_company),
                       methods=["GET"]),

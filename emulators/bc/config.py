@@ -18,13 +18,29 @@ class BcEmulatorConfig(BaseModel):
     max_requests: int = 6_000
     window_seconds: float = 300.0
 
-    # Concurrency tokens. A stale If-Match answers 412 here, as the API docs and our brief
-    # say. Decompiled BC28 (third-party reading, not a primary source) maps the same
-    # NavODataConflictException to 409 Request_EntityChanged; set 409 to test a client
-    # against that behaviour. The client treats both as Conflict.
+    # Concurrency tokens. A stale If-Match answers 412 here (HTTP's "precondition failed").
+    # BC's "Troubleshooting REST API/OData calls" page (dev-itpro/webservices/
+    # dynamics-error-codes) names the error `Request_EntityChanged` (ODataConflictException),
+    # which BC's runtime sends as 409; set 409 to play that reading. The product treats both
+    # as "changed meanwhile: re-read and re-plan".
     stale_etag_status: int = 412
 
-    # Webhooks (§c.4).
+    # Fields by environment: contact `jobTitle` came with BC 2024 (v24). False plays an older
+    # environment: the property is absent from `$metadata` and from answers, and a `$select`,
+    # `$filter`, `$orderby` or body naming it is refused with 400 BadRequest_NotFound / BadRequest.
+    job_title_field: bool = True
+
+    # Renewal body. "Working with webhooks" / "Update subscriptions" (api-reference/v2.0/api/
+    # dynamics_subscriptions_update) show the PATCH carrying notificationUrl, resource and
+    # clientState; the docs do not say what BC does with an empty body. Strict (default): a
+    # renewal without notificationUrl and resource is refused with 400
+    # BadRequest_RequiredParamNotProvided. False accepts `{}` (keeps the stored values).
+    strict_renewal_body: bool = True
+
+    # Webhooks (§c.4). "Working with webhooks" lists the supported entities, and contacts are
+    # not among them, while `webhookSupportedResources` is what a given environment says. True:
+    # contacts are listed there and subscribable; False: not listed, and a subscription POST
+    # for contacts is refused (400 BadRequest_ResourceNotFound), as for any unsupported entity.
     webhooks_supported: bool = True
     notification_delay_seconds: float = 30.0
     max_notifications: int = 1_000  # more changes than this in one window -> "collection"

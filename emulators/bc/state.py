@@ -37,6 +37,13 @@ CONTACT_FIELDS: tuple[str, ...] = (
     "privacyBlocked", "taxRegistrationNumber", "lastInteractionDate", "lastModifiedDateTime",
 )
 
+
+
+def contact_fields(job_title: bool = True) -> tuple[str, ...]:
+    """The contact properties of an environment: without `jobTitle` before BC 2024 (v24)."""
+    return CONTACT_FIELDS if job_title else tuple(f for f in CONTACT_FIELDS if f != "jobTitle")
+
+
 # Contact table 5050 field sizes (reference b).
 MAX_LENGTH: dict[str, int] = {
     "number": 20, "displayName": 100, "jobTitle": 30, "companyNumber": 20, "companyName": 100,
@@ -196,7 +203,9 @@ def company_id_for(name: str) -> str:
 
 
 class BcState:
-    def __init__(self, company_names: list[str]) -> None:
+    def __init__(self, company_names: list[str],
+                 fields: tuple[str, ...] = CONTACT_FIELDS) -> None:
+        self.fields = fields  # the environment's contact properties, wire order
         self.lock = threading.RLock()
         self.companies: dict[str, Company] = {}
         self.last_ms = 0
@@ -253,7 +262,7 @@ class BcState:
         for key, value in changes.items():
             if key.startswith("@odata."):
                 continue  # clients may echo an entity back; BC ignores annotations
-            if key not in CONTACT_FIELDS:
+            if key not in self.fields:
                 raise bad_request(
                     f"The property '{key}' does not exist on type 'Microsoft.NAV.contact'. "
                     "Make sure to only use property names that are defined by the type.",
@@ -382,6 +391,7 @@ class BcState:
             }
             # BC's Contact.Type defaults to Company; the API page sets nothing else.
             data.update({k: v for k, v in clean.items() if k != "number"})
+            data = {k: data[k] for k in self.fields}
             self._derive(company, data, None)
             stored = StoredContact(data=data, seq=company.next_seq, modified_ms=ms, rowversion=rv)
             company.next_seq += 1
@@ -484,6 +494,8 @@ class BcState:
         self.rowversion += 1
         self.last_ms = max(self.last_ms, ms)
         data["lastModifiedDateTime"] = format_ms(ms)
+        if len(data) != len(self.fields):
+            data = {k: data[k] for k in self.fields}
         stored = StoredContact(
             data=data, seq=company.next_seq, modified_ms=ms, rowversion=self.rowversion
         )
@@ -527,7 +539,8 @@ class BcState:
                 company = Company(id=cs["id"], name=cs["name"], next_number=cs["next_number"])
                 for item in cs["contacts"]:
                     stored = StoredContact(
-                        data={k: item["data"][k] for k in CONTACT_FIELDS}, seq=item["seq"],
+                        data={k: item["data"].get(k, "") for k in self.fields},
+                        seq=item["seq"],
                         modified_ms=item["modified_ms"], rowversion=item["rowversion"],
                     )
                     company.contacts[stored.data["id"]] = stored

@@ -173,18 +173,21 @@ class WebhookHub:
                 f"validation token.",
             )
 
+    @staticmethod
+    def _require_fields(body: dict[str, Any]) -> tuple[str, str]:
+        """notificationUrl and resource, or 400 as BC's "must not be blank" (error codes page:
+        BadRequest_RequiredParamNotProvided)."""
+        for name in ("notificationUrl", "resource"):
+            if not isinstance(body.get(name), str) or not body[name]:
+                raise ODataError(400, "BadRequest_RequiredParamNotProvided",
+                                 f"Field '{name}' must not be blank or empty.")
+        return body["notificationUrl"], body["resource"]
+
     async def create(
         self, body: dict[str, Any], principal: str, company_ids: set[str]
     ) -> Subscription:
-        url = body.get("notificationUrl")
-        resource = body.get("resource")
+        url, resource = self._require_fields(body)
         client_state = body.get("clientState") or ""
-        if not isinstance(url, str) or not url:
-            raise ODataError(400, "BadRequest_RequiredParamNotProvided",
-                             "Field 'notificationUrl' must not be blank or empty.")
-        if not isinstance(resource, str) or not resource:
-            raise ODataError(400, "BadRequest_RequiredParamNotProvided",
-                             "Field 'resource' must not be blank or empty.")
         if not isinstance(client_state, str) or len(client_state) > 2048:
             raise ODataError(400, "Application_StringExceededLength",
                              f"The length of the string is {len(str(client_state))}, but it "
@@ -238,6 +241,10 @@ class WebhookHub:
     ) -> Subscription:
         sub = self.get(subscription_id)
         self._check_etag(sub, if_match)
+        if self.config.strict_renewal_body:
+            # "Update subscriptions" shows the renewal PATCH with the subscription's body;
+            # an empty one is refused here (config.strict_renewal_body says why).
+            self._require_fields(body)
         url = body.get("notificationUrl") or sub.notification_url
         await self._handshake(url)  # every renewal repeats the handshake
         now = _now_ms()

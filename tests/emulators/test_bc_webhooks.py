@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -137,15 +138,41 @@ async def test_renew_and_delete_need_if_match(
         r = await http.delete(f"{bc.api}/subscriptions('{sid}')")
         assert r.status_code == 400
     time.sleep(0.01)
-    renewed = await client.renew_subscription(sid, sub["@odata.etag"])
+    renewed = await _renew(client, sub)
     assert len(receiver.validations) == 2  # the handshake runs again on renewal
     assert renewed["expirationDateTime"] >= sub["expirationDateTime"]
     assert renewed["@odata.etag"] != sub["@odata.etag"]
     receiver.handshake = 500
     with pytest.raises(Invalid):
-        await client.renew_subscription(sid, renewed["@odata.etag"])
+        await _renew(client, renewed)
     await client.delete_subscription(sid, renewed["@odata.etag"])
     assert await client.list_subscriptions() == []
+
+
+async def _renew(client: BcClient, sub: dict[str, Any]) -> dict[str, Any]:
+    return await client.renew_subscription(
+        sub["subscriptionId"], sub["@odata.etag"], notification_url=sub["notificationUrl"],
+        resource=sub["resource"], client_state=sub["clientState"])
+
+
+@pytest.mark.parametrize("strict", [True, False])
+async def test_a_renewal_without_the_subscription_body(
+    bc: RunningBc, client: BcClient, receiver: Receiver, strict: bool
+) -> None:
+    """"Update subscriptions" shows the renewal PATCH carrying notificationUrl, resource and
+    clientState; what BC does with `{}` is undocumented: strict refuses it, lax keeps the
+    stored values. The client's renewal passes either way."""
+    bc.emulator.config.strict_renewal_body = strict
+    sub = await client.create_subscription(receiver.url, "state")
+    async with httpx.AsyncClient() as http:
+        r = await http.patch(f"{bc.api}/subscriptions('{sub['subscriptionId']}')", json={},
+                             headers={"If-Match": sub["@odata.etag"]})
+    assert r.status_code == (400 if strict else 200)
+    if strict:
+        assert r.json()["error"]["code"] == "BadRequest_RequiredParamNotProvided"
+    current = (await client.list_subscriptions())[0]
+    renewed = await _renew(client, current)
+    assert renewed["clientState"] == "state" and renewed["notificationUrl"] == receiver.url
 
 
 async def test_dropped_and_duplicated_notifications(

@@ -184,6 +184,12 @@ def test_renews_when_a_third_of_the_lifetime_is_left(rig: Rig) -> None:
     patches = [r for r in rig.emulators.bc.counters_snapshot()["by_route"]
                if r["method"] == "PATCH" and "subscriptions" in r["route"]]
     assert sum(r["count"] for r in patches) == 1, "BC renewed once (with If-Match)"
+    # The renewal carried the documented body (the emulator refuses `{}`, issue 12 defect 8).
+    [bc_stored] = rig.store.subscriptions.list_all(service=SubscriptionService.BC)
+    [bc_live] = rig.emulators.bc.hub.all()
+    assert bc_stored.subscription_id in report.renewed and not report.failed
+    assert bc_live.client_state == bc_stored.client_state
+    assert bc_live.notification_url == bc_stored.notification_url
 
 
 def test_recreates_a_removed_subscription_and_queues_a_sync(rig: Rig) -> None:

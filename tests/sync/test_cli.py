@@ -68,6 +68,23 @@ def test_validate_then_sync_and_dry_run_print_summaries(env: None, emulators: Ru
     assert again["created"] == {"outlook": 0, "bc": 0} and again["failed"] == 0
 
 
+def test_validate_reads_bc_in_pages_not_one_request_per_person(
+    env: None, emulators: RunningEmulators
+):
+    """`users validate` reads BC's contacts in full pages, never a one-contact page per
+    person (issue 12, defect 4: `maxpagesize=1` plus following nextLink)."""
+    for i in range(12):
+        emulators.bc.create_contact({"displayName": f"Person {i}", "email": f"p{i}@x.test",
+                                     "type": "Person"})
+    assert runner.invoke(app, ["users", "add", MAILBOX]).exit_code == 0
+    emulators.bc.reset_counters()
+    validated = runner.invoke(app, ["users", "validate", MAILBOX])
+    assert validated.exit_code == 0 and "selects 12 BC contacts" in validated.output
+    reads = [r for r in emulators.bc.counters_snapshot()["by_route"]
+             if r["method"] == "GET" and r["route"].endswith("/contacts")]
+    assert sum(r["count"] for r in reads) == 1
+
+
 def test_unknown_user_and_missing_tenant_are_clear_errors(env: None, monkeypatch):
     unknown = runner.invoke(app, ["sync", "nobody@contoso.test"])
     assert unknown.exit_code == 1 and "no setup for user 'nobody@contoso.test'" in unknown.output

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot
 from contactsync.store.records import AuditKind
@@ -65,7 +67,11 @@ async def test_outlook_edited_between_our_read_and_our_write_bc_wins(world: Worl
                                 read_outlook_delta=True)
     assert again.execution is not None and sum(again.execution.writes.values()) == 0
 
-async def test_bc_edited_between_our_read_and_our_write_bc_wins(world: World) -> None:
+@pytest.mark.parametrize("stale_status", [412, 409])
+async def test_bc_edited_between_our_read_and_our_write_bc_wins(
+    world: World, stale_status: int
+) -> None:
+    world.emulators.bc.config.stale_etag_status = stale_status  # both BC readings
     people = await _linked_people(world)
     setup = world.setup()
     bc_id = people[3]["id"]
@@ -138,9 +144,14 @@ async def test_a_stale_bc_snapshot_is_not_pushed_back(world: World) -> None:
     assert _by_email(await world.folder())["p4@example.com"]["jobTitle"] == "New"
 
 
-async def test_full_sync_replans_a_pair_another_worker_wrote_meanwhile(world: World) -> None:
+@pytest.mark.parametrize("stale_status", [412, 409])
+async def test_full_sync_replans_a_pair_another_worker_wrote_meanwhile(
+    world: World, stale_status: int
+) -> None:
     """A second applier (or a person) writes the BC contact between a Full sync's listing and
-    its write: the 412 costs one re-read of that pair, not a failed run, and BC's values win."""
+    its write: the 412 (or BC's 409 Request_EntityChanged) costs one re-read of that pair, not
+    a failed run, and BC's values win."""
+    world.emulators.bc.config.stale_etag_status = stale_status
     people = await _linked_people(world)
     bc_id = people[1]["id"]
     original = world.bc.update_contact
