@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         default="", description="BC API base URL up to and including /api/v2.0"
     )
     bc_company: str = Field(default="", description="BC company id (GUID) or name")
+    bc_deletion_scan_seconds: float = Field(
+        default=60.0, gt=0,
+        description="Without a live BC subscription: how often the change feed compares the "
+        "ids of BC's persons with the links to find deletions",
+    )
     bc_scope: str = "https://api.businesscentral.dynamics.com/.default"
     graph_scope: str = "https://graph.microsoft.com/.default"
 

@@ -16,9 +16,19 @@ the hint's resource, `.../contacts(<id>)`: BC has nothing else to read for a del
   hint that arrived meanwhile (or in BC's own 30 s window, batched into one POST) is answered
   by that one query (decision 2); so is a `collection` notification (its filter is always at
   or after our watermark), and so is a missed one, by the timer.
-- The timer runs a round every `poll_interval` seconds (30 s), or every
-  `fallback_poll_interval` (5 s) when BC says it offers no webhooks on contacts
-  (`webhook_supported()`, asked at start; a failed answer counts as "no").
+- The timer runs a round every `poll_interval` seconds (30 s) while a BC subscription is live,
+  or every `fallback_poll_interval` (5 s) when there is none: BC says it offers no webhooks on
+  contacts (`webhook_supported()`, asked at start; a failed answer counts as "no"), or it
+  refused the subscription POST (the subscriptions role stores what it holds: no unexpired
+  BC subscription of this company in the store means none is live).
+- Deletions without webhooks: BC has nothing to query for a deleted record, so while no
+  subscription is live, every `deletion_scan_interval` seconds (60 s) the feed lists the ids
+  of the company's persons (`$select=id` pages) and compares them with the BC ids the links
+  hold (read before the listing, so a link made meanwhile is not taken for a deletion). Each
+  missing id is confirmed with a GET (404: gone; still there: no longer a person, which the
+  next round's snapshot covers) and published as kind deleted by the next round. More missing
+  ids than the mass-delete rail allows (10% and 20 of the links) are left to the reconcile,
+  which stops at the same rail, instead of emptying folders on a doubtful listing.
 - The watermark (the largest `lastModifiedDateTime` seen) is stored per company id and advances
   only after the broker acknowledged every message of the round (flush, then each future):
   a round that fails publishes again next time, never skips. The overlap re-reads contacts
@@ -53,21 +63,27 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from contactsync.clients.bc import BcClient
-from contactsync.clients.errors import ServiceError, ServiceUnavailable
+from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
 from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, DEADLETTER, topic_name
 from contactsync.logs import get_logger
 from contactsync.settings import Settings
 from contactsync.store import Store
+from contactsync.store.records import SubscriptionService
 from contactsync.sync.services import ConfigError, azure_credential
 from schemas.contacts import BcContact
 from schemas.envelope import MessageError, decode, encode, wrap
 from schemas.messages import BcChangeKind, BcContactChanged, BcNotification
+from schemas.setup import UserSetup
 
 GROUP_ID = "contactsync-bc-changes"
 DEFAULT_POLL_INTERVAL = 30.0
 DEFAULT_FALLBACK_POLL_INTERVAL = 5.0
+DEFAULT_DELETION_SCAN_INTERVAL = 60.0
+PERSONS = "type eq 'Person'"
+_RAIL_SHARE: float = UserSetup.model_fields["max_delete_share"].default
+_RAIL_FLOOR: int = UserSetup.model_fields["max_delete_floor"].default
 DEFAULT_OVERLAP = timedelta(seconds=2)
 DEFAULT_COALESCE_S = 0.05  # at most ~20 queries a second however many hints come
 MIN_GATHER_S = 0.005  # hints already on their way still share the round
@@ -134,6 +150,7 @@ class BcChangeFeed:
         loop: asyncio.AbstractEventLoop | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         fallback_poll_interval: float = DEFAULT_FALLBACK_POLL_INTERVAL,
+        deletion_scan_interval: float = DEFAULT_DELETION_SCAN_INTERVAL,
         overlap: timedelta = DEFAULT_OVERLAP,
         coalesce_seconds: float = DEFAULT_COALESCE_S,
         consumer: KafkaConsumer | None = None,
@@ -147,6 +164,7 @@ class BcChangeFeed:
         self._owns_loop = loop is None
         self.poll_interval = poll_interval
         self.fallback_poll_interval = fallback_poll_interval
+        self.deletion_scan_interval = deletion_scan_interval
         self.overlap = overlap
         self.coalesce_seconds = coalesce_seconds
         self.group_id = group_id
@@ -163,6 +181,10 @@ class BcChangeFeed:
         self.webhooks: bool | None = None  # None until `start`
         self.rounds = 0  # successful rounds, for logs and tests
         self.failed_rounds = 0
+        self.scans = 0  # deletion scans (no live subscription), for logs and tests
+        self._scanned_gone: set[str] = set()  # queued by a scan, still linked: not again
+        self._next_scan = 0.0  # monotonic; the first scan comes with the first round
+        self._was_subscribed: bool | None = None
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -170,10 +192,26 @@ class BcChangeFeed:
     def company_id(self) -> str:
         return self.bc.company_id
 
+    def subscribed(self) -> bool:
+        """Is a BC subscription on this company's contacts live? BC must offer webhooks on
+        contacts and the subscriptions role must hold an unexpired one (it stores none when
+        BC refused the POST)."""
+        if not self.webhooks:
+            live = False
+        else:
+            now = datetime.now(UTC)
+            live = any(_aware(s.expiration) > now for s in self.store.subscriptions.list_all(
+                service=SubscriptionService.BC, company=self.company_id))
+        if live != self._was_subscribed:
+            self._was_subscribed = live
+            _log().info("bc change feed mode", company=self.company_id,
+                        mode="webhooks" if live else "polling, with deletion scans")
+        return live
+
     @property
     def interval(self) -> float:
-        """Seconds between timer rounds: shorter when BC sends no webhooks for contacts."""
-        return self.poll_interval if self.webhooks else self.fallback_poll_interval
+        """Seconds between timer rounds: shorter while no BC subscription is live."""
+        return self.poll_interval if self.subscribed() else self.fallback_poll_interval
 
     def start(self) -> None:
         """Ask BC whether contacts have webhooks; make sure the company has a watermark."""
@@ -293,6 +331,63 @@ class BcChangeFeed:
                     watermark=report.watermark_after.isoformat())
         return report
 
+    # --- deletions without webhooks --------------------------------------------------------
+
+    def scan_deletions(self) -> list[str]:
+        """Linked BC ids that are no longer in BC: queued as deletions for the next round
+        (which is requested). Raises a `ServiceError` when BC fails; nothing is queued then."""
+        self.start()
+        gone = self.loop.run_until_complete(self._missing_persons())
+        self._scanned_gone.update(gone)
+        for contact_id in gone:
+            self._pending_deletes.setdefault(contact_id, _PendingDelete(contact_id, None, None))
+        if gone:
+            self._round_requested = True
+        self.scans += 1
+        return gone
+
+    async def _missing_persons(self) -> list[str]:
+        linked = {i.lower(): i for i in self.store.links.linked_bc_ids()}  # before the listing
+        # Queued before and still linked: the applier has not dropped the link yet.
+        self._scanned_gone &= set(linked.values())
+        if not linked:
+            return []
+        present: set[str] = set()
+        async for page in self.bc.iter_contact_pages(PERSONS, select=["id"]):
+            present.update(str(c.get("id", "")).lower() for c in page)
+        missing = sorted(linked[k] for k in linked.keys() - present
+                         if linked[k] not in self._scanned_gone)
+        if len(missing) > _RAIL_SHARE * len(linked) and len(missing) > _RAIL_FLOOR:
+            _log().warning("many linked BC contacts missing at once; left to the reconcile "
+                           "(its mass-delete rail decides)", company=self.company_id,
+                           missing=len(missing), linked=len(linked))
+            return []
+        gone = []
+        for contact_id in missing:
+            try:
+                await self.bc.get_contact(contact_id)
+            except NotFound:
+                gone.append(contact_id)
+        if gone:
+            _log().info("bc deletions found by id scan", company=self.company_id,
+                        deleted=len(gone))
+        return gone
+
+    def _scan_if_due(self) -> None:
+        """A deletion scan when none is live and the scan interval has passed; a failure is
+        logged and the scan tried again after the next interval."""
+        now = time.monotonic()
+        if now < self._next_scan:
+            return
+        self._next_scan = now + self.deletion_scan_interval
+        if self.subscribed():
+            return
+        try:
+            self.scan_deletions()
+        except ServiceError as exc:
+            _log().warning("bc deletion scan failed; trying again later", error=str(exc),
+                           retry_in_s=self.deletion_scan_interval)
+
     def _send(self, change: BcContactChanged, trace_id: str | None, version: str) -> Any:
         event_id = uuid.uuid5(_EVENT_IDS, f"{self.company_id}\x1f{change.contact_id}\x1f"
                                           f"{change.kind}\x1f{version}").hex
@@ -380,6 +475,8 @@ class BcChangeFeed:
                 if backoff:
                     wait = min(wait, max(0.0, retry_at - now))
                 self._poll(consumer, wait)
+                if not backoff:
+                    self._scan_if_due()
                 now = time.monotonic()
                 due = self._round_requested or now >= next_timer
                 if not due or (backoff and now < retry_at) or stop.is_set():
@@ -429,7 +526,8 @@ def run_bc_changes(
         bc = loop.run_until_complete(BcClient.create(
             settings.bc_base_url, settings.bc_company, credential, scope=settings.bc_scope))
         BcChangeFeed(settings, store, bc, producer, loop=loop, poll_interval=poll_interval,
-                     fallback_poll_interval=fallback_poll_interval).run(stop)
+                     fallback_poll_interval=fallback_poll_interval,
+                     deletion_scan_interval=settings.bc_deletion_scan_seconds).run(stop)
     finally:
         try:
             if bc is not None:

@@ -120,6 +120,11 @@ class LinkRepository(Repository):
         with self._reading() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def linked_bc_ids(self) -> set[str]:
+        """Every BC contact id some user links (the change feed's deletion scan)."""
+        with self._reading() as conn:
+            return set(conn.execute(select(links.c.bc_id).distinct()).scalars())
+
     def users_for_bc_id(self, bc_id: str) -> list[str]:
         """Every user who holds a link to this BC contact (the router's question)."""
         query = (select(links.c.user_id).where(links.c.bc_id == canon_bc_id(bc_id))

@@ -15,6 +15,7 @@ from kafka import KafkaProducer
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.errors import ServiceUnavailable
+from contactsync.engine.links import Link
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_CONTACT_CHANGES,
@@ -24,12 +25,14 @@ from contactsync.kafka.topics import (
 )
 from contactsync.settings import Settings
 from contactsync.store import Store
+from contactsync.store.records import Subscription, SubscriptionService
 from emulators.bc import BcEmulatorConfig
 from emulators.common.server import free_port
 from producers.bc_changes import BcChangeFeed, contact_id_from_resource
 from schemas.contacts import BcContact
 from schemas.envelope import decode, encode, wrap
 from schemas.messages import BcChangeKind, BcContactChanged, BcNotification
+from schemas.setup import UserSetup
 from tests.kafka_fixtures import read_topic
 
 pytestmark = pytest.mark.kafka
@@ -109,6 +112,20 @@ def contact_queries(emulators: RunningEmulators) -> int:
                if r["method"] == "GET" and r["route"].endswith("companies({company_id})/contacts"))
 
 
+def hold_subscription(store: Store, company: str) -> None:
+    """What the subscriptions role stores once BC accepted its subscription: a live one."""
+    store.subscriptions.upsert(Subscription(
+        "bc-sub-1", SubscriptionService.BC, f"/api/v2.0/companies({company})/contacts",
+        "secret", datetime.now(UTC) + timedelta(days=3), "http://127.0.0.1:9/webhooks/bc",
+        company=company))
+
+
+def link(store: Store, bc_ids: list[str], user: str = "ann@contoso.test") -> None:
+    if store.setups.get(user) is None:
+        store.setups.add(UserSetup(user_id=user, mailbox=user))
+    store.links.upsert_many(Link(user, bc_id, f"g-{bc_id}") for bc_id in bc_ids)
+
+
 def hint(company: str, change: str, resource: str) -> BcNotification:
     return BcNotification(subscription_id="sub-1", company_id=company, change_type=change,
                           resource=resource, last_modified=datetime.now(UTC),
@@ -157,11 +174,13 @@ def test_hints_burst_deletion_and_collection_one_query_per_round(
 ) -> None:
     company = bc.company_id
     base = f"api/v2.0/companies({company})/contacts"
+    hold_subscription(store, company)
     feed = BcChangeFeed(settings, store, bc, producer, loop=loop, poll_interval=3600,
                         coalesce_seconds=0.5)
     with Running(feed):
         wait_for(lambda: feed.rounds >= 1, "the first (catch-up) round")
         assert feed.webhooks is True and feed.interval == 3600
+        assert feed.scans == 0, "BC announces deletions: no id scan"
         assert contact_queries(emulators) == 1
 
         # A burst: 5 new contacts, 2 of them edited twice more; a hint for every edit.
@@ -259,18 +278,75 @@ def test_watermark_starts_at_now_and_waits_for_the_broker(
     assert len(read_changes(settings)) == 2
 
 
+@pytest.mark.parametrize("why", ["contacts not offered", "subscription refused"])
 def test_polling_finds_changes_without_webhooks(
     settings: Settings, store: Store, emulators: RunningEmulators, bc: BcClient,
-    loop: asyncio.AbstractEventLoop, producer: KafkaProducer,
+    loop: asyncio.AbstractEventLoop, producer: KafkaProducer, why: str,
 ) -> None:
-    emulators.bc.set_webhooks_supported(False)
+    """No live BC subscription: contacts are not in webhookSupportedResources, or they are
+    but BC refused the subscription POST (so the subscriptions role stored none)."""
+    emulators.bc.set_webhooks_supported(why == "subscription refused")
     feed = BcChangeFeed(settings, store, bc, producer, loop=loop, poll_interval=3600,
-                        fallback_poll_interval=0.3)
+                        fallback_poll_interval=0.3, deletion_scan_interval=3600)
     with Running(feed):
         wait_for(lambda: feed.rounds >= 1, "the first round")
-        assert feed.webhooks is False and feed.interval == 0.3
+        assert feed.webhooks is (why == "subscription refused") and feed.interval == 0.3
         made = emulators.bc.create_contact({"displayName": "Polled", "email": "poll@x.test"})
         changes = wait_for(lambda: read_changes(settings), "the polled change")
     assert [(k, c.kind) for k, c in changes] == [(made["id"], BcChangeKind.UPSERT)]
     assert feed.rounds >= 2
-    assert contact_queries(emulators) == feed.rounds
+    assert feed.scans == 1, "one id scan at start, the next one an interval later"
+    assert contact_queries(emulators) == feed.rounds, "nothing linked: the scan asks BC nothing"
+
+
+@pytest.mark.parametrize("webhooks", [True, False], ids=["bc-webhooks", "bc-polling"])
+def test_a_bc_deletion_reaches_the_topic_either_way(
+    settings: Settings, store: Store, emulators: RunningEmulators, bc: BcClient,
+    loop: asyncio.AbstractEventLoop, producer: KafkaProducer, webhooks: bool,
+) -> None:
+    """With a live subscription BC's `deleted` notification names the contact; without one
+    the id scan finds it (issue 12, defect 10): no waiting for the nightly reconcile."""
+    company = bc.company_id
+    emulators.bc.set_webhooks_supported(webhooks)
+    if webhooks:
+        hold_subscription(store, company)
+    people = [emulators.bc.create_contact({"displayName": f"P{i}", "email": f"p{i}@x.test",
+                                           "type": "Person"}) for i in range(4)]
+    link(store, [p["id"] for p in people])
+    feed = BcChangeFeed(settings, store, bc, producer, loop=loop, poll_interval=3600,
+                        fallback_poll_interval=0.3, deletion_scan_interval=0.3)
+    with Running(feed):
+        wait_for(lambda: feed.rounds >= 1, "the first round")
+        emulators.bc.delete_contact(people[0]["id"])
+        # No longer a person: not a deletion (the round's snapshot tells the router).
+        emulators.bc.update_contact(people[1]["id"], {"type": "Company"})
+        if webhooks:
+            produce_hints(settings, [hint(company, "deleted",
+                                          f"api/v2.0/companies({company})/contacts"
+                                          f"({people[0]['id']})")])
+        wait_for(lambda: any(c.kind is BcChangeKind.DELETED
+                             for _, c in read_changes(settings)), "the deletion")
+        if not webhooks:
+            scans = feed.scans
+            wait_for(lambda: feed.scans >= scans + 2, "two more scans")
+    deleted = [k for k, c in read_changes(settings) if c.kind is BcChangeKind.DELETED]
+    assert deleted == [people[0]["id"]], "published once, only the deleted one"
+    assert (feed.scans == 0) is webhooks
+
+
+def test_a_doubtful_listing_deletes_nothing(
+    settings: Settings, store: Store, emulators: RunningEmulators, bc: BcClient,
+    loop: asyncio.AbstractEventLoop, producer: KafkaProducer,
+) -> None:
+    """More linked contacts missing than the mass-delete rail allows: left to the reconcile."""
+    emulators.bc.set_webhooks_supported(False)
+    people = [emulators.bc.create_contact({"displayName": f"P{i}", "email": f"p{i}@x.test",
+                                           "type": "Person"}) for i in range(30)]
+    link(store, [p["id"] for p in people])
+    for p in people[:25]:
+        emulators.bc.delete_contact(p["id"])
+    feed = BcChangeFeed(settings, store, bc, producer, loop=loop)
+    assert feed.scan_deletions() == []
+    emulators.bc.create_contact({"displayName": "Back", "email": "b@x.test", "type": "Person"})
+    link(store, [f"{i:08d}-0000-0000-0000-000000000000" for i in range(300)], "bob@x.test")
+    assert feed.scan_deletions() == [], "25 + 300 of 330 linked missing: still too many"

@@ -101,16 +101,30 @@ async def _initial_sync(settings: Settings, store: Store) -> None:
 
 
 @pytest.fixture
-def system(kafka_settings: Settings) -> Iterator[System]:
+def bc_webhooks() -> bool:
+    """Does BC offer webhooks on contacts? `BOTH_WAYS` runs a test with and without."""
+    return True
+
+
+# BC's side both ways: notifications from a live BC subscription, or (contacts not in
+# webhookSupportedResources) fast polling and id scans for deletions.
+BOTH_WAYS = pytest.mark.parametrize("bc_webhooks", [True, False],
+                                    ids=["bc-webhooks", "bc-polling"])
+
+
+@pytest.fixture
+def system(kafka_settings: Settings, bc_webhooks: bool) -> Iterator[System]:
     ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
     emulators = start_emulators(graph_config=GraphEmulatorConfig.fast(),
-                                bc_config=BcEmulatorConfig.for_tests())
+                                bc_config=BcEmulatorConfig.for_tests(
+                                    webhooks_supported=bc_webhooks))
     port = free_port()
     settings = kafka_settings.model_copy(update={
         "graph_base_url": emulators.graph_base_url,
         "bc_base_url": emulators.bc_base_url,
         "bc_company": emulators.bc.company_id,
         "webhook_public_url": f"http://127.0.0.1:{port}",
+        "bc_deletion_scan_seconds": 1.0,
     })
     store = Store.open(settings.database_url)
     for mailbox, contact_filter in ((ANNA, {}), (BEN, {"city": "Seattle"})):
@@ -127,8 +141,9 @@ def system(kafka_settings: Settings) -> Iterator[System]:
     running = System(settings, emulators, store, pipeline)
     try:
         eventually(lambda: len(store.subscriptions.list_all(service=SubscriptionService.GRAPH))
-                   == 2 and store.subscriptions.list_all(service=SubscriptionService.BC),
-                   what="subscriptions for both users and the company")
+                   == 2 and bool(store.subscriptions.list_all(service=SubscriptionService.BC))
+                   is bc_webhooks,
+                   what="subscriptions for both users (and the company, with BC webhooks)")
         running.quiet(1.0)
         yield running
     finally:
@@ -138,6 +153,7 @@ def system(kafka_settings: Settings) -> Iterator[System]:
         emulators.stop()
 
 
+@BOTH_WAYS
 def test_a_bc_edit_reaches_every_user_whose_filter_matches_and_no_other(system: System):
     bc = system.emulators.bc
     sea = system.bc_by_email()["sea1@example.com"]
@@ -175,6 +191,7 @@ def test_new_outlook_contacts_with_name_and_email_go_to_bc_and_others_do_not(sys
     assert names.count("Grace Hopper") == 1 and "No Email" not in names
 
 
+@BOTH_WAYS
 def test_when_both_sides_change_bc_wins(system: System):
     sea = system.bc_by_email()["sea2@example.com"]
     contact = system.folder(ANNA)["sea2@example.com"]
@@ -187,6 +204,7 @@ def test_when_both_sides_change_bc_wins(system: System):
     assert system.folder(BEN)["sea2@example.com"].get("jobTitle") == "Mathematician"
 
 
+@BOTH_WAYS
 def test_a_bc_deletion_and_a_contact_leaving_a_filter_leave_the_folders(system: System):
     bc = system.emulators.bc
     by_email = system.bc_by_email()
