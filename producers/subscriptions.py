@@ -9,9 +9,11 @@ What `SubscriptionKeeper.run_once()` makes true, each time it runs (every `inter
   `.../webhooks/graph/lifecycle`, expiring ~4,200 minutes out, under the 4,230 documented cap).
   A disabled or removed user's subscription is deleted.
 - BC: one subscription per company (the client's; `.../webhooks/bc`), when BC says it offers
-  webhooks on contacts; otherwise none, and the change feed polls faster.
+  webhooks on contacts; otherwise none, and the change feed polls faster (as it does when BC
+  refuses the subscription POST: no live subscription is stored).
 - Renewal when less than a third of the lifetime remains (Graph: PATCH expirationDateTime;
-  BC: PATCH with If-Match, which repeats the handshake).
+  BC: PATCH with If-Match and the subscription's notificationUrl, resource and clientState, as
+  "Update subscriptions" shows it; it repeats the handshake).
 - A subscription gone at the service (missing from its listing, or 404 on renew) is recreated.
   Subscriptions at the service that carry our notificationUrl but are not in the store (a crash
   between create and store) are deleted. Run one keeper per deployment.

@@ -21,6 +21,11 @@ Resilience (DESIGN.md decisions 9 and 10):
   - delete: re-read; gone -> done; ETag unchanged -> repeat; otherwise Conflict.
   - subscription create/renew/delete: list or re-read the subscription the same way.
 
+Fields by environment: contact `jobTitle` came with BC 2024, and an older BC answers 400 to a
+`$select` or body naming it. The client reads the `$metadata` document once (per client, i.e.
+per company) and leaves properties the environment lacks out of `$select` and write bodies,
+logging each once (`existing_fields`).
+
 Tokens come from an azure-identity credential (sync or async) for
 `https://api.businesscentral.dynamics.com/.default`, refreshed five minutes before expiry and
 once more after a 401. They are never logged; neither are request bodies.

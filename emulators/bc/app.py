@@ -476,8 +476,10 @@ class BcEmulator:
         return Response(status_code=204)
 
     async def webhook_supported_resources(self, request: Request) -> Response:
-        """UNCONFIRMED shape: `{"value": [{"resource": "v2.0/contacts"}, ...]}`. The
-        reference gives only the URL and the `resource eq 'v2.0*'` filter."""
+        """`{"value": [{"resource": "v2.0/accounts"}, ...]}`, as the example of "Working with
+        webhooks in Dynamics 365 Business Central" (api-reference/v2.0/dynamics-subscriptions,
+        "Supported entities"). That page's list has no contacts; whether an environment lists
+        them is `config.webhooks_supported`."""
         self._check_env(request)
         names = list(OTHER_WEBHOOK_RESOURCES)
         if self.config.webhooks_supported:
