@@ -183,7 +183,7 @@ class BcChangeFeed:
         self.failed_rounds = 0
         self.scans = 0  # deletion scans (no live subscription), for logs and tests
         self._scanned_gone: set[str] = set()  # queued by a scan, still linked: not again
-        self._next_scan = 0.0  # monotonic; the first scan comes with the first round
+        self._next_scan = 0.0  # monotonic; the first scan at once (deletions while stopped)
         self._was_subscribed: bool | None = None
 
     # --- setup ---------------------------------------------------------------------------
@@ -196,12 +196,15 @@ class BcChangeFeed:
         """Is a BC subscription on this company's contacts live? BC must offer webhooks on
         contacts and the subscriptions role must hold an unexpired one (it stores none when
         BC refused the POST)."""
-        if not self.webhooks:
-            live = False
-        else:
+        live = False
+        if self.webhooks:
             now = datetime.now(UTC)
-            live = any(_aware(s.expiration) > now for s in self.store.subscriptions.list_all(
-                service=SubscriptionService.BC, company=self.company_id))
+            try:
+                live = any(_aware(s.expiration) > now for s in self.store.subscriptions.list_all(
+                    service=SubscriptionService.BC, company=self.company_id))
+            except Exception as exc:  # the store away: poll as without webhooks (the safe side)
+                _log().warning("could not read the BC subscription from the store",
+                               error=str(exc))
         if live != self._was_subscribed:
             self._was_subscribed = live
             _log().info("bc change feed mode", company=self.company_id,
@@ -384,7 +387,7 @@ class BcChangeFeed:
             return
         try:
             self.scan_deletions()
-        except ServiceError as exc:
+        except Exception as exc:  # BC or the store away: the next scan tries again
             _log().warning("bc deletion scan failed; trying again later", error=str(exc),
                            retry_in_s=self.deletion_scan_interval)
 
