@@ -30,6 +30,7 @@ from contactsync.store.records import Subscription, SubscriptionService
 from emulators.bc import BcEmulatorConfig
 from emulators.common.server import BackgroundServer
 from emulators.graph import GraphEmulatorConfig
+from producers.bc_changes import BcChangeFeed
 from producers.subscriptions import (
     CREATED_REASON,
     RECREATED_REASON,
@@ -266,3 +267,25 @@ async def test_an_http_public_url_is_refused_once_against_a_real_graph() -> None
         SubscriptionKeeper(https, UNUSED, graph, None, UNUSED).close()
     async with GraphClient.create("http://127.0.0.1:9/v1.0") as emulator:  # loopback: allowed
         SubscriptionKeeper(settings, UNUSED, emulator, None, UNUSED).close()
+
+
+@pytest.mark.parametrize("bc_side", ["live", "contacts not offered", "subscription refused"])
+def test_the_bc_change_feed_polls_fast_without_a_live_bc_subscription(
+    rig: Rig, bc_side: str
+) -> None:
+    """The keeper stores a BC subscription only when BC took it; the change feed reads that
+    (issue 12, defect 10): no subscription, whatever the reason, means fast polling."""
+    if bc_side == "contacts not offered":
+        rig.emulators.bc.set_webhooks_supported(False)
+    elif bc_side == "subscription refused":
+        rig.emulators.bc.config.max_subscriptions = 0  # BC answers 400 to the POST
+    report = rig.run_once()
+    stored = rig.store.subscriptions.list_all(service=SubscriptionService.BC)
+    assert bool(stored) is (bc_side == "live")
+    assert (rig.emulators.bc.company_id in report.failed) is (bc_side == "subscription refused")
+    bc = rig.keeper.bc
+    assert bc is not None
+    feed = BcChangeFeed(rig.settings, rig.store, bc, rig.keeper.producer, loop=rig.loop,
+                        poll_interval=30, fallback_poll_interval=5)
+    feed.start()
+    assert feed.interval == (30 if bc_side == "live" else 5)
