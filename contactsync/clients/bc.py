@@ -494,6 +494,8 @@ class BcClient:
         """PATCH with If-Match; 200 and the contact. Stale ETag -> Conflict."""
         url = f"{self.contacts_url}({contact_id})"
         payload = await self._writable(changes)
+        if not payload and changes:  # only fields this BC lacks: nothing to write
+            return await self.get_contact(contact_id)
 
         async def call() -> Contact:
             resp = await self._send("PATCH", url, json=payload, headers={"If-Match": etag})

@@ -64,5 +64,16 @@ async def test_both_ways_without_job_title(world: World, caplog: pytest.LogCaptu
     assert folder["Grace Hopper"]["jobTitle"] == "Rear Admiral", "Outlook keeps its title"
 
     assert _metadata_reads(world) == 1, "learned once per company (per client)"
+
+    # An Outlook edit of the job title alone has nothing to write into this BC.
+    world.emulators.bc.reset_counters()
+    world.emulators.graph.person_update_contact(MAILBOX, folder["Grace Hopper"]["id"],
+                                                {"jobTitle": "Admiral"})
+    edited = await world.sync(SyncMode.SYNC)
+    assert edited.execution is not None and edited.execution.failures == []
+    bc_writes = [r for r in world.emulators.bc.counters_snapshot()["by_route"]
+                 if r["method"] in ("POST", "PATCH", "DELETE")]
+    assert bc_writes == []
+
     missing = [r for r in caplog.records if "no contact field 'jobTitle'" in r.getMessage()]
     assert len(missing) == 1, "logged once, not an error"
