@@ -64,6 +64,7 @@ from kafka.structs import OffsetAndMetadata
 
 from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
+from contactsync.engine.links import canon_bc_id
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
 from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, DEADLETTER, topic_name
@@ -350,14 +351,14 @@ class BcChangeFeed:
         return gone
 
     async def _missing_persons(self) -> list[str]:
-        linked = {i.lower(): i for i in self.store.links.linked_bc_ids()}  # before the listing
+        linked = {canon_bc_id(i): i for i in self.store.links.linked_bc_ids()}  # before listing
         # Queued before and still linked: the applier has not dropped the link yet.
         self._scanned_gone &= set(linked.values())
         if not linked:
             return []
         present: set[str] = set()
         async for page in self.bc.iter_contact_pages(PERSONS, select=["id"]):
-            present.update(str(c.get("id", "")).lower() for c in page)
+            present.update(canon_bc_id(str(c.get("id", ""))) for c in page)
         missing = sorted(linked[k] for k in linked.keys() - present
                          if linked[k] not in self._scanned_gone)
         if len(missing) > _RAIL_SHARE * len(linked) and len(missing) > _RAIL_FLOOR:

@@ -29,7 +29,7 @@ from tests.emulators.bc_fixtures import Receiver, RunningBc, receiver, start_bc
 
 __all__ = ["receiver"]
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent / "bc"
 TYPES = {"GUID": str, "string": str, "boolean": bool, "date": str, "datetime": str}
 
 
