@@ -10,8 +10,9 @@ one per contact id wins) and a single Graph delta read answers every hint. A `sy
 `full_sync` command runs `sync_user` (with its dry_run and force) where it stands in that
 order.
 
-Every command gets one `SyncResult` (ok / stopped by the safety rail / failed with a reason),
-acked by the broker before the handler returns. A coalesced segment's counts go on its first
+Every command gets one `SyncResult` (ok / stopped by the safety rail / failed with a reason /
+expired: its deadline passed before the applier took it, so it is not run late), acked by the
+broker before the handler returns. A coalesced segment's counts go on its first
 command's result; the others carry its status with zero counts (summing results never counts
 one write twice). A setup stopped for sharing another's folder gets `stopped` results. An
 unknown or disabled user yields a failed result (no retry, no dead letter). A `RetryableError`
@@ -34,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from kafka import KafkaProducer
@@ -259,7 +261,7 @@ class Applier:
         sent: list[tuple[_Command, Any]] = []
         try:
             chains: list[tuple[UserSetup, list[list[_Command]]]] = []
-            for user_id, user_commands in _by_user(commands):
+            for user_id, user_commands in _by_user(self._drop_expired(commands, sent)):
                 setup = self._setup_or_refuse(user_id, user_commands, sent)
                 if setup is not None:
                     chains.append((setup, _segments(user_commands)))
@@ -276,6 +278,23 @@ class Applier:
             self._prepared.clear()
         self._await([future for _, future in sent])
         self._remember_finished(c for c, _ in sent)
+
+    def _drop_expired(self, commands: list[_Command],
+                      sent: list[tuple[_Command, Any]]) -> list[_Command]:
+        """Commands past their deadline get an `expired` result instead of running late."""
+        now = datetime.now(UTC)
+        live = []
+        for c in commands:
+            deadline = c.command.expires_at
+            if deadline is None or deadline > now:
+                live.append(c)
+                continue
+            _log().warning("command expired before it was taken", user_id=c.command.user_id,
+                           kind=str(c.command.kind), expired_at=deadline.isoformat())
+            reason = (f"the command expired at {deadline:%Y-%m-%d %H:%M:%S} UTC before an "
+                      "applier took it; nothing was done: ask again")
+            sent.append((c, self._send(c, _Outcome(ResultStatus.EXPIRED, reason))))
+        return live
 
     def _setup_or_refuse(self, user_id: str, commands: list[_Command],
                          sent: list[tuple[_Command, Any]]) -> UserSetup | None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from contactsync.clients.errors import ServiceUnavailable
@@ -44,6 +44,7 @@ from schemas.messages import CommandKind, SyncCommand, SyncResult
 
 NIGHTLY = "0 2 * * *"  # 02:00 UTC
 SEND_TIMEOUT_S = 30.0
+COMMAND_TTL_S = 3600.0  # a reconcile command not taken within this is dropped as `expired`
 _COMMAND_IDS = uuid.UUID("0e7d9a3c-6b1f-4f2e-8a55-3c9d1e7b2f60")  # namespace of command ids
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -179,9 +180,13 @@ def spread(user_ids: Iterable[str], window: float,
 
 
 def reconcile_command(user_id: str, run_id: str, *, dry_run: bool = False,
-                      force: bool = False, reason: str = "reconcile") -> SyncCommand:
+                      force: bool = False, reason: str = "reconcile",
+                      expires_in: float = COMMAND_TTL_S) -> SyncCommand:
+    """A full_sync command that an applier drops (result `expired`) after `expires_in`
+    seconds: a reconcile asked for now is not run hours later, behind everyone's back."""
     return SyncCommand(user_id=user_id, kind=CommandKind.FULL_SYNC, reason=reason,
-                       run_id=run_id, dry_run=dry_run, force=force)
+                       run_id=run_id, dry_run=dry_run, force=force,
+                       expires_at=datetime.now(UTC) + timedelta(seconds=expires_in))
 
 
 def command_event_id(run_id: str, user_id: str) -> str:
@@ -298,6 +303,27 @@ def run_scheduler(settings: Settings, store: Store, stop: threading.Event) -> No
 
 
 # --- following a run's results (`reconcile --wait`) ---
+
+def consumers_of(settings: Settings, group_id: str, topic: str) -> int:
+    """How many members of `group_id` subscribe to `topic` now (0: nobody would take a
+    command published there). The group id is shared across topic prefixes, so the
+    subscription, not the membership, is what counts."""
+    admin = KafkaAdminClient(bootstrap_servers=resolve_bootstrap(settings),
+                             client_id="contactsync-reconcile-check", request_timeout_ms=10_000)
+    try:
+        group = admin.describe_groups([group_id]).get(group_id) or {}
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"could not describe the consumer group {group_id}: {exc}",
+                                 service="kafka") from exc
+    finally:
+        admin.close()
+    count = 0
+    for member in group.get("members") or []:
+        metadata = member.get("member_metadata")
+        topics = metadata.get("topics") if isinstance(metadata, dict) else None
+        count += topics is None or topic in topics  # undecodable: assume it is one of ours
+    return count
+
 
 class ResultWaiter:
     """Reads `sync.results` from its current end, so it must be made BEFORE the commands are

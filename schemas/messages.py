@@ -96,12 +96,16 @@ class SyncCommand(_Payload):
     run_id: str = Field(default="", description="Groups the commands of one reconcile run")
     dry_run: bool = False
     force: bool = Field(default=False, description="Override the mass-delete safety rail")
+    expires_at: datetime | None = Field(
+        default=None, description="v2: an applier that takes the command later drops it "
+        "with an `expired` result instead of running it (None: no deadline)")
 
 
 class ResultStatus(StrEnum):
     OK = "ok"
     STOPPED = "stopped"  # a safety rail stopped the run for this user
     FAILED = "failed"
+    EXPIRED = "expired"  # v2: the command's deadline passed before an applier took it
 
 
 class SyncResult(_Payload):
@@ -139,8 +143,8 @@ MESSAGE_TYPES: dict[str, tuple[type[BaseModel], int]] = {
     "graph.notification": (GraphNotification, 1),
     "graph.lifecycle": (GraphLifecycle, 1),
     "bc.contact.changed": (BcContactChanged, 1),
-    "sync.command": (SyncCommand, 1),
-    "sync.result": (SyncResult, 1),
+    "sync.command": (SyncCommand, 2),  # v2: expires_at
+    "sync.result": (SyncResult, 2),  # v2: status `expired`
     "deadletter": (DeadLetter, 1),
 }
 
