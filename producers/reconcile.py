@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import CoordinatorNotAvailableError, KafkaError
 
 from contactsync.clients.errors import ServiceUnavailable
 from contactsync.kafka.io import make_producer, resolve_bootstrap
@@ -312,6 +312,8 @@ def consumers_of(settings: Settings, group_id: str, topic: str) -> int:
                              client_id="contactsync-reconcile-check", request_timeout_ms=10_000)
     try:
         group = admin.describe_groups([group_id]).get(group_id) or {}
+    except CoordinatorNotAvailableError:
+        return 0  # no group has ever committed on this broker: nobody consumes
     except KafkaError as exc:
         raise ServiceUnavailable(f"could not describe the consumer group {group_id}: {exc}",
                                  service="kafka") from exc

@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from contactsync.cli.common import kafka_bootstrap, run_role, settings_and_logging
 from contactsync.cli.report_view import print_line, show_run
+
+APPLIER_GRACE_S = 8.0  # how long `--wait` looks for an applier before it says there is none
 
 # The reconcile itself, the store and the clients load when the command runs (see
 # contactsync.cli.common); Kafka (producers.reconcile) only when a run goes through it.
@@ -103,7 +106,11 @@ def _require_applier(settings: Settings) -> None:
     from producers.reconcile import consumers_of
 
     topic = topic_name(settings, SYNC_COMMANDS)
-    if not consumers_of(settings, GROUP_ID, topic):
+    deadline = time.monotonic() + APPLIER_GRACE_S  # one that is starting has joined by then
+    while not consumers_of(settings, GROUP_ID, topic):
+        if time.monotonic() < deadline:
+            time.sleep(1.0)
+            continue
         raise ConfigError(f"no applier is consuming {topic} (the consumer group {GROUP_ID} "
                           "has no member on it): start `contactsync applier` or `contactsync "
                           "run`, then ask again; nothing was published")
