@@ -87,7 +87,8 @@ def _current_settings() -> Settings | None:
         return None
 
 
-def _unreachable_sentence(service: str, detail: str, url: str = "") -> str | None:
+def _unreachable_sentence(service: str, detail: str, url: str = "",
+                          state: str = "is not reachable") -> str | None:
     """'Business Central is not reachable at URL (ConnectError): check CONTACTSYNC_BC_BASE_URL
     and that the service is up', with the URL as configured."""
     if service not in _SERVICE_SETTINGS:
@@ -96,8 +97,7 @@ def _unreachable_sentence(service: str, detail: str, url: str = "") -> str | Non
     settings = _current_settings()
     configured = str(getattr(settings, attribute, "")) if settings is not None else ""
     where = configured or url or "(not set)"
-    return (f"{label} is not reachable at {where} ({detail}): check {variable} and that "
-            "the service is up")
+    return f"{label} {state} at {where} ({detail}): check {variable} and that the service is up"
 
 
 def _service_sentence(exc: Exception) -> str:
@@ -106,7 +106,8 @@ def _service_sentence(exc: Exception) -> str:
     service = getattr(exc, "service", "")
     if isinstance(exc, ServiceUnavailable) and exc.status is None:  # no HTTP answer at all
         detail = exc.args[0] if exc.args else type(exc).__name__
-        sentence = _unreachable_sentence(service, str(detail), getattr(exc, "url", ""))
+        state = "is not reachable" if exc.code == "NotSent" else "is not answering"
+        sentence = _unreachable_sentence(service, str(detail), exc.url, state)
         if sentence:
             return sentence
     if isinstance(exc, Unauthorized):

@@ -122,12 +122,16 @@ class Outcome:
 
 
 def run(world_: World, case: Case, cli: list[str] | None = None,
-        extra_env: dict[str, str] | None = None, timeout: float | None = None) -> Outcome:
-    """The case's command as a subprocess, stdout and stderr together, as a terminal shows."""
+        extra_env: dict[str, str] | None = None, timeout: float | None = None,
+        stdout_only: bool = False) -> Outcome:
+    """The case's command as a subprocess, stdout and stderr together as a terminal shows
+    them (or stdout alone, for JSON)."""
     env = {**world_.env, **case.env(world_), **(extra_env or {})}
     started = time.monotonic()
     with subprocess.Popen([*(cli or CONTACTSYNC), *case.args], env=env, cwd=world_.tmp,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+                          stdout=subprocess.PIPE, text=True,
+                          stderr=subprocess.DEVNULL if stdout_only else subprocess.STDOUT,
+                          ) as proc:
         try:
             output, _ = proc.communicate(timeout=timeout or case.timeout)
             code: int | None = proc.returncode
@@ -233,8 +237,8 @@ def measure(case: Case, tmp: Path, cli: list[str], kafka_env: dict[str, str],
 def _table(before_dir: str | None) -> None:  # pragma: no cover - a report, not a test
     import tempfile
 
-    from contactsync.settings import load_settings
     from contactsync.kafka.topics import ensure_topics_at
+    from contactsync.settings import load_settings
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
     kafka_env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CONTACTSYNC_TOPIC_PREFIX": "admin17."}
