@@ -110,7 +110,7 @@ def _service_sentence(exc: Exception) -> str:
         sentence = _unreachable_sentence(service, str(detail), exc.url, state)
         if sentence:
             return sentence
-    if isinstance(exc, Unauthorized):
+    if isinstance(exc, Unauthorized) and "AZURE_" not in str(exc):
         return (f"{exc}: check the Azure app's credentials (AZURE_TENANT_ID, AZURE_CLIENT_ID, "
                 "AZURE_CLIENT_SECRET) and its permissions")
     if isinstance(exc, NotFound) and service == "graph" and "mailbox" not in str(exc).lower():
@@ -241,7 +241,7 @@ def kafka_bootstrap(settings: Settings, timeout: float = 5.0) -> str:
             continue
     from contactsync.kafka.local_broker import BrokerError
 
-    sentence = _unreachable_sentence("kafka", "no broker answers")
+    sentence = _unreachable_sentence("kafka", "no broker answers", bootstrap)
     raise BrokerError(sentence or f"Kafka is not reachable at {bootstrap}")
 
 

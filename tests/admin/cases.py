@@ -31,7 +31,11 @@ from schemas.setup import UserSetup
 
 USER = "user1@contoso.test"
 OFF = "off@contoso.test"
-CONTACTSYNC = [str(Path(sys.executable).with_name("contactsync"))]
+# CONTACTSYNC_CASES_CODE=DIR runs the commands from another checkout (the code before a fix),
+# to see each test fail there.
+OTHER_CODE = os.environ.get("CONTACTSYNC_CASES_CODE", "")
+MODULE_CLI = [sys.executable, "-c", "from contactsync.cli.main import app; app()"]
+CONTACTSYNC = MODULE_CLI if OTHER_CODE else [str(Path(sys.executable).with_name("contactsync"))]
 
 
 def closed_port() -> int:
@@ -60,7 +64,8 @@ class World:
                 "CONTACTSYNC_DATABASE_URL": f"sqlite:///{self.tmp / 'state.db'}",
                 "CONTACTSYNC_STATE_DIR": str(self.tmp / "state"),
                 "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port()}",
-                "CONTACTSYNC_LOG_FORMAT": "console", **self.kafka_env}
+                "CONTACTSYNC_LOG_FORMAT": "console", **self.kafka_env,
+                **({"PYTHONPATH": OTHER_CODE} if OTHER_CODE else {})}
 
     def state(self) -> tuple[Any, ...]:
         """Everything a mistaken command could change: writes to both services, the store."""
@@ -245,7 +250,7 @@ def _table(before_dir: str | None) -> None:  # pragma: no cover - a report, not 
     if bootstrap:
         ensure_topics_at(bootstrap, load_settings(topic_prefix="admin17.",
                                                   kafka_bootstrap_servers=bootstrap))
-    before_cli = [sys.executable, "-c", "from contactsync.cli.main import app; app()"]
+    before_cli = MODULE_CLI
     print("| case | before: lines / s / exit | after: lines / s / exit |")
     print("|---|---|---|")
     for case in CASES:
