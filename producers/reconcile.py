@@ -304,12 +304,25 @@ def run_scheduler(settings: Settings, store: Store, stop: threading.Event) -> No
 
 # --- following a run's results (`reconcile --wait`) ---
 
-def consumers_of(settings: Settings, group_id: str, topic: str) -> int:
-    """How many members of `group_id` subscribe to `topic` now (0: nobody would take a
-    command published there). The group id is shared across topic prefixes, so the
-    subscription, not the membership, is what counts."""
+def consumers_of(settings: Settings, group_id: str, topic: str, wait: float = 0.0) -> int:
+    """How many members of `group_id` subscribe to `topic` (0: nobody would take a command
+    published there), looking again for up to `wait` seconds while there are none (a member
+    that is starting joins within seconds). The group id is shared across topic prefixes, so
+    the subscription, not the membership, is what counts."""
     admin = KafkaAdminClient(bootstrap_servers=resolve_bootstrap(settings),
                              client_id="contactsync-reconcile-check", request_timeout_ms=10_000)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            count = _subscribed(admin, group_id, topic)
+            if count or time.monotonic() >= deadline:
+                return count
+            time.sleep(0.5)
+    finally:
+        admin.close()
+
+
+def _subscribed(admin: KafkaAdminClient, group_id: str, topic: str) -> int:
     try:
         group = admin.describe_groups([group_id]).get(group_id) or {}
     except CoordinatorNotAvailableError:
@@ -317,8 +330,6 @@ def consumers_of(settings: Settings, group_id: str, topic: str) -> int:
     except KafkaError as exc:
         raise ServiceUnavailable(f"could not describe the consumer group {group_id}: {exc}",
                                  service="kafka") from exc
-    finally:
-        admin.close()
     count = 0
     for member in group.get("members") or []:
         metadata = member.get("member_metadata")

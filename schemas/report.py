@@ -41,6 +41,8 @@ class UserLine(BaseModel):
     plan: list[str] = Field(default_factory=list,
                             description="a dry run's writes: what, to whom (email masked)")
     failures: list[str] = Field(default_factory=list, description="one line per failed contact")
+    fields_left_out: list[str] = Field(
+        default_factory=list, description="fields not written because BC would refuse them")
 
 
 class RunReport(BaseModel):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -23,7 +22,7 @@ import typer
 from contactsync.cli.common import kafka_bootstrap, run_role, settings_and_logging
 from contactsync.cli.report_view import print_line, show_run
 
-APPLIER_GRACE_S = 8.0  # how long `--wait` looks for an applier before it says there is none
+APPLIER_GRACE_S = 5.0  # how long `--wait` looks for an applier before it says there is none
 
 # The reconcile itself, the store and the clients load when the command runs (see
 # contactsync.cli.common); Kafka (producers.reconcile) only when a run goes through it.
@@ -106,11 +105,7 @@ def _require_applier(settings: Settings) -> None:
     from producers.reconcile import consumers_of
 
     topic = topic_name(settings, SYNC_COMMANDS)
-    deadline = time.monotonic() + APPLIER_GRACE_S  # one that is starting has joined by then
-    while not consumers_of(settings, GROUP_ID, topic):
-        if time.monotonic() < deadline:
-            time.sleep(1.0)
-            continue
+    if not consumers_of(settings, GROUP_ID, topic, wait=APPLIER_GRACE_S):
         raise ConfigError(f"no applier is consuming {topic} (the consumer group {GROUP_ID} "
                           "has no member on it): start `contactsync applier` or `contactsync "
                           "run`, then ask again; nothing was published")

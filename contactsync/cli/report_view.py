@@ -73,6 +73,8 @@ def print_line(line: UserReport, run_id: str = "") -> None:
         typer.echo(f"  {line.status.upper()}   {line.reason}")
     for failure in line.failures:
         typer.echo(f"  failed   {failure}")
+    for issue in line.fields_left_out:
+        typer.echo(f"  left out {issue}")
     for planned in line.plan:
         typer.echo(f"  plan     {planned}")
 

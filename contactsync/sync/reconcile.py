@@ -66,6 +66,7 @@ class UserReport(UserLine):
             reason=reason, plan=list(report.plan),
             failures=[f"bc={f.bc_id} outlook={f.graph_id}: {f.reason}"
                       for f in (execution.failures if execution else [])],
+            fields_left_out=list(execution.field_issues) if execution else [],
         )
 
     @classmethod

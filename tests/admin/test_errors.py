@@ -11,7 +11,9 @@ import pytest
 
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at
 from contactsync.settings import Settings
-from tests.admin.cases import CASES, CONTACTSYNC, OFF, USER, Case, by_name, run, world
+from contactsync.store.records import AuditKind, AuditRecord
+from contactsync.sync.reconcile import UserReport
+from tests.admin.cases import CASES, CONTACTSYNC, OFF, Case, by_name, run, world
 from tests.kafka_fixtures import read_topic, role_env
 
 
@@ -63,10 +65,13 @@ def test_a_disabled_user_syncs_with_force(tmp_path: Path):
 
 def test_a_reader_that_closes_the_pipe_is_not_a_connection_failure(tmp_path: Path):
     with world(tmp_path) as w:
-        for i in range(3000):  # more than a pipe holds: the command is still writing
-            w.store.setups.add(w.store.setups.require(USER).model_copy(
-                update={"user_id": f"u{i:04}@contoso.test", "mailbox": f"u{i:04}@c.test"}))
-        with subprocess.Popen([*CONTACTSYNC, "users", "list"], env=w.env, cwd=tmp_path,
+        # More kept reports than a pipe holds: the command is still writing when it closes.
+        w.store.audit.append_many(
+            AuditRecord(user_id=f"u{i:04}@contoso.test", kind=AuditKind.RECONCILE_REPORT,
+                        details={"run_id": "r1", **UserReport(
+                            user_id=f"u{i:04}@contoso.test", status="ok").as_dict()})
+            for i in range(3000))
+        with subprocess.Popen([*CONTACTSYNC, "reconcile", "--last"], env=w.env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
             assert proc.stdout is not None and proc.stderr is not None
             proc.stdout.readline()
