@@ -1,8 +1,10 @@
 """contactsync: two-way contact sync between Business Central and Outlook.
 
 Every command reads its settings from CONTACTSYNC_* variables (and KAFKA_BOOTSTRAP_SERVERS) and
-an optional contactsync.toml; see README.md. Exit codes: 0 ok, 1 error (one sentence says what
-to do), 2 bad command line, 3 some contacts failed or a safety rail stopped a run.
+an optional contactsync.toml; see README.md.
+
+Exit codes: 0 ok, 1 error (one sentence says what to do), 2 bad command line,
+3 some contacts failed or a safety rail stopped a run.
 """
 
 from __future__ import annotations
