@@ -233,7 +233,8 @@ def retry_line(retry: int, retries: int, error: RetryableError, delay: float) ->
         what = f"{who} not reachable{where}"
     else:
         what = f"{who} not answering{where} ({error.args[0] if error.args else error.code})"
-    return f"{what}, retry {retry} of {retries} in {delay:.0f} s"
+    wait = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
+    return f"{what}, retry {retry} of {retries} in {wait} s"
 
 
 def _log_retry(policy: RetryPolicy) -> Callable[[int, RetryableError, float], None]:
