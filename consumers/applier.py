@@ -73,6 +73,7 @@ SEND_TIMEOUT_S = 30.0
 # A full sync of a large folder can take minutes: allow it between two polls.
 MAX_POLL_INTERVAL_MS = 15 * 60 * 1000
 FINISHED_REMEMBERED = 10_000
+PLAN_LINES_IN_RESULT = 500  # ~50 kB: well under the broker's 1 MB message limit
 
 T = TypeVar("T")
 
@@ -102,6 +103,7 @@ class _Outcome:
     summary: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     duration_ms: int = 0
+    plan: list[str] = field(default_factory=list)  # a dry run's writes, by contact
 
     def merged(self) -> _Outcome:
         """The outcome of a command applied in the run of its segment's first command: its
@@ -141,13 +143,23 @@ def outcome_of(report: SyncReport) -> _Outcome:
     skipped = dict(report.summary.skipped)
     duration_ms = int(report.duration_s * 1000)
     if report.stopped_reason:
-        return _Outcome(ResultStatus.STOPPED, report.stopped_reason, summary, skipped, duration_ms)
+        return _Outcome(ResultStatus.STOPPED, report.stopped_reason, summary, skipped, duration_ms,
+                        _plan_in_result(report.plan))
     if report.failed:
         assert report.execution is not None
         first = report.execution.failures[0]
         reason = f"{report.failed} contact(s) failed; first: {first.reason}"
         return _Outcome(ResultStatus.FAILED, reason, summary, skipped, duration_ms)
-    return _Outcome(ResultStatus.OK, "", summary, skipped, duration_ms)
+    return _Outcome(ResultStatus.OK, "", summary, skipped, duration_ms,
+                    _plan_in_result(report.plan))
+
+
+def _plan_in_result(plan: list[str]) -> list[str]:
+    """A dry run's plan, cut to fit a message (a full sync's can name 100,000 contacts)."""
+    if len(plan) <= PLAN_LINES_IN_RESULT:
+        return plan
+    more = len(plan) - PLAN_LINES_IN_RESULT
+    return [*plan[:PLAN_LINES_IN_RESULT], f"... and {more} more (`sync --dry-run` lists all)"]
 
 
 class Applier:
@@ -407,7 +419,7 @@ class Applier:
             user_id=c.command.user_id, command_id=c.event_id, kind=c.command.kind,
             run_id=c.command.run_id, status=outcome.status, dry_run=c.command.dry_run,
             summary=outcome.summary, skipped=outcome.skipped, reason=outcome.reason,
-            duration_ms=outcome.duration_ms,
+            duration_ms=outcome.duration_ms, plan=outcome.plan,
         )
         try:
             return self._get_producer().send(

@@ -44,6 +44,7 @@ from schemas.messages import CommandKind, SyncCommand, SyncResult
 
 NIGHTLY = "0 2 * * *"  # 02:00 UTC
 SEND_TIMEOUT_S = 30.0
+QUIET_NOTE_S = 10.0  # `reconcile --wait` says it is still waiting at least this often
 COMMAND_TTL_S = 3600.0  # a reconcile command not taken within this is dropped as `expired`
 _COMMAND_IDS = uuid.UUID("0e7d9a3c-6b1f-4f2e-8a55-3c9d1e7b2f60")  # namespace of command ids
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -359,11 +360,18 @@ class ResultWaiter:
             self.consumer.seek(tp, end)
 
     def follow(self, run_id: str, user_ids: Iterable[str], timeout: float,
-               on_result: Callable[[SyncResult], None] | None = None) -> dict[str, SyncResult]:
+               on_result: Callable[[SyncResult], None] | None = None,
+               on_quiet: Callable[[int, float], None] | None = None) -> dict[str, SyncResult]:
+        """The run's results by user; `on_quiet(pending, waited_s)` is called whenever no
+        result came for QUIET_NOTE_S, so a long wait is never silent."""
         pending = set(user_ids)
         found: dict[str, SyncResult] = {}
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, note_at = started + timeout, started + QUIET_NOTE_S
         while pending and time.monotonic() < deadline:
+            if on_quiet is not None and time.monotonic() >= note_at:
+                on_quiet(len(pending), time.monotonic() - started)
+                note_at = time.monotonic() + QUIET_NOTE_S
             for records in self.consumer.poll(timeout_ms=500).values():
                 for record in records:
                     try:
@@ -374,6 +382,7 @@ class ResultWaiter:
                             and result.user_id in pending):
                         pending.discard(result.user_id)
                         found[result.user_id] = result
+                        note_at = time.monotonic() + QUIET_NOTE_S
                         if on_result is not None:
                             on_result(result)
         return found

@@ -119,6 +119,8 @@ class SyncResult(_Payload):
     skipped: dict[str, int] = Field(default_factory=dict, description="count by reason")
     reason: str = ""
     duration_ms: int = 0
+    plan: list[str] = Field(default_factory=list,
+                            description="v2: a dry run's writes, by contact (email masked)")
 
 
 class DeadLetter(_Payload):
@@ -144,7 +146,7 @@ MESSAGE_TYPES: dict[str, tuple[type[BaseModel], int]] = {
     "graph.lifecycle": (GraphLifecycle, 1),
     "bc.contact.changed": (BcContactChanged, 1),
     "sync.command": (SyncCommand, 2),  # v2: expires_at
-    "sync.result": (SyncResult, 2),  # v2: status `expired`
+    "sync.result": (SyncResult, 2),  # v2: status `expired`, a dry run's plan
     "deadletter": (DeadLetter, 1),
 }
 

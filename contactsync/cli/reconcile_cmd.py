@@ -87,13 +87,19 @@ def _through_kafka(settings: Settings, users: list[str], run_id: str, *, dry_run
         if waiter is None:
             return None
         with _progress(len(users)) as bar:
-            results = waiter.follow(run_id, users, timeout, lambda _: bar.update(1))
+            results = waiter.follow(run_id, users, timeout, lambda _: bar.update(1),
+                                    _still_waiting)
     finally:
         publisher.close()
         if waiter is not None:
             waiter.close()
     return [UserReport.from_result(results[u]) if u in results
             else UserReport(user_id=u, status=PENDING) for u in users]
+
+
+def _still_waiting(pending: int, waited: float) -> None:
+    typer.echo(f"\nstill waiting for {pending} user(s) after {waited:.0f} s (an applier is "
+               "working on them; Ctrl-C stops waiting, the run goes on)", err=True)
 
 
 def _require_applier(settings: Settings) -> None:

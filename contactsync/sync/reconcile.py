@@ -81,6 +81,7 @@ class UserReport(UserLine):
             failed=n("failed", 0), writes=n("writes", 0),
             skipped=dict(sorted(result.skipped.items())),
             duration_s=round(result.duration_ms / 1000, 3), reason=result.reason,
+            plan=list(result.plan),
         )
 
 

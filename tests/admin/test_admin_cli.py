@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contactsync.kafka.topics import SYNC_RESULTS, ensure_topics_at
+from consumers.applier import GROUP_ID
+from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, ensure_topics_at, topic_name
 from contactsync.settings import Settings
-from producers.reconcile import CommandPublisher, reconcile_command
+from emulators.common.faults import FaultSpec
+from producers.reconcile import CommandPublisher, consumers_of, reconcile_command
 from schemas.envelope import decode
 from schemas.messages import SyncResult
 from schemas.report import RunReport
@@ -108,17 +110,23 @@ def test_the_audit_shows_bcs_values_and_the_outlook_version_that_lost(tmp_path: 
             "no audit records since 2999-01-01"]
 
 
-def test_a_command_past_its_deadline_is_dropped_with_an_expired_result(
-        kafka_settings: Settings, tmp_path: Path):
+def _pipeline_settings(kafka_settings: Settings, w: World) -> Settings:
+    """The test broker's settings (topics made), with the world's store and emulators."""
     ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
+    return kafka_settings.model_copy(update={
+        "database_url": f"sqlite:///{w.tmp / 'state.db'}",
+        "graph_base_url": w.emulators.graph_base_url, "bc_base_url": w.emulators.bc_base_url,
+        "bc_company": w.emulators.bc.company_id})
+
+
+def test_an_applier_drops_a_late_command_and_names_a_dry_runs_contacts(
+        kafka_settings: Settings, tmp_path: Path):
     with world(tmp_path) as w:
-        settings = kafka_settings.model_copy(update={
-            "database_url": f"sqlite:///{tmp_path / 'state.db'}",
-            "graph_base_url": w.emulators.graph_base_url, "bc_base_url": w.emulators.bc_base_url,
-            "bc_company": w.emulators.bc.company_id})
+        settings = _pipeline_settings(kafka_settings, w)
         before = w.state()
         publisher = CommandPublisher(settings)
-        publisher.publish([reconcile_command(USER, "late-run", expires_in=-1)])
+        publisher.publish([reconcile_command(USER, "late-run", expires_in=-1),
+                           reconcile_command(USER, "dry-run", dry_run=True)])
         publisher.close()
         with subprocess.Popen([*CONTACTSYNC, "applier"], env={**w.env, **role_env(settings)},
                               cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -126,7 +134,7 @@ def test_a_command_past_its_deadline_is_dropped_with_an_expired_result(
             try:
                 results: list[SyncResult] = []
                 deadline = time.monotonic() + 60
-                while not results:
+                while len(results) < 2:
                     assert time.monotonic() < deadline, "no result from the applier"
                     time.sleep(0.5)
                     results = [decode(r.value).payload
@@ -134,6 +142,33 @@ def test_a_command_past_its_deadline_is_dropped_with_an_expired_result(
             finally:
                 applier.terminate()
                 applier.wait(timeout=30)
-        assert [(r.run_id, r.status) for r in results] == [("late-run", "expired")]
+        assert [(r.run_id, r.status) for r in results] == [("late-run", "expired"),
+                                                           ("dry-run", "ok")]
         assert "expired" in results[0].reason and "nothing was done" in results[0].reason
+        assert any("create in Outlook" in line and "Person 0 <p***@fabrikam.test>" in line
+                   for line in results[1].plan), results[1].plan
         assert w.state() == before
+
+
+def test_reconcile_wait_says_it_is_still_waiting_while_an_applier_works(
+        kafka_settings: Settings, tmp_path: Path):
+    with world(tmp_path) as w:
+        settings = _pipeline_settings(kafka_settings, w)
+        env = {**w.env, **role_env(settings), "CONTACTSYNC_HTTP_TIMEOUT": "60"}
+        with subprocess.Popen([*CONTACTSYNC, "applier"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as applier:
+            try:
+                deadline = time.monotonic() + 60
+                while not consumers_of(settings, GROUP_ID, topic_name(settings, SYNC_COMMANDS)):
+                    assert time.monotonic() < deadline, "the applier did not join"
+                    time.sleep(0.5)
+                # BC answers the user's listing after 12 s: longer than a quiet spell.
+                w.emulators.bc.inject_fault(FaultSpec(kind="latency", seconds=12, count=1,
+                                                      route="contacts"))
+                out = run(w, Case("wait", "", ["reconcile", "--user", USER, "--wait"], 0, ()),
+                          extra_env=role_env(settings))
+            finally:
+                applier.terminate()
+                applier.wait(timeout=30)
+        assert out.code == 0, out.output
+        assert "still waiting for 1 user(s)" in out.output
