@@ -10,8 +10,9 @@ one per contact id wins) and a single Graph delta read answers every hint. A `sy
 `full_sync` command runs `sync_user` (with its dry_run and force) where it stands in that
 order.
 
-Every command gets one `SyncResult` (ok / stopped by the safety rail / failed with a reason),
-acked by the broker before the handler returns. A coalesced segment's counts go on its first
+Every command gets one `SyncResult` (ok / stopped by the safety rail / failed with a reason /
+expired: its deadline passed before the applier took it, so it is not run late), acked by the
+broker before the handler returns. A coalesced segment's counts go on its first
 command's result; the others carry its status with zero counts (summing results never counts
 one write twice). A setup stopped for sharing another's folder gets `stopped` results. An
 unknown or disabled user yields a failed result (no retry, no dead letter). A `RetryableError`
@@ -34,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from kafka import KafkaProducer
@@ -71,6 +73,7 @@ SEND_TIMEOUT_S = 30.0
 # A full sync of a large folder can take minutes: allow it between two polls.
 MAX_POLL_INTERVAL_MS = 15 * 60 * 1000
 FINISHED_REMEMBERED = 10_000
+PLAN_LINES_IN_RESULT = 500  # ~50 kB: well under the broker's 1 MB message limit
 
 T = TypeVar("T")
 
@@ -100,6 +103,7 @@ class _Outcome:
     summary: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     duration_ms: int = 0
+    plan: list[str] = field(default_factory=list)  # a dry run's writes, by contact
 
     def merged(self) -> _Outcome:
         """The outcome of a command applied in the run of its segment's first command: its
@@ -139,13 +143,23 @@ def outcome_of(report: SyncReport) -> _Outcome:
     skipped = dict(report.summary.skipped)
     duration_ms = int(report.duration_s * 1000)
     if report.stopped_reason:
-        return _Outcome(ResultStatus.STOPPED, report.stopped_reason, summary, skipped, duration_ms)
+        return _Outcome(ResultStatus.STOPPED, report.stopped_reason, summary, skipped, duration_ms,
+                        _plan_in_result(report.plan))
     if report.failed:
         assert report.execution is not None
         first = report.execution.failures[0]
         reason = f"{report.failed} contact(s) failed; first: {first.reason}"
         return _Outcome(ResultStatus.FAILED, reason, summary, skipped, duration_ms)
-    return _Outcome(ResultStatus.OK, "", summary, skipped, duration_ms)
+    return _Outcome(ResultStatus.OK, "", summary, skipped, duration_ms,
+                    _plan_in_result(report.plan))
+
+
+def _plan_in_result(plan: list[str]) -> list[str]:
+    """A dry run's plan, cut to fit a message (a full sync's can name 100,000 contacts)."""
+    if len(plan) <= PLAN_LINES_IN_RESULT:
+        return plan
+    more = len(plan) - PLAN_LINES_IN_RESULT
+    return [*plan[:PLAN_LINES_IN_RESULT], f"... and {more} more (`sync --dry-run` lists all)"]
 
 
 class Applier:
@@ -259,7 +273,7 @@ class Applier:
         sent: list[tuple[_Command, Any]] = []
         try:
             chains: list[tuple[UserSetup, list[list[_Command]]]] = []
-            for user_id, user_commands in _by_user(commands):
+            for user_id, user_commands in _by_user(self._drop_expired(commands, sent)):
                 setup = self._setup_or_refuse(user_id, user_commands, sent)
                 if setup is not None:
                     chains.append((setup, _segments(user_commands)))
@@ -276,6 +290,23 @@ class Applier:
             self._prepared.clear()
         self._await([future for _, future in sent])
         self._remember_finished(c for c, _ in sent)
+
+    def _drop_expired(self, commands: list[_Command],
+                      sent: list[tuple[_Command, Any]]) -> list[_Command]:
+        """Commands past their deadline get an `expired` result instead of running late."""
+        now = datetime.now(UTC)
+        live = []
+        for c in commands:
+            deadline = c.command.expires_at
+            if deadline is None or deadline > now:
+                live.append(c)
+                continue
+            _log().warning("command expired before it was taken", user_id=c.command.user_id,
+                           kind=str(c.command.kind), expired_at=deadline.isoformat())
+            reason = (f"the command expired at {deadline:%Y-%m-%d %H:%M:%S} UTC before an "
+                      "applier took it; nothing was done: ask again")
+            sent.append((c, self._send(c, _Outcome(ResultStatus.EXPIRED, reason))))
+        return live
 
     def _setup_or_refuse(self, user_id: str, commands: list[_Command],
                          sent: list[tuple[_Command, Any]]) -> UserSetup | None:
@@ -388,7 +419,7 @@ class Applier:
             user_id=c.command.user_id, command_id=c.event_id, kind=c.command.kind,
             run_id=c.command.run_id, status=outcome.status, dry_run=c.command.dry_run,
             summary=outcome.summary, skipped=outcome.skipped, reason=outcome.reason,
-            duration_ms=outcome.duration_ms,
+            duration_ms=outcome.duration_ms, plan=outcome.plan,
         )
         try:
             return self._get_producer().send(

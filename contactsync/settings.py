@@ -10,10 +10,11 @@ AZURE_CLIENT_CERTIFICATE_PATH) itself, so they never pass through our config or 
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,7 +38,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CONTACTSYNC_",
         extra="ignore",
-        toml_file=os.environ.get("CONTACTSYNC_CONFIG", "contactsync.toml"),
     )
 
     # --- Services. Empty means "no tenant configured": the sandbox uses the emulators. ---
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         description="Without a live BC subscription: how often the change feed compares the "
         "ids of BC's persons with the links to find deletions",
     )
+    http_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a Graph or BC request may wait for an answer "
+        "before it is retried (each retry prints a line): a hung service is never silent long")
     bc_scope: str = "https://api.businesscentral.dynamics.com/.default"
     graph_scope: str = "https://graph.microsoft.com/.default"
 
@@ -110,7 +113,8 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls),
+            # Read when the settings are made, not at import: CONTACTSYNC_CONFIG may change.
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file()),
             file_secret_settings,
         )
 
@@ -120,5 +124,35 @@ class Settings(BaseSettings):
         return not (self.graph_base_url or self.bc_base_url)
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be read; the message names the variable or file to fix."""
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("CONTACTSYNC_CONFIG") or "contactsync.toml")
+
+
+def _setting_name(field: str) -> str:
+    if field == "kafka_bootstrap_servers":
+        return "KAFKA_BOOTSTRAP_SERVERS"
+    return f"CONTACTSYNC_{field.upper()}"
+
+
 def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
+    """The settings, or a SettingsError in one sentence: a config file named by
+    CONTACTSYNC_CONFIG that does not exist (an admin's typo, never ignored), a file that is not
+    TOML, or a value of the wrong type (named as the variable to set)."""
+    named = os.environ.get("CONTACTSYNC_CONFIG")
+    if named and not Path(named).is_file():
+        raise SettingsError(f"the config file {named} named by CONTACTSYNC_CONFIG does not "
+                            "exist: fix the path or unset CONTACTSYNC_CONFIG")
+    try:
+        return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"the config file {config_file()} is not valid TOML ({exc}): "
+                            "fix that line") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise SettingsError(f"{_setting_name(field)} (environment or {config_file()}): "
+                            f"{first['msg']}, got {first.get('input')!r}") from None

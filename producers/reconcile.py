@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CoordinatorNotAvailableError, KafkaError
 
 from contactsync.clients.errors import ServiceUnavailable
 from contactsync.kafka.io import make_producer, resolve_bootstrap
@@ -44,6 +44,8 @@ from schemas.messages import CommandKind, SyncCommand, SyncResult
 
 NIGHTLY = "0 2 * * *"  # 02:00 UTC
 SEND_TIMEOUT_S = 30.0
+QUIET_NOTE_S = 10.0  # `reconcile --wait` says it is still waiting at least this often
+COMMAND_TTL_S = 3600.0  # a reconcile command not taken within this is dropped as `expired`
 _COMMAND_IDS = uuid.UUID("0e7d9a3c-6b1f-4f2e-8a55-3c9d1e7b2f60")  # namespace of command ids
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -179,9 +181,13 @@ def spread(user_ids: Iterable[str], window: float,
 
 
 def reconcile_command(user_id: str, run_id: str, *, dry_run: bool = False,
-                      force: bool = False, reason: str = "reconcile") -> SyncCommand:
+                      force: bool = False, reason: str = "reconcile",
+                      expires_in: float = COMMAND_TTL_S) -> SyncCommand:
+    """A full_sync command that an applier drops (result `expired`) after `expires_in`
+    seconds: a reconcile asked for now is not run hours later, behind everyone's back."""
     return SyncCommand(user_id=user_id, kind=CommandKind.FULL_SYNC, reason=reason,
-                       run_id=run_id, dry_run=dry_run, force=force)
+                       run_id=run_id, dry_run=dry_run, force=force,
+                       expires_at=datetime.now(UTC) + timedelta(seconds=expires_in))
 
 
 def command_event_id(run_id: str, user_id: str) -> str:
@@ -299,6 +305,40 @@ def run_scheduler(settings: Settings, store: Store, stop: threading.Event) -> No
 
 # --- following a run's results (`reconcile --wait`) ---
 
+def consumers_of(settings: Settings, group_id: str, topic: str, wait: float = 0.0) -> int:
+    """How many members of `group_id` subscribe to `topic` (0: nobody would take a command
+    published there), looking again for up to `wait` seconds while there are none (a member
+    that is starting joins within seconds). The group id is shared across topic prefixes, so
+    the subscription, not the membership, is what counts."""
+    admin = KafkaAdminClient(bootstrap_servers=resolve_bootstrap(settings),
+                             client_id="contactsync-reconcile-check", request_timeout_ms=10_000)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            count = _subscribed(admin, group_id, topic)
+            if count or time.monotonic() >= deadline:
+                return count
+            time.sleep(0.5)
+    finally:
+        admin.close()
+
+
+def _subscribed(admin: KafkaAdminClient, group_id: str, topic: str) -> int:
+    try:
+        group = admin.describe_groups([group_id]).get(group_id) or {}
+    except CoordinatorNotAvailableError:
+        return 0  # no group has ever committed on this broker: nobody consumes
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"could not describe the consumer group {group_id}: {exc}",
+                                 service="kafka") from exc
+    count = 0
+    for member in group.get("members") or []:
+        metadata = member.get("member_metadata")
+        topics = metadata.get("topics") if isinstance(metadata, dict) else None
+        count += topics is None or topic in topics  # undecodable: assume it is one of ours
+    return count
+
+
 class ResultWaiter:
     """Reads `sync.results` from its current end, so it must be made BEFORE the commands are
     published; `follow` then collects the run's result of each user (the first one, as a
@@ -320,11 +360,18 @@ class ResultWaiter:
             self.consumer.seek(tp, end)
 
     def follow(self, run_id: str, user_ids: Iterable[str], timeout: float,
-               on_result: Callable[[SyncResult], None] | None = None) -> dict[str, SyncResult]:
+               on_result: Callable[[SyncResult], None] | None = None,
+               on_quiet: Callable[[int, float], None] | None = None) -> dict[str, SyncResult]:
+        """The run's results by user; `on_quiet(pending, waited_s)` is called whenever no
+        result came for QUIET_NOTE_S, so a long wait is never silent."""
         pending = set(user_ids)
         found: dict[str, SyncResult] = {}
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, note_at = started + timeout, started + QUIET_NOTE_S
         while pending and time.monotonic() < deadline:
+            if on_quiet is not None and time.monotonic() >= note_at:
+                on_quiet(len(pending), time.monotonic() - started)
+                note_at = time.monotonic() + QUIET_NOTE_S
             for records in self.consumer.poll(timeout_ms=500).values():
                 for record in records:
                     try:
@@ -335,6 +382,7 @@ class ResultWaiter:
                             and result.user_id in pending):
                         pending.discard(result.user_id)
                         found[result.user_id] = result
+                        note_at = time.monotonic() + QUIET_NOTE_S
                         if on_result is not None:
                             on_result(result)
         return found

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from schemas.contacts import BcContact, CanonicalContact, GraphContact
 from schemas.envelope import Envelope
 from schemas.messages import MESSAGE_TYPES
+from schemas.report import RunReport
 from schemas.setup import UserSetup
 
 SCHEMA_DIR = Path(__file__).parent / "json"
@@ -24,6 +25,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "bc-contact": BcContact,
     "graph-contact": GraphContact,
     "user-setup": UserSetup,
+    "run-report": RunReport,
 }
 
 

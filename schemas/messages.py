@@ -96,12 +96,16 @@ class SyncCommand(_Payload):
     run_id: str = Field(default="", description="Groups the commands of one reconcile run")
     dry_run: bool = False
     force: bool = Field(default=False, description="Override the mass-delete safety rail")
+    expires_at: datetime | None = Field(
+        default=None, description="v2: an applier that takes the command later drops it "
+        "with an `expired` result instead of running it (None: no deadline)")
 
 
 class ResultStatus(StrEnum):
     OK = "ok"
     STOPPED = "stopped"  # a safety rail stopped the run for this user
     FAILED = "failed"
+    EXPIRED = "expired"  # v2: the command's deadline passed before an applier took it
 
 
 class SyncResult(_Payload):
@@ -115,6 +119,8 @@ class SyncResult(_Payload):
     skipped: dict[str, int] = Field(default_factory=dict, description="count by reason")
     reason: str = ""
     duration_ms: int = 0
+    plan: list[str] = Field(default_factory=list,
+                            description="v2: a dry run's writes, by contact (email masked)")
 
 
 class DeadLetter(_Payload):
@@ -139,8 +145,8 @@ MESSAGE_TYPES: dict[str, tuple[type[BaseModel], int]] = {
     "graph.notification": (GraphNotification, 1),
     "graph.lifecycle": (GraphLifecycle, 1),
     "bc.contact.changed": (BcContactChanged, 1),
-    "sync.command": (SyncCommand, 1),
-    "sync.result": (SyncResult, 1),
+    "sync.command": (SyncCommand, 2),  # v2: expires_at
+    "sync.result": (SyncResult, 2),  # v2: status `expired`, a dry run's plan
     "deadletter": (DeadLetter, 1),
 }
 

@@ -8,14 +8,13 @@ group (see contactsync.kafka.deadletter): replaying again skips it unless `--for
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from contactsync.cli.common import settings_and_logging, user_errors
+from contactsync.cli.common import kafka_bootstrap, settings_and_logging, user_errors
 
 # Kafka (kafka-python, contactsync.kafka.*) loads when a dlq command runs, not at CLI start.
 if TYPE_CHECKING:
@@ -25,17 +24,6 @@ if TYPE_CHECKING:
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic: list and replay.")
 
 
-@contextlib.contextmanager
-def _kafka_errors() -> Iterator[None]:
-    from kafka.errors import KafkaError
-
-    try:
-        yield
-    except (KafkaError, TimeoutError) as exc:
-        typer.secho(f"error: Kafka: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
-
-
 def _load(settings: Settings) -> tuple[str, str, list[DeadLetterEntry], ReplayLedger]:
     from contactsync.kafka.deadletter import (
         ReplayLedger,
@@ -43,10 +31,9 @@ def _load(settings: Settings) -> tuple[str, str, list[DeadLetterEntry], ReplayLe
         read_dead_letters,
         replay_group,
     )
-    from contactsync.kafka.io import resolve_bootstrap
     from contactsync.kafka.topics import DEADLETTER, topic_name
 
-    bootstrap = resolve_bootstrap(settings)
+    bootstrap = kafka_bootstrap(settings)  # no broker: one sentence, in seconds
     topic = topic_name(settings, DEADLETTER)
     entries = read_dead_letters(bootstrap, topic)
     ledger = ReplayLedger(bootstrap, replay_group(settings), topic)
@@ -71,7 +58,7 @@ def list_letters(
 ) -> None:
     """Dead letters: when, where from (topic, partition, offset), key, reason, replayed?"""
     settings = settings_and_logging()
-    with user_errors(), _kafka_errors():
+    with user_errors():
         _, _, entries, ledger = _load(settings)
         ledger.close()
     newest = sorted(entries, key=lambda e: (e.timestamp_ms, e.partition, e.offset))[-limit:]
@@ -129,7 +116,7 @@ def replay(
     if replay_all == bool(offsets):
         raise typer.BadParameter("give either --all or one or more --offset")
     settings = settings_and_logging()
-    with user_errors(), _kafka_errors():
+    with user_errors():
         bootstrap, _, entries, ledger = _load(settings)
         try:
             chosen = list(entries) if replay_all else _select(entries, offsets or [])

@@ -10,6 +10,7 @@ people without email, duplicates and privacy-blocked ones) and Graph with three 
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,22 @@ def seed_emulators(running: RunningEmulators, seed: str) -> str:
     return f"loaded {path} into the {'Graph' if target is running.graph else 'BC'} emulator"
 
 
+def _require_free(host: str, port: int, option: str) -> None:
+    """A port in use is one sentence before uvicorn starts (and prints its own error)."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            from contactsync.sync.services import ConfigError
+
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}): another "
+                              f"program uses it; choose another {option}, or 0 for a free one"
+                              ) from None
+
+
 def emulate(
     graph_port: Annotated[int, typer.Option(help="0 = a free port")] = 0,
     bc_port: Annotated[int, typer.Option(help="0 = a free port")] = 0,
@@ -92,6 +109,8 @@ def emulate(
     """Run the Graph and Business Central emulators and print their base URLs."""
     from emulators.graph import GraphEmulatorConfig
 
+    for option, port in (("--graph-port", graph_port), ("--bc-port", bc_port)):
+        _require_free(host, port, option)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     running = start_emulators(host, graph_port, bc_port, graph_config=GraphEmulatorConfig(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from contactsync.cli.common import settings_and_logging, user_errors
+from contactsync.cli.common import kafka_bootstrap, settings_and_logging, user_errors
 
 # kafka-python (contactsync.kafka.io, .topics) loads when a command runs, not at CLI start.
 if TYPE_CHECKING:
@@ -62,12 +62,11 @@ def down(data_dir: DataDir = None) -> None:
 @topics_app.command()
 def ensure() -> None:
     """Create the topics (partitions, replication, retention from settings); idempotent."""
-    from contactsync.kafka.io import resolve_bootstrap
     from contactsync.kafka.topics import ensure_topics_at
 
     settings = settings_and_logging()
     with user_errors():
-        report = ensure_topics_at(resolve_bootstrap(settings), settings)
+        report = ensure_topics_at(kafka_bootstrap(settings), settings)
     for name in report.created:
         typer.echo(f"created  {name}")
     for name in report.existing:

@@ -2,6 +2,9 @@
 
 Every command reads its settings from CONTACTSYNC_* variables (and KAFKA_BOOTSTRAP_SERVERS) and
 an optional contactsync.toml; see README.md.
+
+Exit codes: 0 ok, 1 error (one sentence says what to do), 2 bad command line,
+3 some contacts failed or a safety rail stopped a run.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import typer
 
 from contactsync.cli import (
+    audit_cmd,
     dlq_cmds,
     emulate_cmd,
     kafka_cmds,
@@ -21,9 +25,11 @@ from contactsync.cli import (
     users_cmds,
     webhook_cmd,
 )
+from contactsync.cli.common import ErrorFrame
 
 # No local variables in crash tracebacks: they would print secrets, tokens and contacts.
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__,
+# ErrorFrame: every command's failures end as one sentence and exit code 1 (cli/common.py).
+app = typer.Typer(cls=ErrorFrame, no_args_is_help=True, add_completion=False, help=__doc__,
                   pretty_exceptions_show_locals=False)
 app.add_typer(kafka_cmds.kafka_app, name="kafka")
 app.add_typer(kafka_cmds.topics_app, name="topics")
@@ -40,3 +46,4 @@ app.command(name="bc-changes")(role_cmds.bc_changes)
 app.command()(role_cmds.subscriptions)
 app.command()(run_cmd.run)
 app.command()(reconcile_cmd.reconcile)
+app.command()(audit_cmd.audit)

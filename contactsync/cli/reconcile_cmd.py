@@ -5,8 +5,9 @@
     reconcile --schedule        the scheduler role alone (`contactsync run` runs it too)
     reconcile --last [--user U] the last kept report of each user (audit records)
 
-Exit code 2 when a user's reconcile failed, was stopped by the mass-delete rail, or (with
---wait) did not report within --timeout.
+Exit code 3 when contacts failed or the mass-delete rail stopped a user's reconcile; 1 when a
+user's reconcile failed as a whole, expired before an applier took it, or (with --wait) did
+not report within --timeout.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from contactsync.cli.common import run_role, settings_and_logging, user_errors
+from contactsync.cli.common import kafka_bootstrap, run_role, settings_and_logging
+from contactsync.cli.report_view import print_line, show_run
+
+APPLIER_GRACE_S = 5.0  # how long `--wait` looks for an applier before it says there is none
 
 # The reconcile itself, the store and the clients load when the command runs (see
 # contactsync.cli.common); Kafka (producers.reconcile) only when a run goes through it.
@@ -38,7 +42,8 @@ def _users(store: Store, named: list[str], all_users: bool) -> list[str]:
     for user_id in named:
         setup = store.setups.require(user_id)
         if not setup.enabled:
-            raise ConfigError(f"sync is disabled for {user_id}: `users enable` it first")
+            raise ConfigError(f"sync is disabled for {user_id}: `contactsync users "
+                              f"enable {user_id}` first")
         if setup.stopped_reason:
             raise ConfigError(setup.stopped_reason)
     return list(dict.fromkeys(named))
@@ -47,58 +52,6 @@ def _users(store: Store, named: list[str], all_users: bool) -> list[str]:
 def _progress(total: int) -> Any:
     return typer.progressbar(length=total, label="reconcile", file=sys.stderr,
                              show_pos=True)
-
-
-def _totals(lines: list[UserReport]) -> dict[str, int]:
-    from contactsync.sync.reconcile import PENDING
-    from schemas.messages import ResultStatus
-
-    keys = ("created_outlook", "created_bc", "updated_outlook", "updated_bc",
-            "deleted_outlook", "linked", "unlinked", "conflicts", "failed", "writes")
-    totals = {k: sum(int(getattr(line, k)) for line in lines) for k in keys}
-    for status in (ResultStatus.OK, ResultStatus.STOPPED, ResultStatus.FAILED, PENDING):
-        totals[f"users_{status}"] = sum(1 for line in lines if line.status == status)
-    return totals
-
-
-def _print_line(line: UserReport, run_id: str = "") -> None:
-    from contactsync.sync.reconcile import PENDING
-    from schemas.messages import ResultStatus
-
-    verb = "would" if line.dry_run else "did"
-    head = f"{line.user_id}: {line.status}"
-    if line.status != PENDING:
-        head += f" ({verb} write; {line.duration_s} s)"
-    typer.echo(head + (f"  run {run_id}" if run_id else ""))
-    if line.status == PENDING:
-        typer.echo("  no result yet (the applier may still be working on it)")
-        return
-    typer.echo(f"  created  outlook={line.created_outlook} bc={line.created_bc}")
-    typer.echo(f"  updated  outlook={line.updated_outlook} bc={line.updated_bc}")
-    typer.echo(f"  deleted  outlook={line.deleted_outlook}")
-    typer.echo(f"  linked {line.linked}  unlinked {line.unlinked}  conflicts {line.conflicts}")
-    for reason, count in line.skipped.items():
-        typer.echo(f"  skipped  {reason}: {count}")
-    if line.status == ResultStatus.STOPPED:
-        typer.echo(f"  STOPPED  {line.reason}")
-    elif line.reason:
-        typer.echo(f"  {line.status.upper()}   {line.reason}")
-
-
-def _report(run_id: str, lines: list[UserReport], *, dry_run: bool, as_json: bool) -> None:
-    from schemas.messages import ResultStatus
-
-    lines = sorted(lines, key=lambda line: line.user_id)
-    if as_json:
-        typer.echo(json.dumps({"run_id": run_id, "dry_run": dry_run,
-                               "users": [line.as_dict() for line in lines],
-                               "totals": _totals(lines)}, indent=2))
-    else:
-        typer.echo(f"reconcile {run_id}: {len(lines)} user(s)")
-        for line in lines:
-            _print_line(line)
-    if any(line.status != ResultStatus.OK for line in lines):
-        raise typer.Exit(2)
 
 
 async def _inline(settings: Settings, store: Store, users: list[str], run_id: str,
@@ -122,21 +75,46 @@ def _through_kafka(settings: Settings, users: list[str], run_id: str, *, dry_run
     from contactsync.sync.reconcile import PENDING, UserReport
     from producers.reconcile import CommandPublisher, ResultWaiter, reconcile_command
 
+    kafka_bootstrap(settings)  # a broker that is not there: one sentence, in seconds
+    if wait:
+        _require_applier(settings)
     waiter = ResultWaiter(settings) if wait else None  # from the end, before publishing
     publisher = CommandPublisher(settings)
     try:
         publisher.publish([reconcile_command(u, run_id, dry_run=dry_run, force=force,
-                                             reason="on demand") for u in users])
+                                             reason="on demand", expires_in=timeout)
+                           for u in users])
         if waiter is None:
             return None
         with _progress(len(users)) as bar:
-            results = waiter.follow(run_id, users, timeout, lambda _: bar.update(1))
+            results = waiter.follow(run_id, users, timeout, lambda _: bar.update(1),
+                                    _still_waiting)
     finally:
         publisher.close()
         if waiter is not None:
             waiter.close()
-    return [UserReport.from_result(results[u]) if u in results else UserReport(u, PENDING)
-            for u in users]
+    return [UserReport.from_result(results[u]) if u in results
+            else UserReport(user_id=u, status=PENDING) for u in users]
+
+
+def _still_waiting(pending: int, waited: float) -> None:
+    typer.echo(f"\nstill waiting for {pending} user(s) after {waited:.0f} s (an applier is "
+               "working on them; Ctrl-C stops waiting, the run goes on)", err=True)
+
+
+def _require_applier(settings: Settings) -> None:
+    """`--wait` with nobody to take the commands would wait out --timeout: say so now, and
+    publish nothing."""
+    from consumers.applier import GROUP_ID
+    from contactsync.kafka.topics import SYNC_COMMANDS, topic_name
+    from contactsync.sync.services import ConfigError
+    from producers.reconcile import consumers_of
+
+    topic = topic_name(settings, SYNC_COMMANDS)
+    if not consumers_of(settings, GROUP_ID, topic, wait=APPLIER_GRACE_S):
+        raise ConfigError(f"no applier is consuming {topic} (the consumer group {GROUP_ID} "
+                          "has no member on it): start `contactsync applier` or `contactsync "
+                          "run`, then ask again; nothing was published")
 
 
 def _show_last(store: Store, users: list[str], as_json: bool) -> None:
@@ -150,7 +128,7 @@ def _show_last(store: Store, users: list[str], as_json: bool) -> None:
     if not found:
         typer.echo("no reconcile report kept yet")
     for run_id, line in found:
-        _print_line(line, run_id)
+        print_line(line, run_id)
 
 
 def reconcile(
@@ -162,7 +140,9 @@ def reconcile(
     wait: Annotated[bool, typer.Option(help="Follow the results and print the report")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON")] = False,
     inline: Annotated[bool, typer.Option(help="Run here, without Kafka")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds --wait waits for results")] = 3600.0,
+    timeout: Annotated[float, typer.Option(
+        min=1, help="Seconds --wait waits for results; a command no applier took by then "
+        "is dropped (result `expired`)")] = 3600.0,
     schedule: Annotated[bool, typer.Option(
         "--schedule", help="Run the scheduler (reconcile_schedule, reconcile_jitter)")] = False,
     last: Annotated[bool, typer.Option("--last", help="Show the last kept reports")] = False,
@@ -177,7 +157,7 @@ def reconcile(
     from contactsync.sync.services import open_store
 
     settings = settings_and_logging()
-    with user_errors(), open_store(settings) as store:
+    with open_store(settings) as store:
         if last:
             _show_last(store, user or [], as_json)
             return
@@ -196,4 +176,4 @@ def reconcile(
             typer.echo(f"reconcile {run_id}: published a command for {len(users)} user(s); "
                        "`--wait` follows the results, `reconcile --last` shows kept reports")
         return
-    _report(run_id, lines, dry_run=dry_run, as_json=as_json)
+    show_run("reconcile", lines, dry_run=dry_run, as_json=as_json, run_id=run_id)

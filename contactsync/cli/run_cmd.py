@@ -26,7 +26,7 @@ def run(
     from contactsync.store import Store
     from contactsync.sync.services import ConfigError
 
-    settings = settings_and_logging()
+    settings = settings_and_logging(one_shot=False)
     stop = stop_on_signals()
     chosen = tuple(r.strip() for r in roles.split(",") if r.strip())
     with user_errors():

@@ -190,7 +190,7 @@ def sandbox(
     from emulators.bc import SeedSpec as BcSeed
     from emulators.graph import GraphEmulatorConfig
 
-    base = settings_and_logging()
+    base = settings_and_logging(one_shot=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     broker = None

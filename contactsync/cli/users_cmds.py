@@ -226,7 +226,9 @@ def remove(user: str) -> None:
     settings = settings_and_logging()
     with user_errors(), open_store(settings) as store:
         if not store.setups.remove(user):
-            raise typer.BadParameter(f"no setup for user {user!r}")
+            from contactsync.store.records import SetupNotFoundError
+
+            raise SetupNotFoundError(user)  # the same sentence as every command's
     typer.echo(f"removed {user}")
 
 

@@ -24,7 +24,7 @@ def webhook(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on")] = "127.0.0.1",
 ) -> None:
     """Receive Graph and Business Central notifications and publish them to Kafka."""
-    settings = settings_and_logging()
+    settings = settings_and_logging(one_shot=False)
     # Imported here: the web stack is not loaded for every other command.
     import uvicorn
 

@@ -59,6 +59,7 @@ from contactsync.clients.errors import (
     ServiceUnavailable,
     Unauthorized,
     error_for_status,
+    request_url,
     server_retry_after,
 )
 from contactsync.clients.json_body import parse_json
@@ -112,6 +113,7 @@ def error_from_transport(exc: httpx.TransportError) -> ServiceUnavailable:
     return ServiceUnavailable(
         f"{type(exc).__name__} talking to Business Central",
         service=SERVICE, status=None, code="NotSent" if not_sent else type(exc).__name__,
+        url=request_url(exc),
     )
 
 
@@ -310,6 +312,7 @@ class BcClient:
                 continue  # token revoked or expired early: refresh once
             if resp.status_code >= 400:
                 err = error_from_response(resp.status_code, resp.content, resp.headers)
+                err.url = url.split("?", 1)[0]
                 wait = server_retry_after(err) if isinstance(err, RetryableError) else None
                 if wait:  # a 429's or a 503's Retry-After holds back the whole principal
                     self._budget.pause(self.principal, wait)

@@ -12,7 +12,7 @@
 
 Clients map status codes to these in one place each, so the engine and the executor never look
 at HTTP. Every error carries the service, the HTTP status and the service's error code and
-message (never a token or a request body).
+message (never a token or a request body), and where the transport failed, the URL.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ class ServiceError(Exception):
         service: str = "",
         status: int | None = None,
         code: str = "",
+        url: str = "",
     ) -> None:
         super().__init__(message)
         self.service = service
         self.status = status
         self.code = code
+        self.url = url  # the request's URL without its query: a retry line names it
 
     def __str__(self) -> str:
         where = f"{self.service} " if self.service else ""
@@ -69,8 +71,9 @@ class ServiceUnavailable(RetryableError):
         service: str = "",
         status: int | None = None,
         code: str = "",
+        url: str = "",
     ) -> None:
-        super().__init__(message, service=service, status=status, code=code)
+        super().__init__(message, service=service, status=status, code=code, url=url)
         self.retry_after = retry_after  # a 503's Retry-After is honoured like a 429's
 
 
@@ -102,6 +105,15 @@ class SyncStateExpired(ServiceError):
 
 
 DEFAULT_RETRY_AFTER = 1.0
+
+
+def request_url(exc: BaseException) -> str:
+    """The URL (without query) of an httpx error's request, or "" when it has none."""
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]  # httpx raises if not set
+    except (AttributeError, RuntimeError):
+        return ""
+    return str(url.copy_with(query=None, fragment=None))
 
 
 def parse_retry_after(value: str | None) -> float | None:

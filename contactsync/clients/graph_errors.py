@@ -17,6 +17,7 @@ from contactsync.clients.errors import (
     SyncStateExpired,
     error_for_status,
     parse_retry_after,
+    request_url,
 )
 
 SERVICE = "graph"
@@ -45,10 +46,13 @@ def graph_failure(
     if exc is not None:
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             # The request never reached Graph: safe to repeat even a create.
-            return ServiceUnavailable(f"{type(exc).__name__}", service=SERVICE, code="NotSent")
+            return ServiceUnavailable(f"{type(exc).__name__}", service=SERVICE, code="NotSent",
+                                      url=request_url(exc))
         if isinstance(exc, httpx.TimeoutException):
-            return ServiceUnavailable("timeout", service=SERVICE, code="Timeout")
-        return ServiceUnavailable(f"{type(exc).__name__}", service=SERVICE, code="TransportError")
+            return ServiceUnavailable("timeout", service=SERVICE, code="Timeout",
+                                      url=request_url(exc))
+        return ServiceUnavailable(f"{type(exc).__name__}", service=SERVICE, code="TransportError",
+                                  url=request_url(exc))
     assert status is not None
     code, message = _error_fields(body)
     if (400 <= status < 500 and code.lower() in _EXPIRED_CODES) or (status == 410 and delta):

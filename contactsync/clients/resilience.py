@@ -31,6 +31,10 @@ from typing import TypeVar
 from contactsync.clients.errors import RetryableError, Throttled, server_retry_after
 
 log = logging.getLogger(__name__)
+# One line per retry, at WARNING: a command waiting on a slow or hung service says so
+# (the CLI prints this logger's lines as they are; roles log them).
+retry_log = logging.getLogger("contactsync.retries")
+_SERVICE_NAMES = {"bc": "BC", "graph": "Graph", "kafka": "Kafka"}
 
 T = TypeVar("T")
 
@@ -215,6 +219,31 @@ def default_is_ambiguous(error: RetryableError) -> bool:
     return not (isinstance(error, Throttled) or error.code == "NotSent")
 
 
+def retry_line(retry: int, retries: int, error: RetryableError, delay: float) -> str:
+    """'BC not answering at URL (ReadTimeout ...), retry 2 of 4 in 8 s' (email masked)."""
+    from contactsync.logs import redact_text
+
+    who = _SERVICE_NAMES.get(error.service, error.service or "the service")
+    where = f" at {redact_text(error.url)}" if error.url else ""
+    if isinstance(error, Throttled):
+        what = f"{who} is throttling (HTTP 429){where}"
+    elif error.status is not None:
+        what = f"{who} answered HTTP {error.status}{where}"
+    elif error.code == "NotSent":
+        what = f"{who} not reachable{where}"
+    else:
+        what = f"{who} not answering{where} ({error.args[0] if error.args else error.code})"
+    wait = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
+    return f"{what}, retry {retry} of {retries} in {wait} s"
+
+
+def _log_retry(policy: RetryPolicy) -> Callable[[int, RetryableError, float], None]:
+    def report(retry: int, error: RetryableError, delay: float) -> None:
+        retry_log.warning(retry_line(retry, policy.max_attempts - 1, error, delay))
+
+    return report
+
+
 async def retrying(
     call: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
@@ -234,9 +263,11 @@ async def retrying(
     is repeated. Without `find_existing` the ambiguous error is raised. Errors that are not
     `RetryableError` propagate at once. The last error is raised when attempts run out. If
     `find_existing` itself fails, that error propagates: without an answer we cannot safely
-    repeat the call.
+    repeat the call. Each retry is reported to `on_retry`, by default as a line on the
+    `contactsync.retries` logger.
     """
     rand = rng.random if rng is not None else random.random
+    on_retry = on_retry or _log_retry(policy)
     retry_number = 0
     while True:
         try:
@@ -246,8 +277,7 @@ async def retrying(
             ambiguous = not is_idempotent and is_ambiguous(error)
             if delay is None or (ambiguous and find_existing is None):
                 raise
-            if on_retry is not None:
-                on_retry(retry_number + 1, error, delay)
+            on_retry(retry_number + 1, error, delay)
             log.debug(
                 "retry %d after %s (%.3fs, ambiguous=%s)",
                 retry_number + 1, type(error).__name__, delay, ambiguous,

@@ -392,7 +392,7 @@ def _finish(
         stopped_reason = (
             f"would remove {what} (limit: more than "
             f"{setup.max_delete_share:.0%} and more than {setup.max_delete_floor}); "
-            "nothing was removed: check the listings, or run with force"
+            "nothing was removed: check the listings, or run again with --force"
         )
         if not force:
             withheld = removing

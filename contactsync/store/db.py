@@ -13,6 +13,7 @@ session runs in UTC so timestamps come back without conversion.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -29,13 +31,26 @@ BEGIN_MODE_OPTION = "contactsync_sqlite_begin"
 READ_ONLY: dict[str, Any] = {BEGIN_MODE_OPTION: "DEFERRED"}
 
 
+class UnsupportedDatabase(ArgumentError, ValueError):
+    """A database URL of a kind the store does not support."""
+
+
+def masked_url(url: str | URL) -> str:
+    """The URL for a message: the password hidden, also when the URL cannot be parsed."""
+    try:
+        return make_url(str(url) if isinstance(url, str) else url).render_as_string(
+            hide_password=True)
+    except Exception:
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", str(url))
+
+
 def normalize_url(url: str | URL) -> URL:
     """Parse a database URL; `postgresql://` and `postgres://` become `postgresql+psycopg://`."""
     parsed = make_url(str(url)) if isinstance(url, str) else url
     if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ValueError(
+        raise UnsupportedDatabase(
             f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
         )
     return parsed
@@ -108,6 +123,8 @@ def _enable_wal(cursor: Any) -> None:
 
 def _postgres_engine(url: URL, engine_options: dict[str, Any]) -> Engine:
     engine_options.setdefault("pool_pre_ping", True)
+    # A database host that does not answer fails in seconds, not after the OS's TCP timeout.
+    engine_options.setdefault("connect_args", {"connect_timeout": 10})
     engine = create_engine(url, **engine_options)
 
     @event.listens_for(engine, "connect")

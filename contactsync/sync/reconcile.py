@@ -14,7 +14,6 @@ through Kafka (`UserReport.from_result`, from the applier's `sync.result`). A ru
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from contactsync.clients.bc import BcClient
@@ -26,30 +25,15 @@ from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord
 from contactsync.sync.runner import SyncReport, sync_user
 from schemas.messages import ResultStatus, SyncResult
+from schemas.report import UserLine
 from schemas.setup import UserSetup
 
 PENDING = "pending"  # no result arrived in time
 
 
-@dataclass
-class UserReport:
-    user_id: str
-    status: str  # ok | stopped (safety rail) | failed | pending
-    dry_run: bool = False
-    created_outlook: int = 0
-    created_bc: int = 0
-    updated_outlook: int = 0
-    updated_bc: int = 0
-    deleted_outlook: int = 0
-    linked: int = 0
-    unlinked: int = 0
-    conflicts: int = 0
-    withheld: int = 0  # removals held back by the rail
-    failed: int = 0
-    writes: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    duration_s: float = 0.0
-    reason: str = ""
+class UserReport(UserLine):
+    """One user's line of a run (the contract: schemas.report.UserLine), made from a report
+    of this process or from an applier's result."""
 
     @property
     def changes(self) -> int:
@@ -57,12 +41,11 @@ class UserReport:
                 + self.deleted_outlook + self.linked + self.unlinked)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UserReport:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
 
     @classmethod
     def from_report(cls, report: SyncReport) -> UserReport:
@@ -80,7 +63,10 @@ class UserReport:
             conflicts=s.conflicts, withheld=s.withheld, failed=report.failed,
             writes=sum(execution.writes.values()) if execution else 0,
             skipped=dict(sorted(s.skipped.items())), duration_s=round(report.duration_s, 3),
-            reason=reason,
+            reason=reason, plan=list(report.plan),
+            failures=[f"bc={f.bc_id} outlook={f.graph_id}: {f.reason}"
+                      for f in (execution.failures if execution else [])],
+            fields_left_out=list(execution.field_issues) if execution else [],
         )
 
     @classmethod
@@ -95,6 +81,7 @@ class UserReport:
             failed=n("failed", 0), writes=n("writes", 0),
             skipped=dict(sorted(result.skipped.items())),
             duration_s=round(result.duration_ms / 1000, 3), reason=result.reason,
+            plan=list(result.plan),
         )
 
 
@@ -141,7 +128,7 @@ async def reconcile_user(
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, FilterError):
             reason = f"invalid filter: {reason}"
-        line = UserReport(setup.user_id, str(ResultStatus.FAILED), dry_run=dry_run,
+        line = UserReport(user_id=setup.user_id, status=str(ResultStatus.FAILED), dry_run=dry_run,
                           reason=reason)
     else:
         line = UserReport.from_report(report)

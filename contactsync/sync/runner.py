@@ -40,6 +40,7 @@ from contactsync.sync import near_real_time as nrt
 from contactsync.sync.bulk_gc import keep_out_of_gc, snapshots_kept_out_of_gc
 from contactsync.sync.executor import ExecutionReport, Executor, WriteHook
 from contactsync.sync.memory import release_free_memory
+from contactsync.sync.plan_names import plan_lines
 from schemas.setup import UserSetup
 
 SINCE_SLACK = timedelta(seconds=2)
@@ -57,6 +58,7 @@ class SyncReport:
     execution: ExecutionReport | None = None
     duration_s: float = 0.0
     planned_writes: list[Action] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)  # a dry run's writes, by contact name
 
     @property
     def failed(self) -> int:
@@ -287,6 +289,9 @@ async def _plan_and_apply(
     # Only a dry run reports the writes themselves: a full sync's are 100,000 Graph bodies.
     report = SyncReport(setup.user_id, mode, dry_run, plan.summary, plan.stopped_reason,
                         planned_writes=plan.writes if dry_run else [])
+    if dry_run:
+        report.plan = plan_lines(report.planned_writes,
+                                 (*bc_snap.contacts, *outlook_snap.contacts))
     if dry_run or inputs.folder_id is None:
         return report
     if plan.stopped_reason:

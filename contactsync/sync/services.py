@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient
@@ -41,6 +42,31 @@ def azure_credential() -> Any | None:
     return EnvironmentCredential()
 
 
+_GRAPH_VERSIONS = ("/v1.0", "/beta")
+_BC_API = "/api/v2.0"
+
+
+def check_base_urls(settings: Settings) -> None:
+    """The base URLs' shape, before any request: a Graph URL without its version answers 404
+    for every mailbox, which would read as "no such mailbox"."""
+    graph = urlsplit(settings.graph_base_url)
+    if graph.scheme not in ("http", "https") or not graph.netloc:
+        raise ConfigError(f"CONTACTSYNC_GRAPH_BASE_URL {settings.graph_base_url!r} is not a "
+                          "URL: use https://graph.microsoft.com/v1.0")
+    if not graph.path.rstrip("/").endswith(_GRAPH_VERSIONS):
+        raise ConfigError(f"CONTACTSYNC_GRAPH_BASE_URL {settings.graph_base_url} lacks the API "
+                          "version: end it with /v1.0 (https://graph.microsoft.com/v1.0)")
+    bc = urlsplit(settings.bc_base_url)
+    if bc.scheme not in ("http", "https") or not bc.netloc:
+        raise ConfigError(f"CONTACTSYNC_BC_BASE_URL {settings.bc_base_url!r} is not a URL: use "
+                          "https://api.businesscentral.dynamics.com/v2.0/TENANT/ENVIRONMENT"
+                          "/api/v2.0")
+    if not bc.path.rstrip("/").endswith(_BC_API):
+        raise ConfigError(f"CONTACTSYNC_BC_BASE_URL {settings.bc_base_url} does not end with "
+                          f"{_BC_API}: use https://api.businesscentral.dynamics.com/v2.0/"
+                          "TENANT/ENVIRONMENT/api/v2.0")
+
+
 @asynccontextmanager
 async def open_services(settings: Settings, store: Store | None = None) -> AsyncIterator[Services]:
     missing = [name for name, value in (
@@ -53,13 +79,15 @@ async def open_services(settings: Settings, store: Store | None = None) -> Async
             f"no tenant configured: set {', '.join(missing)} "
             "(or run `contactsync emulate` and use the URLs it prints)"
         )
+    check_base_urls(settings)
     credential = azure_credential()
     own_store = store is None
     store = store or open_store(settings)
-    graph = GraphClient.create(settings.graph_base_url, credential, scopes=(settings.graph_scope,))
+    graph = GraphClient.create(settings.graph_base_url, credential, scopes=(settings.graph_scope,),
+                               timeout=settings.http_timeout)
     try:
         bc = await BcClient.create(settings.bc_base_url, settings.bc_company, credential,
-                                   scope=settings.bc_scope)
+                                   scope=settings.bc_scope, timeout=settings.http_timeout)
         try:
             yield Services(graph, bc, store)
         finally:

@@ -42,7 +42,7 @@ def test_round_trip_keeps_every_field_and_the_wire_names():
     raw = encode(envelope)
     assert b'"displayName":"Ada Lovelace"' in raw and b'"@odata.etag"' in raw
     back = decode(raw)
-    assert back.type == "sync.command" and back.schema_version == 1
+    assert back.type == "sync.command" and back.schema_version == 2
     assert back.event_id == envelope.event_id and back.trace_id == envelope.trace_id
     assert back.payload == envelope.payload
 

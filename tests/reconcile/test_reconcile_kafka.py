@@ -186,9 +186,9 @@ def test_a_dry_run_and_the_rail_through_kafka_then_force(system: System, applier
         bc.delete_contact(person["id"])
     before = system.writes()
     code, dry = _reconcile("--user", ANNA, "--dry-run", "--wait", "--json")
-    assert code == 2 and dry["dry_run"] and dry["users"][0]["status"] == "stopped"
+    assert code == 3 and dry["dry_run"] and dry["users"][0]["status"] == "stopped"
     code, stopped = _reconcile("--user", ANNA, "--wait", "--json")
-    assert code == 2 and "would remove 22 of 25" in stopped["users"][0]["reason"]
+    assert code == 3 and "would remove 22 of 25" in stopped["users"][0]["reason"]
     assert system.writes() == before and len(system.folder(ANNA)) == 25
     code, forced = _reconcile("--user", ANNA, "--force", "--wait", "--json")
     assert code == 0 and forced["users"][0]["deleted_outlook"] == 22

@@ -61,11 +61,11 @@ def test_validate_then_sync_and_dry_run_print_summaries(env: None, emulators: Ru
 
     dry = runner.invoke(app, ["sync", MAILBOX, "--full", "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
-    assert json.loads(dry.output)["created"]["outlook"] == 3
+    assert json.loads(dry.output)["users"][0]["created_outlook"] == 3
     done = runner.invoke(app, ["sync", MAILBOX, "--full"])
     assert done.exit_code == 0 and "created  outlook=3" in done.output
-    again = json.loads(runner.invoke(app, ["sync", MAILBOX, "--json"]).output)
-    assert again["created"] == {"outlook": 0, "bc": 0} and again["failed"] == 0
+    again = json.loads(runner.invoke(app, ["sync", MAILBOX, "--json"]).output)["users"][0]
+    assert (again["created_outlook"], again["created_bc"], again["failed"]) == (0, 0, 0)
 
 
 def test_validate_reads_bc_in_pages_not_one_request_per_person(
