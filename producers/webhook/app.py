@@ -34,11 +34,11 @@ from starlette.routing import Route
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import BC_NOTIFICATIONS, GRAPH_NOTIFICATIONS, topic_name
 from contactsync.logs import get_logger
+from contactsync.metrics import WebhookMetrics
 from contactsync.settings import Settings
 from producers.webhook import parsing
 from producers.webhook.health import ReadinessProbe
 from producers.webhook.intake import Intake, bc_intake, graph_intake
-from producers.webhook.metrics import WebhookMetrics
 from producers.webhook.openapi import openapi_document
 from producers.webhook.publisher import KafkaPublisher, ProducerHolder, PublishUnavailable
 from producers.webhook.registry import CachedRegistry, RegistryUnavailable, SubscriptionRegistry
