@@ -40,6 +40,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from sqlalchemy.exc import OperationalError
 
+from contactsync import metrics
 from contactsync.clients.errors import RetryableError, ServiceError, ServiceUnavailable
 from contactsync.engine.bcfilter import FilterError
 from contactsync.engine.links import SyncMode
@@ -357,6 +358,8 @@ class Applier:
             return _Outcome(ResultStatus.FAILED, reason,
                             duration_ms=int((time.perf_counter() - started) * 1000))
         outcome = outcome_of(report)
+        if outcome.status is ResultStatus.OK and not first.dry_run:
+            metrics.USER_LAST_SUCCESS.labels(metrics.user_label(setup.user_id)).set(time.time())
         _log().info("applied", user_id=setup.user_id, kind=str(first.kind),
                     commands=len(segment), status=str(outcome.status), reason=outcome.reason,
                     **{k: v for k, v in outcome.summary.items() if v})

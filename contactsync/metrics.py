@@ -15,6 +15,7 @@ services, methods and statuses are fixed names.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Iterator
 
@@ -55,14 +56,11 @@ class _OldestUnapplied(Collector):
     name = "contactsync_oldest_unapplied_change_age_seconds"
 
     def __init__(self) -> None:
-        self._since: dict[str, float] = {}
+        self._since: dict[str, float | None] = {}
 
     def set_oldest(self, group: str, occurred_at: float | None) -> None:
         """`occurred_at` (epoch seconds) of the oldest change not finished; None when caught up."""
-        if occurred_at is None:
-            self._since.pop(group, None)
-        else:
-            self._since[group] = occurred_at
+        self._since[group] = occurred_at
 
     def age(self, group: str) -> float:
         since = self._since.get(group)
@@ -229,3 +227,11 @@ def exported_metric_names() -> set[str]:
     per_app = [webhook.requests, webhook.accepted, webhook.rejected, webhook.publish_seconds,
                webhook.publish_failures, webhook.request_seconds]
     return _names_of(product + per_app) | {OLDEST_UNAPPLIED.name}
+
+
+def user_label(user_id: str) -> str:
+    """The `user` label of a user id. An id that is an e-mail address (the default id is the
+    mailbox) becomes `u-` and 12 hex digits of its SHA-256: series never carry an address."""
+    if "@" not in user_id:
+        return user_id
+    return "u-" + hashlib.sha256(user_id.encode()).hexdigest()[:12]

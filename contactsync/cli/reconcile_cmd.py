@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from contactsync.cli.common import run_role, settings_and_logging, user_errors
+from contactsync.cli.common import MetricsPort, run_role, settings_and_logging, user_errors
 
 # The reconcile itself, the store and the clients load when the command runs (see
 # contactsync.cli.common); Kafka (producers.reconcile) only when a run goes through it.
@@ -166,12 +166,13 @@ def reconcile(
     schedule: Annotated[bool, typer.Option(
         "--schedule", help="Run the scheduler (reconcile_schedule, reconcile_jitter)")] = False,
     last: Annotated[bool, typer.Option("--last", help="Show the last kept reports")] = False,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Full reconcile: repair drift between BC and Outlook for some or all users."""
     if schedule:
         from producers.reconcile import run_scheduler
 
-        run_role("reconcile scheduler", run_scheduler)
+        run_role("reconcile scheduler", run_scheduler, metrics_port)
         return
     from contactsync.sync.run_ids import new_run_id
     from contactsync.sync.services import open_store

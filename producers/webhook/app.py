@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from contactsync.health import health_routes
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import BC_NOTIFICATIONS, GRAPH_NOTIFICATIONS, topic_name
 from contactsync.logs import get_logger
@@ -229,17 +230,6 @@ def create_webhook_app(
     readiness = ReadinessProbe(holder, publisher)
     document = openapi_document(settings.webhook_max_body_bytes)
 
-    async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(_request: Request) -> Response:
-        ready, detail = await readiness.check()
-        return JSONResponse({"status": "ready" if ready else "not_ready", "detail": detail},
-                            200 if ready else 503)
-
-    async def metrics_endpoint(_request: Request) -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
-
     async def openapi(_request: Request) -> Response:
         return JSONResponse(document)
 
@@ -257,9 +247,7 @@ def create_webhook_app(
         Route("/webhooks/graph", handlers.endpoint("graph"), methods=both),
         Route("/webhooks/graph/lifecycle", handlers.endpoint("graph_lifecycle"), methods=both),
         Route("/webhooks/bc", handlers.endpoint("bc"), methods=both),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
+        *health_routes(readiness.components, metrics.render),
         Route("/openapi.json", openapi),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

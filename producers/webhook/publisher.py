@@ -24,6 +24,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from contactsync.health import bootstrap_addresses
 from contactsync.logs import get_logger
 
 
@@ -100,15 +101,7 @@ class ProducerHolder:
     def bootstrap_addresses(self) -> list[tuple[str, int]]:
         if self._producer is None:
             return []
-        servers: Any = self._producer.config.get("bootstrap_servers", [])
-        if isinstance(servers, str):
-            servers = servers.split(",")
-        addresses = []
-        for server in servers:
-            host, _, port = str(server).strip().rpartition(":")
-            if host and port.isdigit():
-                addresses.append((host.strip("[]"), int(port)))
-        return addresses
+        return bootstrap_addresses(self._producer.config.get("bootstrap_servers", []))
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
