@@ -19,7 +19,8 @@ topics_app = typer.Typer(no_args_is_help=True, help="The pipeline's topics.")
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Where the broker's files live (default: .contactsync/kafka)"),
+    typer.Option("--data-dir",
+                 help="Where the broker's files live (default: kafka/ in the state directory)"),
 ]
 
 

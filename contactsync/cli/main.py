@@ -6,9 +6,12 @@ an optional contactsync.toml; see README.md.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from contactsync.cli import (
+    db_cmds,
     dlq_cmds,
     emulate_cmd,
     kafka_cmds,
@@ -25,6 +28,25 @@ from contactsync.cli import (
 # No local variables in crash tracebacks: they would print secrets, tokens and contacts.
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__,
                   pretty_exceptions_show_locals=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"contactsync {version('contactsync')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit",
+    )] = False,
+) -> None:
+    pass
+
+
 app.add_typer(kafka_cmds.kafka_app, name="kafka")
 app.add_typer(kafka_cmds.topics_app, name="topics")
 app.add_typer(schema_cmds.schemas_app, name="schemas")
@@ -32,6 +54,7 @@ app.add_typer(users_cmds.users_app, name="users")
 app.command()(sandbox_cmd.sandbox)
 app.command()(emulate_cmd.emulate)
 app.add_typer(dlq_cmds.dlq_app, name="dlq")
+app.add_typer(db_cmds.db_app, name="db")
 app.command()(webhook_cmd.webhook)
 app.command()(sync_cmd.sync)
 app.command()(role_cmds.router)
