@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -41,14 +42,21 @@ def up(data_dir: DataDir = None) -> None:
 
 
 @kafka_app.command()
-def status(data_dir: DataDir = None) -> None:
+def status(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON")] = False,
+) -> None:
     """Say whether the local broker runs, and where."""
     settings = settings_and_logging()
     state = _broker(settings, data_dir).status()
-    if state.running:
+    if as_json:
+        typer.echo(json.dumps({"running": state.running, "pid": state.pid,
+                               "bootstrap": state.bootstrap, "data_dir": str(state.data_dir)}))
+    elif state.running:
         typer.echo(f"running pid={state.pid} bootstrap={state.bootstrap} data={state.data_dir}")
     else:
         typer.echo(f"stopped data={state.data_dir}")
+    if not state.running:
         raise typer.Exit(3)
 
 
