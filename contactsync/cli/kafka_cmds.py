@@ -33,12 +33,16 @@ def _broker(settings: Settings, data_dir: Path | None) -> LocalBroker:
     return local_broker(settings)
 
 
+def _to_stderr(message: str) -> None:
+    typer.echo(message, err=True)  # stdout stays the bootstrap address alone, for scripts
+
+
 @kafka_app.command()
 def up(data_dir: DataDir = None) -> None:
     """Fetch the broker jars (first time), start the broker, print its bootstrap address."""
     settings = settings_and_logging()
     with user_errors():
-        typer.echo(_broker(settings, data_dir).up())
+        typer.echo(_broker(settings, data_dir).up(progress=_to_stderr))
 
 
 @kafka_app.command()

@@ -41,7 +41,8 @@ def run(
         if settings.uses_emulators:
             raise ConfigError("no tenant configured: set CONTACTSYNC_GRAPH_BASE_URL and "
                               "CONTACTSYNC_BC_BASE_URL, or run `contactsync sandbox`")
-        bootstrap = settings.kafka_bootstrap_servers or local_broker(settings).up()
+        bootstrap = settings.kafka_bootstrap_servers or local_broker(settings).up(
+            progress=lambda message: typer.echo(message, err=True))
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
         ensure_topics_at(bootstrap, settings)
         store = Store.open(settings.database_url)
