@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 
+    # --- Traces (contactsync.tracing; the `otel` extra) ---
+    otel_traces: bool = Field(
+        default=False, description="Export OpenTelemetry traces over OTLP (OTEL_EXPORTER_OTLP_*)"
+    )
+
     # --- Secrets we hold ourselves (never logged: SecretStr hides them in repr) ---
     admin_token: SecretStr | None = None
 

@@ -28,6 +28,13 @@ def settings_and_logging() -> Settings:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    if settings.otel_traces:  # the SDK loads only then
+        from contactsync.tracing import TracingUnavailable, configure
+
+        try:
+            configure(True)
+        except TracingUnavailable as exc:
+            _fail(str(exc))
     return settings
 
 

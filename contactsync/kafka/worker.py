@@ -64,6 +64,11 @@ class WorkRecord:
     def payload(self) -> Any:
         return self.envelope.payload
 
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        """The record's Kafka headers (the trace context travels there)."""
+        return list(getattr(self.record, "headers", None) or [])
+
 
 Handler = Callable[[Sequence[WorkRecord]], None]
 GroupBy = Callable[[WorkRecord], Hashable]

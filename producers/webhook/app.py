@@ -26,11 +26,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaProducer
+from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from contactsync import tracing
 from contactsync.health import health_routes
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import BC_NOTIFICATIONS, GRAPH_NOTIFICATIONS, topic_name
@@ -135,7 +137,9 @@ class WebhookHandlers:
 
         async def handle(request: Request) -> Response:
             started = time.perf_counter()
-            response, outcome = await self._handle(request, route, intaker)
+            with tracing.span(f"webhook {route}", kind=SpanKind.SERVER,
+                              attributes={"http.route": request.url.path}):
+                response, outcome = await self._handle(request, route, intaker)
             self.metrics.requests.labels(route, outcome).inc()
             if outcome != "handshake":
                 self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
@@ -151,7 +155,7 @@ class WebhookHandlers:
             return handshake, "handshake" if handshake.status_code == 200 else "bad_request"
         if request.method != "POST":
             return _error(400, "invalid_handshake", "validationToken is required"), "bad_request"
-        trace_id = uuid.uuid4().hex
+        trace_id = tracing.current_trace_id() or uuid.uuid4().hex  # logs match traces
         try:
             if not _is_json(request.headers.get("content-type")):
                 raise _Refusal(415, "unsupported_media_type",

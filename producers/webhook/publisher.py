@@ -38,6 +38,7 @@ class OutgoingMessage:
     topic: str
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()  # the trace context, when tracing is on
 
 
 class PublishUnavailable(Exception):
@@ -211,7 +212,8 @@ def _send_all(
         return
     for message in messages:
         try:
-            future = producer.send(message.topic, value=message.value, key=message.key)
+            future = producer.send(message.topic, value=message.value, key=message.key,
+                                   headers=list(message.headers) or None)
         except Exception as exc:
             gate.fail(exc)
             return
