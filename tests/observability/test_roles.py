@@ -115,10 +115,15 @@ def test_the_applier_alone_reports_last_success_api_calls_lag_and_dead_letters(
         assert any(v > 0 for _, v in samples(page, "contactsync_api_requests_total",
                                               service="bc", method="GET"))
         topic = topic_name(settings, SYNC_COMMANDS)
-        lag = eventually(lambda: samples(scrape(url), "contactsync_consumer_lag", topic=topic),
-                         what="the consumer lag of the commands topic")
+
+        def caught_up() -> list[tuple[dict[str, str], float]] | None:
+            lag = samples(scrape(url), "contactsync_consumer_lag", topic=topic)
+            return lag if lag and all(value == 0 for _, value in lag) else None
+
+        lag = eventually(caught_up, timeout=60, what="lag 0 on the commands topic")
         assert {lbls["partition"] for lbls, _ in lag} == {"0", "1", "2"}
-        assert all(value == 0 for _, value in lag)  # everything consumed
+        [(_, age)] = samples(scrape(url), "contactsync_oldest_unapplied_change_age_seconds")
+        assert age == 0  # caught up: nothing waits
         assert "anna@" not in httpx.get(f"{url}/metrics").text  # ids, never addresses
     finally:
         role.terminate()

@@ -4,16 +4,24 @@ user's state directory (not the current one), `db status`/`db upgrade`, `--versi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from contactsync.cli.main import app
+from contactsync.logs import configure_logging
 from contactsync.settings import Settings
 from contactsync.store import Store
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _logs_off_the_runners_stream() -> Iterator[None]:
+    yield
+    configure_logging()  # the runner's stream closes; later tests' roles still log
 
 
 @pytest.fixture

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
+import pytest
 from typer.testing import CliRunner
 
 from contactsync.cli.emulate_cmd import RunningEmulators
 from contactsync.cli.main import app
+from contactsync.logs import configure_logging
 from tests.sync.conftest import MAILBOX
 from tests.sync.test_cli import env
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _logs_off_the_runners_stream() -> Iterator[None]:
+    yield
+    configure_logging()  # the runner's stream closes; later tests' roles still log
 __all__ = ["env"]
 
 
