@@ -34,7 +34,9 @@ class Readiness:
     """Named components, each a check run on demand or a state reported by whoever uses it.
 
     Checks run concurrently and their answer is cached briefly, so an orchestrator probing
-    every second costs nothing."""
+    every second costs nothing. Reports count only while a role watches (between its
+    `add_check` and `clear`): a client used outside a role (a CLI command, a test) leaves no
+    state behind for the next role of the process."""
 
     def __init__(self, *, cache_seconds: float = 2.0) -> None:
         self._checks: dict[str, Check] = {}
@@ -42,16 +44,20 @@ class Readiness:
         self._cache_seconds = cache_seconds
         self._cached: tuple[float, bool, dict[str, str]] | None = None
         self._lock = threading.Lock()  # reports come from role threads and event loops
+        self._watching = False
 
     def add_check(self, component: str, check: Check) -> None:
         with self._lock:
             self._checks[component] = check
             self._cached = None
+            self._watching = True
 
     def report(self, component: str, ok: bool, detail: str) -> None:
         """The component's state as its user just saw it (e.g. a service refused our token)."""
-        metrics.COMPONENT_READY.labels(component).set(1 if ok else 0)
         with self._lock:
+            if not self._watching:
+                return
+            metrics.COMPONENT_READY.labels(component).set(1 if ok else 0)
             if self._reported.get(component, (None,))[0] != ok:
                 self._cached = None
             self._reported[component] = (ok, detail)
@@ -61,6 +67,7 @@ class Readiness:
             self._checks.clear()
             self._reported.clear()
             self._cached = None
+            self._watching = False
 
     async def evaluate(self) -> tuple[bool, dict[str, str]]:
         """(all ready, {component: detail}); details of failing components start with "not"."""

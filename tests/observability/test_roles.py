@@ -4,6 +4,7 @@ record that cannot be applied)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pytest
 from kafka import KafkaProducer
 
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
+from contactsync.clients.errors import Unauthorized
+from contactsync.clients.graph import GraphClient
 from contactsync.kafka.local_broker import free_port
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, topic_name
 from contactsync.metrics import user_label
@@ -157,4 +160,38 @@ def test_readyz_fails_while_the_broker_is_unreachable(kafka_settings: Settings):
         assert "no Kafka broker" in body["components"]["kafka"]
         assert body["components"]["store"] == "store reachable"
     finally:
+        store.close()
+
+
+def test_readyz_fails_while_a_service_refuses_our_token_and_throttles_are_counted(
+        emulated: tuple[Settings, RunningEmulators]):
+    settings, emulators = emulated
+    store = Store.open(settings.database_url)
+    pipeline = Pipeline(settings, store, roles=(), metrics_port=0, metrics_host="127.0.0.1")
+    pipeline.start()
+
+    async def list_folders() -> None:
+        graph = GraphClient.create(settings.graph_base_url)
+        try:
+            await graph.list_folders(ANNA)
+        finally:
+            await graph.close()
+
+    try:
+        emulators.graph.add_fault(kind="status", status=401, count=1, route="contactFolders")
+        with pytest.raises(Unauthorized):
+            asyncio.run(list_folders())
+        refused = httpx.get(f"{pipeline.health_url}/readyz", timeout=10)
+        assert refused.status_code == 503
+        assert refused.json()["components"]["graph_credentials"].startswith("not accepted")
+
+        emulators.graph.add_fault(kind="status", status=429, retry_after=1, count=1,
+                                  route="contactFolders")
+        asyncio.run(list_folders())  # throttled once, then answered: the token works again
+        assert httpx.get(f"{pipeline.health_url}/readyz", timeout=10).status_code == 200
+        page = scrape(pipeline.health_url)
+        assert samples(page, "contactsync_api_throttled_total", service="graph")[0][1] >= 1
+        assert samples(page, "contactsync_api_requests_total", service="graph", status="401")
+    finally:
+        pipeline.stop()
         store.close()
