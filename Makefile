@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The sandbox and the benchmarks keep their state (SQLite, the local broker's data) in the
+# checkout, not in the user's state directory (the default of an installed contactsync).
+sandbox bench: export CONTACTSYNC_STATE_DIR ?= $(CURDIR)/.contactsync
+
 sandbox: $(STAMP)
 	$(BIN)/contactsync sandbox $(ARGS)
 

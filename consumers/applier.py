@@ -42,6 +42,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from sqlalchemy.exc import OperationalError
 
+from contactsync import metrics, tracing
 from contactsync.clients.errors import RetryableError, ServiceError, ServiceUnavailable
 from contactsync.engine.bcfilter import FilterError
 from contactsync.engine.links import SyncMode
@@ -66,6 +67,7 @@ from schemas.messages import (
 from schemas.setup import UserSetup
 
 GROUP_ID = "contactsync-applier"
+APPLY_SPAN = "applier apply"
 TOPICS = (SYNC_COMMANDS,)
 UNKNOWN_USER = "unknown user"
 NEAR_REAL_TIME = (CommandKind.BC_CHANGE, CommandKind.GRAPH_HINT)
@@ -337,11 +339,13 @@ class Applier:
             services = self._services_now()
 
             async def side_by_side() -> list[SyncReport | BaseException]:
-                return await asyncio.gather(*(
-                    apply_changes(setup, graph=services.graph, bc=services.bc, store=self.store,
-                                  bc_changes=merge_bc_changes([c.command for c in seg]),
-                                  read_outlook_delta=any(
-                                      c.command.kind is CommandKind.GRAPH_HINT for c in seg))
+                return await asyncio.gather(*(tracing.traced(
+                    APPLY_SPAN, apply_changes(
+                        setup, graph=services.graph, bc=services.bc, store=self.store,
+                        bc_changes=merge_bc_changes([c.command for c in seg]),
+                        read_outlook_delta=any(
+                            c.command.kind is CommandKind.GRAPH_HINT for c in seg)),
+                    parent=seg[0].record.headers, attributes=_span_attributes(setup, seg))
                     for setup, seg in concurrent), return_exceptions=True)
 
             reports = self._run(side_by_side())
@@ -360,6 +364,13 @@ class Applier:
             self._finished.popitem(last=False)
 
     def _apply_segment(self, setup: UserSetup, segment: list[_Command]) -> _Outcome:
+        if id(segment[0].command) in self._prepared:  # applied side by side, in its own span
+            return self._apply_segment_traced(setup, segment)
+        with tracing.span(APPLY_SPAN, parent=segment[0].record.headers,
+                          attributes=_span_attributes(setup, segment)):
+            return self._apply_segment_traced(setup, segment)
+
+    def _apply_segment_traced(self, setup: UserSetup, segment: list[_Command]) -> _Outcome:
         first = segment[0].command
         started = time.perf_counter()
         try:
@@ -388,6 +399,8 @@ class Applier:
             return _Outcome(ResultStatus.FAILED, reason,
                             duration_ms=int((time.perf_counter() - started) * 1000))
         outcome = outcome_of(report)
+        if outcome.status is ResultStatus.OK and not first.dry_run:
+            metrics.USER_LAST_SUCCESS.labels(metrics.user_label(setup.user_id)).set(time.time())
         _log().info("applied", user_id=setup.user_id, kind=str(first.kind),
                     commands=len(segment), status=str(outcome.status), reason=outcome.reason,
                     **{k: v for k, v in outcome.summary.items() if v})
@@ -452,6 +465,12 @@ class Applier:
             raise ServiceUnavailable(f"could not publish sync results: {exc}",
                                      service="kafka") from exc
         self.published += len(futures)
+
+
+def _span_attributes(setup: UserSetup, segment: list[_Command]) -> dict[str, str | int]:
+    return {"contactsync.user": metrics.user_label(setup.user_id),
+            "contactsync.command": str(segment[0].command.kind),
+            "contactsync.commands": len(segment)}
 
 
 def by_topic(record: WorkRecord) -> Hashable:

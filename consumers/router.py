@@ -35,8 +35,10 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from opentelemetry.trace import SpanKind
 from sqlalchemy.exc import OperationalError
 
+from contactsync import tracing
 from contactsync.clients.errors import ServiceUnavailable
 from contactsync.engine.bcfilter import ContactFilter, FilterError
 from contactsync.engine.links import canon_bc_id
@@ -163,6 +165,7 @@ class _Outgoing:
     command: SyncCommand
     trace_id: str
     event_id: str
+    headers: list[tuple[str, bytes]]  # the trace context
 
 
 class Router:
@@ -276,8 +279,12 @@ class Router:
 
     @staticmethod
     def _outgoing(record: WorkRecord, user_id: str, command: SyncCommand) -> _Outgoing:
+        with tracing.span("router route", parent=record.headers, kind=SpanKind.CONSUMER,
+                          attributes={"contactsync.command": str(command.kind)}):
+            headers = tracing.headers()
         return _Outgoing(user_id, command, record.envelope.trace_id,
-                         command_event_id(record.envelope.event_id, user_id, command.kind))
+                         command_event_id(record.envelope.event_id, user_id, command.kind),
+                         headers)
 
     # --- publishing ---
 
@@ -296,7 +303,7 @@ class Router:
                 producer.send(self._commands_topic,
                               value=encode(wrap(o.command, trace_id=o.trace_id,
                                                 event_id=o.event_id)),
-                              key=o.user_id.encode())
+                              key=o.user_id.encode(), headers=o.headers or None)
                 for o in outgoing
             ]
             producer.flush(timeout=SEND_TIMEOUT_S)

@@ -33,15 +33,27 @@ class Pipeline:
     roles: tuple[str, ...] = ALL_ROLES
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 0
+    metrics_port: int | None = None  # /healthz, /readyz, /metrics once for every role
+    metrics_host: str = "0.0.0.0"
     stop_event: threading.Event = field(default_factory=threading.Event)
     _roles: list[_Role] = field(default_factory=list)
     _webhook: Any = None
+    _health: Any = None
 
     @property
     def webhook_url(self) -> str:
         return self._webhook.url if self._webhook is not None else ""
 
+    @property
+    def health_url(self) -> str:
+        return self._health.url if self._health is not None else ""
+
     def start(self) -> None:
+        from contactsync.health import register_role_checks, serve_health
+
+        register_role_checks(self.settings.kafka_bootstrap_servers or None, self.store)
+        if self.metrics_port is not None:
+            self._health = serve_health(self.metrics_port, self.metrics_host)
         if "webhook" in self.roles:
             self._start_webhook()
         for name in self.roles:
@@ -104,3 +116,8 @@ class Pipeline:
                 role.thread.join(timeout)
         if self._webhook is not None:
             self._webhook.stop()
+        if self._health is not None:
+            self._health.stop()
+        from contactsync.health import READINESS
+
+        READINESS.clear()

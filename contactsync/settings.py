@@ -10,7 +10,9 @@ AZURE_CLIENT_CERTIFICATE_PATH) itself, so they never pass through our config or 
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,24 @@ from pydantic_settings import (
 
 
 def default_state_dir() -> Path:
-    """Where local state lives (SQLite file, local broker data): `./.contactsync` by default."""
-    return Path(os.environ.get("CONTACTSYNC_STATE_DIR", ".contactsync")).resolve()
+    """Where local state lives (SQLite file, local broker data): `CONTACTSYNC_STATE_DIR`, else
+    the platform's user state directory, never the directory a command was started from."""
+    chosen = os.environ.get("CONTACTSYNC_STATE_DIR")
+    return Path(chosen).resolve() if chosen else user_state_dir()
+
+
+def user_state_dir(platform: str = sys.platform, env: Mapping[str, str] = os.environ) -> Path:
+    """`$XDG_STATE_HOME/contactsync` (`~/.local/state/contactsync`) on Linux and other Unix
+    systems, `~/Library/Application Support/contactsync` on macOS, `%LOCALAPPDATA%\\contactsync`
+    on Windows (the XDG Base Directory and the platforms' own conventions)."""
+    home = Path(env.get("HOME") or Path.home())
+    if platform == "win32":
+        return Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local") / "contactsync"
+    if platform == "darwin":
+        return home / "Library" / "Application Support" / "contactsync"
+    xdg = env.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".local" / "state"
+    return base / "contactsync"
 
 
 def default_cache_dir() -> Path:
@@ -97,6 +115,11 @@ class Settings(BaseSettings):
     # --- Logging ---
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    # --- Traces (contactsync.tracing; the `otel` extra) ---
+    otel_traces: bool = Field(
+        default=False, description="Export OpenTelemetry traces over OTLP (OTEL_EXPORTER_OTLP_*)"
+    )
 
     # --- Secrets we hold ourselves (never logged: SecretStr hides them in repr) ---
     admin_token: SecretStr | None = None

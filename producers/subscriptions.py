@@ -55,6 +55,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from contactsync import metrics
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
 from contactsync.clients.graph import GraphClient, is_loopback, new_client_state
@@ -354,10 +355,21 @@ class SubscriptionKeeper:
             except ServiceError as exc:
                 report.failed[self.bc.company_id] = str(exc)
                 _log().warning("could not keep the BC subscription", error=str(exc))
+        self._export_expiry()
         _log().info("subscriptions kept", created=len(report.created),
                     recreated=len(report.recreated), renewed=len(report.renewed),
                     deleted=len(report.deleted), failed=len(report.failed))
         return report
+
+    def _export_expiry(self) -> None:
+        """Each user's (and the company's) latest expiry as a series; deleted ones disappear."""
+        latest: dict[tuple[str, str], datetime] = {}
+        for sub in self.store.subscriptions.list_all():
+            key = (sub.service.value, metrics.user_label(sub.user_id or ""))
+            latest[key] = max(latest.get(key, sub.expiration), sub.expiration)
+        metrics.SUBSCRIPTION_EXPIRY.clear()
+        for (service, user), expiration in latest.items():
+            metrics.SUBSCRIPTION_EXPIRY.labels(service, user).set(expiration.timestamp())
 
     async def handle_lifecycle(self, event: GraphLifecycle) -> KeeperReport:
         """Act on one lifecycle event. Events for subscriptions no longer stored (already

@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -50,6 +50,13 @@ def settings_and_logging(*, one_shot: bool = True) -> Settings:
         for name in _LIBRARIES:
             logging.getLogger(name).setLevel(logging.CRITICAL)
         _plain_retry_lines()
+    if settings.otel_traces:  # the SDK loads only then
+        from contactsync.tracing import TracingUnavailable, configure
+
+        try:
+            configure(True)
+        except TracingUnavailable as exc:
+            _fail(str(exc))
     return settings
 
 
@@ -257,7 +264,37 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def run_role(name: str, role: Callable[[Settings, Store, threading.Event], None]) -> None:
+MetricsPort = Annotated[int | None, typer.Option(
+    "--metrics-port", min=1, max=65535,
+    help="Serve /healthz, /readyz and /metrics on this port (all interfaces)",
+)]
+
+
+@contextlib.contextmanager
+def health_endpoint(port: int | None, settings: Settings, store: Store) -> Iterator[None]:
+    """While the block runs: the readiness checks of the broker and the store registered and,
+    with a port, /healthz, /readyz and /metrics served on it."""
+    from contactsync.health import READINESS, register_role_checks, serve_health
+    from contactsync.kafka.local_broker import BrokerError
+
+    try:
+        from contactsync.kafka.io import resolve_bootstrap
+
+        bootstrap: str | None = resolve_bootstrap(settings)
+    except BrokerError:
+        bootstrap = None  # the role says so itself, in one sentence
+    register_role_checks(bootstrap, store)
+    server = serve_health(port) if port is not None else None
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.stop()
+        READINESS.clear()
+
+
+def run_role(name: str, role: Callable[[Settings, Store, threading.Event], None],
+             metrics_port: int | None = None) -> None:
     """Run one pipeline role in the foreground with the configured store until a signal."""
     from contactsync.store import Store
 
@@ -266,8 +303,9 @@ def run_role(name: str, role: Callable[[Settings, Store, threading.Event], None]
     with user_errors():
         store = Store.open(settings.database_url)
         try:
-            typer.echo(f"{name} running; Ctrl-C stops it")
-            role(settings, store, stop)
+            with health_endpoint(metrics_port, settings, store):
+                typer.echo(f"{name} running; Ctrl-C stops it")
+                role(settings, store, stop)
         finally:
             store.close()
     typer.echo(f"{name} stopped")

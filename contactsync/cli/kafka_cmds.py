@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,7 +20,8 @@ topics_app = typer.Typer(no_args_is_help=True, help="The pipeline's topics.")
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Where the broker's files live (default: .contactsync/kafka)"),
+    typer.Option("--data-dir",
+                 help="Where the broker's files live (default: kafka/ in the state directory)"),
 ]
 
 
@@ -31,23 +33,34 @@ def _broker(settings: Settings, data_dir: Path | None) -> LocalBroker:
     return local_broker(settings)
 
 
+def _to_stderr(message: str) -> None:
+    typer.echo(message, err=True)  # stdout stays the bootstrap address alone, for scripts
+
+
 @kafka_app.command()
 def up(data_dir: DataDir = None) -> None:
     """Fetch the broker jars (first time), start the broker, print its bootstrap address."""
     settings = settings_and_logging()
     with user_errors():
-        typer.echo(_broker(settings, data_dir).up())
+        typer.echo(_broker(settings, data_dir).up(progress=_to_stderr))
 
 
 @kafka_app.command()
-def status(data_dir: DataDir = None) -> None:
+def status(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON")] = False,
+) -> None:
     """Say whether the local broker runs, and where."""
     settings = settings_and_logging()
     state = _broker(settings, data_dir).status()
-    if state.running:
+    if as_json:
+        typer.echo(json.dumps({"running": state.running, "pid": state.pid,
+                               "bootstrap": state.bootstrap, "data_dir": str(state.data_dir)}))
+    elif state.running:
         typer.echo(f"running pid={state.pid} bootstrap={state.bootstrap} data={state.data_dir}")
     else:
         typer.echo(f"stopped data={state.data_dir}")
+    if not state.running:
         raise typer.Exit(3)
 
 

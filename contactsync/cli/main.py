@@ -9,10 +9,13 @@ Exit codes: 0 ok, 1 error (one sentence says what to do), 2 bad command line,
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from contactsync.cli import (
     audit_cmd,
+    db_cmds,
     dlq_cmds,
     emulate_cmd,
     kafka_cmds,
@@ -31,6 +34,25 @@ from contactsync.cli.common import ErrorFrame
 # ErrorFrame: every command's failures end as one sentence and exit code 1 (cli/common.py).
 app = typer.Typer(cls=ErrorFrame, no_args_is_help=True, add_completion=False, help=__doc__,
                   pretty_exceptions_show_locals=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"contactsync {version('contactsync')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit",
+    )] = False,
+) -> None:
+    pass
+
+
 app.add_typer(kafka_cmds.kafka_app, name="kafka")
 app.add_typer(kafka_cmds.topics_app, name="topics")
 app.add_typer(schema_cmds.schemas_app, name="schemas")
@@ -38,6 +60,7 @@ app.add_typer(users_cmds.users_app, name="users")
 app.command()(sandbox_cmd.sandbox)
 app.command()(emulate_cmd.emulate)
 app.add_typer(dlq_cmds.dlq_app, name="dlq")
+app.add_typer(db_cmds.db_app, name="db")
 app.command()(webhook_cmd.webhook)
 app.command()(sync_cmd.sync)
 app.command()(role_cmds.router)

@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from contactsync.cli.common import kafka_bootstrap, run_role, settings_and_logging
+from contactsync.cli.common import (
+    MetricsPort,
+    kafka_bootstrap,
+    run_role,
+    settings_and_logging,
+)
 from contactsync.cli.report_view import print_line, show_run
 
 APPLIER_GRACE_S = 5.0  # how long `--wait` looks for an applier before it says there is none
@@ -146,12 +151,13 @@ def reconcile(
     schedule: Annotated[bool, typer.Option(
         "--schedule", help="Run the scheduler (reconcile_schedule, reconcile_jitter)")] = False,
     last: Annotated[bool, typer.Option("--last", help="Show the last kept reports")] = False,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Full reconcile: repair drift between BC and Outlook for some or all users."""
     if schedule:
         from producers.reconcile import run_scheduler
 
-        run_role("reconcile scheduler", run_scheduler)
+        run_role("reconcile scheduler", run_scheduler, metrics_port)
         return
     from contactsync.sync.run_ids import new_run_id
     from contactsync.sync.services import open_store

@@ -8,26 +8,28 @@ from typing import Annotated
 
 import typer
 
-from contactsync.cli.common import run_role
+from contactsync.cli.common import MetricsPort, run_role
 
 
 def router(
     refresh: Annotated[float, typer.Option(
         "--refresh", min=0.0, help="Seconds between re-reads of the enabled setups and filters"
     )] = 5.0,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Route BC contact changes and Graph notifications to per-user sync commands."""
     from consumers.router import Router
 
     run_role("router", lambda settings, store, stop: Router(
-        settings, store, refresh_seconds=refresh).run(stop))
+        settings, store, refresh_seconds=refresh).run(stop), metrics_port)
 
 
-def applier() -> None:
+def applier(metrics_port: MetricsPort = None) -> None:
     """Apply per-user sync commands to Outlook and Business Central and publish the results."""
     from consumers.applier import Applier
 
-    run_role("applier", lambda settings, store, stop: Applier(settings, store).run(stop))
+    run_role("applier", lambda settings, store, stop: Applier(settings, store).run(stop),
+             metrics_port)
 
 
 def bc_changes(
@@ -38,22 +40,24 @@ def bc_changes(
         "--fallback-poll-interval", min=0.1,
         help="Seconds between timer rounds when BC offers no webhooks on contacts",
     )] = 5.0,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Publish BC contact changes (hints and polling, one query per round) to Kafka."""
     from producers.bc_changes import run_bc_changes
 
     run_role("bc-changes", lambda settings, store, stop: run_bc_changes(
         settings, store, stop, poll_interval=poll_interval,
-        fallback_poll_interval=fallback_poll_interval))
+        fallback_poll_interval=fallback_poll_interval), metrics_port)
 
 
 def subscriptions(
     interval: Annotated[float, typer.Option(
         "--interval", min=1.0, help="Seconds between passes over the users' subscriptions"
     )] = 300.0,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Keep the Graph and BC webhook subscriptions alive (create, renew, recreate, delete)."""
     from producers.subscriptions import run_subscriptions
 
     run_role("subscriptions", lambda settings, store, stop: run_subscriptions(
-        settings, store, stop, interval=interval))
+        settings, store, stop, interval=interval), metrics_port)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from contactsync.cli.common import settings_and_logging, stop_on_signals, user_errors
+from contactsync.cli.common import MetricsPort, settings_and_logging, stop_on_signals, user_errors
 from contactsync.roles import ALL_ROLES  # the pipeline, Kafka and the store load in run()
 
 
@@ -18,6 +18,7 @@ def run(
     roles: Annotated[str, typer.Option(help="Comma-separated roles to run")] = ",".join(ALL_ROLES),
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The webhook's port")] = 8080,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Run the pipeline's roles (webhook, subscriptions, bc-changes, router, applier, reconcile)."""
     from contactsync.kafka.io import local_broker
@@ -40,11 +41,13 @@ def run(
         if settings.uses_emulators:
             raise ConfigError("no tenant configured: set CONTACTSYNC_GRAPH_BASE_URL and "
                               "CONTACTSYNC_BC_BASE_URL, or run `contactsync sandbox`")
-        bootstrap = settings.kafka_bootstrap_servers or local_broker(settings).up()
+        bootstrap = settings.kafka_bootstrap_servers or local_broker(settings).up(
+            progress=lambda message: typer.echo(message, err=True))
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
         ensure_topics_at(bootstrap, settings)
         store = Store.open(settings.database_url)
-    pipeline = Pipeline(settings, store, roles=chosen, webhook_host=host, webhook_port=port)
+    pipeline = Pipeline(settings, store, roles=chosen, webhook_host=host, webhook_port=port,
+                        metrics_port=metrics_port)
     try:
         pipeline.start()
         typer.echo(f"running {', '.join(chosen)}; Ctrl-C stops them")

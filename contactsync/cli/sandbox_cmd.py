@@ -204,7 +204,7 @@ def sandbox(
             else:
                 broker = local  # ours: stopped on the way out
                 typer.echo("starting the local Kafka broker ...")
-            bootstrap = local.up()
+            bootstrap = local.up(progress=typer.echo)
     emulators = start_emulators(
         graph_config=GraphEmulatorConfig(allow_http_notifications=True),  # a local webhook
         bc_config=BcEmulatorConfig(notification_delay_seconds=1.0),

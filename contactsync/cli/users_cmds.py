@@ -136,14 +136,28 @@ def list_users(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
         typer.echo("no users yet: contactsync users add MAILBOX")
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="The report as JSON, for scripts")]
+
+
 @users_app.command("show")
-def show(user: str) -> None:
+def show(user: str, as_json: JsonOpt = False) -> None:
     """Show one user's setup and sync state."""
     settings = settings_and_logging()
     with user_errors(), open_store(settings) as store:
         setup = store.setups.require(user)
         state = store.state.get(user)
         links = store.links.count(user)
+    if as_json:
+        from contactsync.metrics import user_label
+
+        typer.echo(json.dumps({
+            "setup": setup.model_dump(mode="json"), "linked_contacts": links,
+            "last_sync_at": state.last_sync_at.isoformat() if state.last_sync_at else None,
+            "last_full_sync_at": (state.last_full_sync_at.isoformat()
+                                  if state.last_full_sync_at else None),
+            "metrics_user": user_label(setup.user_id),  # the `user` label of its series
+        }, indent=2))
+        return
     typer.echo(_describe(setup))
     if setup.stopped_reason:
         typer.echo(setup.stopped_reason)
@@ -233,7 +247,7 @@ def remove(user: str) -> None:
 
 
 @users_app.command("validate")
-def validate(user: str) -> None:
+def validate(user: str, as_json: JsonOpt = False) -> None:
     """Check the mailbox, the folder, BC access and the filter ("Validate Exchange Connection");
     a setup stopped for sharing another setup's folder fails with the reason."""
     from contactsync.sync.setup_checks import count_selected, resolve_mailbox, selected_sentence
@@ -257,14 +271,22 @@ def validate(user: str) -> None:
 
     with user_errors(), open_store(settings) as store:
         setup = store.setups.require(user)
-        for line in _with_services(settings, store, lambda s: check(store, setup, s)):
-            typer.echo(line)
+        lines = _with_services(settings, store, lambda s: check(store, setup, s))
         setup = store.setups.require(user)
         sharing = [s.user_id for s in store.setups.folder_conflicts()
                    if s.shares_folder_with == user]
-    if sharing:
-        typer.echo(f"note: setup(s) {', '.join(sharing)} share this folder and are stopped: "
-                   "give each a folder of its own or remove them")
+    if as_json:  # a check that fails ends the command with its sentence, as without --json
+        typer.echo(json.dumps({"user": user, "ok": not setup.stopped_reason,
+                               "checks": [line.removeprefix("ok  ") for line in lines],
+                               "sharing_folder": sharing,
+                               "stopped_reason": setup.stopped_reason or None}, indent=2))
+    else:
+        for line in lines:
+            typer.echo(line)
+        if sharing:
+            typer.echo(f"note: setup(s) {', '.join(sharing)} share this folder and are stopped: "
+                       "give each a folder of its own or remove them")
+        if setup.stopped_reason:
+            typer.secho(f"error: {setup.stopped_reason}", err=True, fg=typer.colors.RED)
     if setup.stopped_reason:
-        typer.secho(f"error: {setup.stopped_reason}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)

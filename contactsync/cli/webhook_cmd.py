@@ -28,12 +28,15 @@ def webhook(
     # Imported here: the web stack is not loaded for every other command.
     import uvicorn
 
+    from contactsync.health import register_role_checks
     from contactsync.store import Store
     from producers.webhook import StoreRegistry, create_webhook_app
 
     with user_errors():
         store = Store.open(settings.database_url)
         try:
+            # Kafka's readiness is the webhook's producer's own (producers/webhook/health.py).
+            register_role_checks(None, store)
             app = create_webhook_app(settings, StoreRegistry(store))
             uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=5,
                         **UVICORN_LOGGING)

@@ -71,6 +71,7 @@ from contactsync.clients.resilience import (
     RetryPolicy,
     retrying,
 )
+from contactsync.clients.telemetry import response_hooks
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,8 @@ class BcClient:
             )
         tokens = _TokenSource(credential, scope) if credential is not None else None
         owns = http is None
-        client_http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout))
+        client_http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout),
+                                                event_hooks=response_hooks(SERVICE))
         self = cls(
             client_http, base_url, "", tokens=tokens,
             budget=budget or RequestBudget(limits),

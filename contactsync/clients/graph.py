@@ -85,6 +85,7 @@ from contactsync.clients.resilience import (
     retry_delay,
     retrying,
 )
+from contactsync.clients.telemetry import response_hooks
 from contactsync.engine.mapping import BC_ID_PROPERTY  # one tag, shared with the planner
 
 if TYPE_CHECKING:
@@ -240,6 +241,7 @@ class GraphClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
             http2=host not in LOOPBACK_HOSTS,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+            event_hooks=response_hooks(SERVICE),
         )
         middleware_options: dict[str, RequestOption] = {
             RetryHandlerOption.get_key(): RetryHandlerOption(should_retry=False),

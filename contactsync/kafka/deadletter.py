@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from contactsync import metrics
 from contactsync.logs import redact_text
 from contactsync.settings import Settings
 from schemas.envelope import MessageError, decode, encode, wrap
@@ -109,6 +110,7 @@ class DeadLetterSink:
         )
         future = self.producer.send(self.topic, value=value, key=key, headers=headers)
         future.get(timeout=self.ack_timeout)
+        metrics.DEADLETTERS.labels(error_type).inc()  # the type: bounded, unlike the message
 
 
 # --- Reading ---------------------------------------------------------------------------------

@@ -12,16 +12,20 @@
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +77,16 @@ def _require_tool(name: str) -> str:
     return path
 
 
-def ensure_jars(version: str, cache_dir: Path) -> Path:
-    """Return the folder of broker jars for `version`, fetching it with Maven the first time."""
+Progress = Callable[[str], None]
+PROGRESS_EVERY_S = 5.0  # a first `kafka up` says how the fetch goes at least this often
+_DOWNLOADED = re.compile(r"^Downloaded from \S+: \S+ \((\d+(?:\.\d+)?) (B|kB|MB|GB) at")
+_UNITS = {"B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3}
+
+
+def ensure_jars(version: str, cache_dir: Path, progress: Progress | None = None) -> Path:
+    """Return the folder of broker jars for `version`, fetching it with Maven the first time
+    (`progress` hears what happens meanwhile: the fetch takes a minute or more)."""
+    say = progress or (lambda _message: None)
     home = cache_dir / f"kafka-{version}"
     libs = home / "libs"
     done = home / ".complete"
@@ -83,24 +95,62 @@ def ensure_jars(version: str, cache_dir: Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     # One fetch at a time, across processes (parallel test sessions, CI and a developer).
     with open(home / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process that fetches the Kafka {version} broker...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if done.exists():
             return libs
         mvn = _require_tool("mvn")
         _require_tool("java")
         (home / "pom.xml").write_text(_POM.format(kafka=version, log4j=LOG4J_VERSION))
         shutil.rmtree(libs, ignore_errors=True)
-        result = subprocess.run(
-            [mvn, "-B", "-q", "-f", str(home / "pom.xml"),
+        say(f"fetching the Kafka {version} broker with Maven into {home} "
+            "(first time only; about 100 MB)...")
+        returncode, tail = _run_maven(
+            [mvn, "-B", "-f", str(home / "pom.xml"),
              "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
-             f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
-            tail = (result.stdout + result.stderr)[-2000:]
+             f"-DoutputDirectory={libs}", "-DincludeScope=runtime"], say)
+        jars = list(libs.glob("*.jar"))
+        if returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
             raise BrokerError(f"Maven could not fetch Kafka {version} jars:\n{tail}")
         done.write_text(version)
+        say(f"fetched the Kafka {version} broker: {len(jars)} jars in {libs}")
     return libs
+
+
+def _run_maven(command: list[str], say: Progress) -> tuple[int, str]:
+    """Run Maven, telling `say` every few seconds how many files (and bytes) it downloaded;
+    (exit code, the last lines of its output)."""
+    fetched = [0, 0]  # files, bytes
+    finished = threading.Event()
+
+    def report() -> None:
+        while not finished.wait(PROGRESS_EVERY_S):
+            files, size = fetched
+            say(f"  ... still fetching: {files} files downloaded ({size / 1e6:.1f} MB) so far")
+
+    reporter = threading.Thread(target=report, name="maven-progress", daemon=True)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    reporter.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line)
+            match = _DOWNLOADED.match(line.strip())
+            if match:
+                fetched[0] += 1
+                fetched[1] += int(float(match.group(1)) * _UNITS[match.group(2)])
+        returncode = proc.wait()
+    finally:
+        finished.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return returncode, "".join(tail)[-2000:]
 
 
 def free_port() -> int:
@@ -196,13 +246,14 @@ class LocalBroker:
         pid = self._pid()
         return BrokerStatus(pid is not None, pid, self.bootstrap if pid else None, self.data_dir)
 
-    def up(self, timeout: float = 90.0) -> str:
-        """Start the broker (or find it running) and return its bootstrap address."""
+    def up(self, timeout: float = 90.0, progress: Progress | None = None) -> str:
+        """Start the broker (or find it running) and return its bootstrap address; `progress`
+        hears about a first fetch of the jars."""
         running = self._pid()
         if running is not None and self.bootstrap:
             wait_until_ready(self.bootstrap, timeout=timeout)
             return self.bootstrap
-        libs = ensure_jars(self.version, self.cache_dir)
+        libs = ensure_jars(self.version, self.cache_dir, progress)
         java = _require_tool("java")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)

@@ -21,6 +21,7 @@ max_poll_interval_ms (300 s by default), or the group evicts the worker mid-batc
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from contactsync import metrics
 from contactsync.clients.errors import RetryableError, server_retry_after
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
@@ -38,6 +40,8 @@ from contactsync.kafka.topics import DEADLETTER, topic_name
 from contactsync.logs import get_logger
 from contactsync.settings import Settings
 from schemas.envelope import Envelope, MessageError, decode
+
+LAG_EVERY_SECONDS = 5.0  # how often a worker measures its lag (one ListOffsets request)
 
 
 def _log() -> Any:
@@ -59,6 +63,11 @@ class WorkRecord:
     @property
     def payload(self) -> Any:
         return self.envelope.payload
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        """The record's Kafka headers (the trace context travels there)."""
+        return list(getattr(self.record, "headers", None) or [])
 
 
 Handler = Callable[[Sequence[WorkRecord]], None]
@@ -141,12 +150,14 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self._worker.commit(set(revoked))
         self._worker.tracker.forget(set(revoked))
+        self._worker.forget_lag(set(revoked))
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         pass
 
     def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         self._worker.tracker.forget(set(lost))  # evicted: a commit would fail anyway
+        self._worker.forget_lag(set(lost))
 
 
 class Worker:
@@ -175,6 +186,8 @@ class Worker:
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._subscribed = False
+        self.group = str(consumer.config.get("group_id") or "")
+        self._lag_due = 0.0
 
     # --- the loop ---
 
@@ -196,6 +209,9 @@ class Worker:
             timeout_ms=self.poll_timeout_ms
         )
         records = [r for tp in sorted(polled) for r in polled[tp]]
+        if records:  # Kafka timestamps are the produce times, in ms
+            oldest = min(r.timestamp for r in records) / 1000
+            metrics.OLDEST_UNAPPLIED.set_oldest(self.group, oldest)
         for r in records:
             self.tracker.track(TopicPartition(r.topic, r.partition), r.offset)
         groups: dict[Hashable, list[WorkRecord]] = {}
@@ -213,7 +229,33 @@ class Worker:
                 break  # the rest stays uncommitted and is delivered again
             self._run_group(group)
         self.commit()
+        self._export_lag()
         return len(records)
+
+    def _export_lag(self, every: float = LAG_EVERY_SECONDS) -> None:
+        """Per assigned partition, end offset minus position; at most every `every` seconds
+        (it asks the broker). Caught up everywhere: no change is waiting, the age is 0."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + every
+        assigned = self.consumer.assignment()
+        try:
+            ends = self.consumer.end_offsets(list(assigned)) if assigned else {}
+            lags = {tp: max(0, end - self.consumer.position(tp)) for tp, end in ends.items()}
+        except Exception as exc:  # a broker hiccup costs one sample, never the worker
+            _log().debug("consumer lag not measured", error=str(exc))
+            return
+        for tp, lag in lags.items():
+            metrics.CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(lag)
+        if not any(lags.values()):
+            metrics.OLDEST_UNAPPLIED.set_oldest(self.group, None)
+
+    def forget_lag(self, tps: set[TopicPartition]) -> None:
+        """Partitions now another worker's: their lag is reported there."""
+        for tp in tps:
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(self.group, tp.topic, str(tp.partition))
 
     def _run_group(self, group: list[WorkRecord]) -> None:
         outcome = self._attempt(group)

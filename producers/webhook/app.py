@@ -26,19 +26,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaProducer
+from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from contactsync import tracing
+from contactsync.health import health_routes
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import BC_NOTIFICATIONS, GRAPH_NOTIFICATIONS, topic_name
 from contactsync.logs import get_logger
+from contactsync.metrics import WebhookMetrics
 from contactsync.settings import Settings
 from producers.webhook import parsing
 from producers.webhook.health import ReadinessProbe
 from producers.webhook.intake import Intake, bc_intake, graph_intake
-from producers.webhook.metrics import WebhookMetrics
 from producers.webhook.openapi import openapi_document
 from producers.webhook.publisher import KafkaPublisher, ProducerHolder, PublishUnavailable
 from producers.webhook.registry import CachedRegistry, RegistryUnavailable, SubscriptionRegistry
@@ -134,7 +137,9 @@ class WebhookHandlers:
 
         async def handle(request: Request) -> Response:
             started = time.perf_counter()
-            response, outcome = await self._handle(request, route, intaker)
+            with tracing.span(f"webhook {route}", kind=SpanKind.SERVER,
+                              attributes={"http.route": request.url.path}):
+                response, outcome = await self._handle(request, route, intaker)
             self.metrics.requests.labels(route, outcome).inc()
             if outcome != "handshake":
                 self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
@@ -150,7 +155,7 @@ class WebhookHandlers:
             return handshake, "handshake" if handshake.status_code == 200 else "bad_request"
         if request.method != "POST":
             return _error(400, "invalid_handshake", "validationToken is required"), "bad_request"
-        trace_id = uuid.uuid4().hex
+        trace_id = tracing.current_trace_id() or uuid.uuid4().hex  # logs match traces
         try:
             if not _is_json(request.headers.get("content-type")):
                 raise _Refusal(415, "unsupported_media_type",
@@ -229,17 +234,6 @@ def create_webhook_app(
     readiness = ReadinessProbe(holder, publisher)
     document = openapi_document(settings.webhook_max_body_bytes)
 
-    async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(_request: Request) -> Response:
-        ready, detail = await readiness.check()
-        return JSONResponse({"status": "ready" if ready else "not_ready", "detail": detail},
-                            200 if ready else 503)
-
-    async def metrics_endpoint(_request: Request) -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
-
     async def openapi(_request: Request) -> Response:
         return JSONResponse(document)
 
@@ -257,9 +251,7 @@ def create_webhook_app(
         Route("/webhooks/graph", handlers.endpoint("graph"), methods=both),
         Route("/webhooks/graph/lifecycle", handlers.endpoint("graph_lifecycle"), methods=both),
         Route("/webhooks/bc", handlers.endpoint("bc"), methods=both),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
+        *health_routes(readiness.components, metrics.render),
         Route("/openapi.json", openapi),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -7,9 +7,9 @@ exists, publishing has not just failed, and a broker address accepts a TCP conne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
+from contactsync.health import READINESS, any_reachable
 from producers.webhook.publisher import KafkaPublisher, ProducerHolder
 
 
@@ -43,19 +43,12 @@ class ReadinessProbe:
             return False, "not connected to Kafka yet"
         if self._publisher.recently_failing():
             return False, "publishing to Kafka failed just now"
-        for host, port in self._holder.bootstrap_addresses():
-            if await self._reachable(host, port):
-                return True, "kafka reachable"
+        if await any_reachable(self._holder.bootstrap_addresses(), self._connect_timeout):
+            return True, "kafka reachable"
         return False, "no Kafka broker accepts connections"
 
-    async def _reachable(self, host: str, port: int) -> bool:
-        try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), self._connect_timeout
-            )
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
+    async def components(self) -> tuple[bool, dict[str, str]]:
+        """The webhook's producer as component "kafka", with the process's other components."""
+        ready, detail = await self.check()
+        others_ready, others = await READINESS.evaluate()
+        return ready and others_ready, others | {"kafka": detail}

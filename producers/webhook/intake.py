@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
+from contactsync import tracing
 from producers.webhook.parsing import BcItem, GraphChangeItem, GraphLifecycleItem
 from producers.webhook.publisher import OutgoingMessage
 from producers.webhook.registry import CachedRegistry, Service, SubscriptionInfo
@@ -86,7 +87,8 @@ async def _intake(
             continue
         payload, key = build(item, info)
         value = encode(wrap(payload, trace_id=trace_id))
-        intake.messages.append(OutgoingMessage(topic, key.encode(), value))
+        intake.messages.append(OutgoingMessage(topic, key.encode(), value,
+                                               tuple(tracing.headers())))
     return intake
 
 

@@ -220,7 +220,8 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                 "Business Central notifications", "BcNotificationCollection"
             ),
             "/healthz": _probe("healthz", "Liveness: the process is up"),
-            "/readyz": _probe("readyz", "Readiness: Kafka is reachable", can_fail=True),
+            "/readyz": _probe("readyz", "Readiness: Kafka, the store and credentials are usable",
+                              can_fail=True),
             "/metrics": _probe("metrics", "Prometheus metrics", "text/plain"),
         },
         "components": {"schemas": _SCHEMAS},

@@ -24,6 +24,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from contactsync.health import bootstrap_addresses
 from contactsync.logs import get_logger
 
 
@@ -37,6 +38,7 @@ class OutgoingMessage:
     topic: str
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()  # the trace context, when tracing is on
 
 
 class PublishUnavailable(Exception):
@@ -100,15 +102,7 @@ class ProducerHolder:
     def bootstrap_addresses(self) -> list[tuple[str, int]]:
         if self._producer is None:
             return []
-        servers: Any = self._producer.config.get("bootstrap_servers", [])
-        if isinstance(servers, str):
-            servers = servers.split(",")
-        addresses = []
-        for server in servers:
-            host, _, port = str(server).strip().rpartition(":")
-            if host and port.isdigit():
-                addresses.append((host.strip("[]"), int(port)))
-        return addresses
+        return bootstrap_addresses(self._producer.config.get("bootstrap_servers", []))
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -218,7 +212,8 @@ def _send_all(
         return
     for message in messages:
         try:
-            future = producer.send(message.topic, value=message.value, key=message.key)
+            future = producer.send(message.topic, value=message.value, key=message.key,
+                                   headers=list(message.headers) or None)
         except Exception as exc:
             gate.fail(exc)
             return

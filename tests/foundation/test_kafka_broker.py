@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -101,6 +102,10 @@ def test_cli_up_prints_an_address_another_process_can_use_and_down_leaves_no_jav
         status = subprocess.run([exe, "kafka", "status", "--data-dir", str(data_dir)],
                                 capture_output=True, text=True, timeout=30, check=False)
         assert status.returncode == 0 and bootstrap in status.stdout
+        as_json = subprocess.run([exe, "kafka", "status", "--data-dir", str(data_dir), "--json"],
+                                 capture_output=True, text=True, timeout=30, check=False)
+        assert json.loads(as_json.stdout) == {"running": True, "pid": pid,
+                                              "bootstrap": bootstrap, "data_dir": str(data_dir)}
     finally:
         down = subprocess.run([exe, "kafka", "down", "--data-dir", str(data_dir)],
                               capture_output=True, text=True, timeout=60, check=False)
