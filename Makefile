@@ -1,6 +1,7 @@
 # The two commands of the README, plus the pieces they are made of.
 #   make sandbox   the main job: local Kafka, emulators of Graph and BC, the whole pipeline
 #   make test      ruff, mypy and the whole test suite (real Kafka broker, SQLite, PostgreSQL)
+#   make lock      regenerate deploy/requirements.lock (the image's pinned dependencies, hashed)
 # Both create .venv and install the project the first time (and again when pyproject changes).
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: sandbox test lint install bench clean
+.PHONY: sandbox test lint lock install bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -30,6 +31,14 @@ sandbox: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python deploy/validate.py
+
+# The image's dependencies, pinned with hashes from pyproject.toml (resolved on this Python,
+# 3.11 like the image). `make lock ARGS=--upgrade` moves every pin to the newest allowed.
+lock: $(STAMP)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes \
+		--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+		--output-file deploy/requirements.lock $(ARGS) pyproject.toml
 
 test: lint
 	bash tests/run.sh $(ARGS)
