@@ -61,24 +61,68 @@ def _where(error: jsonschema.ValidationError) -> str:
     return "/".join(str(p) for p in error.absolute_path) or "(top)"
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, except for unknown keys: those are named as such (typos)."""
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict) \
+            and isinstance(error.schema, dict):
+        patterns = list(error.schema.get("patternProperties", {}))
+        unknown = [k for k in error.instance if k not in error.schema.get("properties", {})
+                   and not any(re.search(p, k) for p in patterns)]
+        return f"unknown key {', '.join(map(repr, unknown))}"
+    return str(error.message)
+
+
 def schema_errors(validator: jsonschema.protocols.Validator, doc: Any, label: str) -> list[str]:
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
-    return [f"{label}: {_where(e)}: {e.message}" for e in errors]
+    return [f"{label}: {_where(e)}: {_message(e)}" for e in errors]
 
 
 # --- compose -----------------------------------------------------------------------------------
+
+
+# Where each stateful image keeps its data: (variable naming the dirs, the image's default).
+# Data outside a mounted volume is gone when the container is re-created.
+DATA_DIRS = {"apache/kafka": ("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs"),
+             "postgres": ("PGDATA", "/var/lib/postgresql/data")}
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _volume_targets(service: dict[str, Any]) -> list[str]:
+    return [v["target"] if isinstance(v, dict) else v.split(":")[1]
+            for v in service.get("volumes", []) if isinstance(v, dict) or ":" in v]
+
+
+def _unpersisted_data_dirs(service: dict[str, Any]) -> list[str]:
+    image = str(service.get("image", "")).split(":")[0]
+    if image not in DATA_DIRS:
+        return []
+    variable, default = DATA_DIRS[image]
+    dirs = _environment(service).get(variable) or default
+    targets = _volume_targets(service)
+    return [d for d in dirs.split(",")
+            if not any(d == t or d.startswith(t.rstrip("/") + "/") for t in targets)]
 
 
 def check_compose(path: Path) -> list[str]:
     doc = load_yaml(path)
     schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
     problems = schema_errors(jsonschema.Draft7Validator(schema), doc, str(path))
-    services = doc.get("services", {}) if isinstance(doc, dict) else {}
+    if problems:
+        return problems
+    services = doc.get("services", {})
     for name, service in services.items():
-        depends = service.get("depends_on", []) if isinstance(service, dict) else []
-        for other in depends:
+        for other in service.get("depends_on", []):
             if other not in services:
                 problems.append(f"{path}: services/{name}/depends_on: no service {other!r}")
+        for lost in _unpersisted_data_dirs(service):
+            problems.append(f"{path}: services/{name}: data dir {lost} is on no volume: it is "
+                            "lost when the container is re-created")
     return problems
 
 
@@ -253,7 +297,7 @@ def check_k8s_schemas(resources: list[Resource], label: str) -> list[str]:
         try:
             kubernetes_validate.validate(r, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
-            problems.append(f"{name}: {_where(e)}: {e.message}")
+            problems.append(f"{name}: {_where(e)}: {_message(e)}")
         except kubernetes_validate.SchemaNotFoundError as e:
             problems.append(f"{name}: {e.message} (vendor its CRD into deploy/schemas/)")
     return problems
@@ -332,7 +376,7 @@ def check_dockerfile(path: Path) -> list[str]:
     text = path.read_text()
     if not re.search(r"^USER\s+\d+(:\d+)?\s*$", text, re.M):
         problems.append(f"{path}: USER must be numeric (uid[:gid]) for runAsNonRoot")
-    if "HEALTHCHECK" not in text:
+    if not re.search(r"^HEALTHCHECK\s+(?!NONE)", text, re.M):
         problems.append(f"{path}: no HEALTHCHECK")
     return problems
 
