@@ -4,15 +4,17 @@ secret files into variables before the role starts, and the HEALTHCHECK reports 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
 
 from contactsync.kafka.local_broker import free_port
-from contactsync.kafka.topics import ensure_topics_at
+from contactsync.kafka.topics import ensure_topics_at, topic_specs
 from contactsync.settings import Settings
 from tests.kafka_fixtures import role_env
 from tests.pipeline.test_end_to_end import eventually
@@ -67,3 +69,24 @@ def test_a_role_started_by_the_entrypoint_reads_its_secret_files_and_turns_healt
     finally:
         role.terminate()
         role.wait(timeout=30)
+
+
+@pytest.mark.kafka
+def test_the_setup_migrates_a_new_store_and_creates_the_topics(kafka_settings: Settings,
+                                                               tmp_path: Path):
+    env = image_env(**{**role_env(kafka_settings),
+                       "CONTACTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"},
+                    CONTACTSYNC_SECRETS_DIR=str(tmp_path / "no-secrets"))
+    for _ in range(2):  # compose restarts it on failure, a Job retries it: safe to run again
+        setup = subprocess.run(["sh", str(BIN / "contactsync-setup")], env=env,
+                               capture_output=True, text=True, timeout=120, check=False)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+    status = subprocess.run(["contactsync", "db", "status", "--json"], env=env,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(status.stdout)["current"] is True
+    admin = KafkaAdminClient(bootstrap_servers=kafka_settings.kafka_bootstrap_servers)
+    try:
+        present = set(admin.list_topics())
+    finally:
+        admin.close()
+    assert {spec.name for spec in topic_specs(kafka_settings)} <= present
