@@ -15,6 +15,9 @@
   dependency of pyproject.toml with hashes.
 - Prometheus alert rules and the Grafana dashboard: their shape, and every series their PromQL
   names is one the product exports (`contactsync.metrics.exported_metric_names()`).
+- Every `contactsync` command line the image runs (compose services, Kubernetes containers, the
+  Dockerfile's CMD, the setup script) parses with the real CLI, and its health checks ask the
+  port the role serves.
 
 Exit 0 when all pass; otherwise one line per problem and exit 1.
 """
@@ -25,6 +28,7 @@ import argparse
 import copy
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -77,6 +81,65 @@ def schema_errors(validator: jsonschema.protocols.Validator, doc: Any, label: st
     return [f"{label}: {_where(e)}: {_message(e)}" for e in errors]
 
 
+# --- the image's command lines -------------------------------------------------------------
+
+IMAGE = "contactsync"
+DEFAULT_HEALTH_PORT = 9090  # contactsync-healthcheck's default (CONTACTSYNC_HEALTH_PORT)
+
+
+def image_argvs(entrypoint: list[str] | None, command: list[str]) -> list[list[str]]:
+    """The `contactsync` argument lists a container of the image runs with this entrypoint."""
+    if not entrypoint or entrypoint == ["contactsync-entrypoint"]:
+        return [command]
+    if entrypoint == ["contactsync-setup"]:
+        script = (DEPLOY / "bin" / "contactsync-setup").read_text().splitlines()
+        return [shlex.split(line)[1:] for line in script
+                if line.startswith("contactsync-entrypoint ")]
+    return []
+
+
+def cli_error(argv: list[str]) -> str | None:
+    """What the real CLI says of `contactsync ARGV` (parsed only, nothing runs); None if fine."""
+    import typer
+
+    from contactsync.cli.main import app
+
+    command: Any = typer.main.get_command(app)
+    name, args, parent = "contactsync", list(argv), None
+    try:
+        while True:
+            context = command.make_context(name, args, parent=parent)
+            rest = [*getattr(context, "_protected_args", []), *context.args]
+            if not hasattr(command, "resolve_command") or not rest:
+                return None
+            name, command, args = command.resolve_command(context, rest)
+            parent = context
+    except Exception as e:  # click's usage errors (typer vendors its own click)
+        return str(e.format_message()) if hasattr(e, "format_message") else repr(e)
+
+
+def served_port(argv: list[str]) -> int | None:
+    """The port a role serves /healthz and /readyz on: --metrics-port, or the webhook's own."""
+    for flag in ("--metrics-port", *(("--port", "-p") if argv[:1] == ["webhook"] else ())):
+        if flag in argv[:-1]:
+            return int(argv[argv.index(flag) + 1])
+    return 8080 if argv[:1] == ["webhook"] else None
+
+
+def check_command(argv: list[str], health_port: int | None, label: str) -> list[str]:
+    error = cli_error(argv)
+    if error:
+        return [f"{label}: `contactsync {shlex.join(argv)}`: {error}"]
+    if health_port is not None and served_port(argv) != health_port:
+        return [f"{label}: its health checks ask port {health_port}, "
+                f"`contactsync {shlex.join(argv)}` serves {served_port(argv)}"]
+    return []
+
+
+def _as_list(value: Any) -> list[str]:
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value or []]
+
+
 # --- compose -----------------------------------------------------------------------------------
 
 
@@ -123,6 +186,12 @@ def check_compose(path: Path) -> list[str]:
         for lost in _unpersisted_data_dirs(service):
             problems.append(f"{path}: services/{name}: data dir {lost} is on no volume: it is "
                             "lost when the container is re-created")
+        if "build" in service or str(service.get("image", "")).startswith(IMAGE):
+            health = None if service.get("healthcheck", {}).get("disable") else int(
+                _environment(service).get("CONTACTSYNC_HEALTH_PORT", DEFAULT_HEALTH_PORT))
+            for argv in image_argvs(_as_list(service.get("entrypoint")),
+                                    _as_list(service.get("command"))):
+                problems += check_command(argv, health, f"{path}: services/{name}")
     return problems
 
 
@@ -336,6 +405,11 @@ def check_k8s_rules(resources: list[Resource], label: str) -> list[str]:
         for c in _containers(r):
             problems += [f"{name}: container {c['name']}: {rule}"
                          for rule in _container_rules(c, probes=r["kind"] == "Deployment")]
+            if c.get("image", "").split(":")[0].rsplit("/", 1)[-1] == IMAGE:
+                health = next((p["containerPort"] for p in c.get("ports", [])
+                               if p.get("name") == "health"), None)
+                for argv in image_argvs(c.get("command"), c.get("args", [])):
+                    problems += check_command(argv, health, f"{name}: container {c['name']}")
         labels = r["metadata"].get("labels", {})
         if labels.get("contactsync.io/singleton") == "true" and (
                 r["spec"].get("replicas") != 1
@@ -378,6 +452,9 @@ def check_dockerfile(path: Path) -> list[str]:
         problems.append(f"{path}: USER must be numeric (uid[:gid]) for runAsNonRoot")
     if not re.search(r"^HEALTHCHECK\s+(?!NONE)", text, re.M):
         problems.append(f"{path}: no HEALTHCHECK")
+    cmd = re.findall(r"^CMD\s+(\[.*\])\s*$", text, re.M)
+    if cmd:
+        problems += check_command(json.loads(cmd[-1]), DEFAULT_HEALTH_PORT, f"{path}: CMD")
     return problems
 
 
