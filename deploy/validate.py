@@ -504,10 +504,15 @@ _PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "grou
                  "group_right", "offset", "bool", "inf", "nan", "atan2"}
 
 
+def _without_strings(expr: str) -> str:
+    """PromQL with its string literals emptied (a label value may hold any character)."""
+    return re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+
+
 def promql_series(expr: str) -> set[str]:
     """The series names an expression reads (strings, label matchers, ranges and label lists
     removed first; Grafana's `label_values(expr, label)` reads only `expr`)."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    text = _without_strings(expr)
     text = re.sub(r"label_values\(([^,()]*(?:\([^()]*\))?[^,()]*),[^)]*\)", r"(\1)", text)
     text = re.sub(r"\{[^{}]*\}", "", text)
     text = re.sub(r"\[[^\[\]]*\]", "", text)
@@ -553,10 +558,25 @@ def exported_series() -> set[str]:
     return names
 
 
+def unbalanced(expr: str) -> str | None:
+    """The first bracket of a PromQL expression left open or closed twice (strings aside)."""
+    text = _without_strings(expr)
+    pairs, stack = {")": "(", "]": "[", "}": "{"}, []
+    for char in text:
+        if char in "([{":
+            stack.append(char)
+        elif char in pairs and (not stack or stack.pop() != pairs[char]):
+            return char
+    return stack[-1] if stack else None
+
+
 def check_series(expressions: list[tuple[str, str]], path: Path) -> list[str]:
     exported = exported_series()
     problems = []
     for where, expr in expressions:
+        if unbalanced(expr):
+            problems.append(f"{path}: {where}: unbalanced {unbalanced(expr)!r} in {expr!r}")
+            continue
         names = promql_series(expr)
         if not names:
             problems.append(f"{path}: {where}: the query names no series: {expr!r}")

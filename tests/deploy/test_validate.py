@@ -237,3 +237,11 @@ def test_every_alert_the_issue_names_is_there_and_reads_exported_series():
 ])
 def test_the_series_of_a_query_are_found(expr: str, series: set[str]):
     assert validate.promql_series(expr) == series
+
+
+def test_an_alert_with_a_bracket_left_open_is_refused(tmp_path: Path):
+    broken = _edited_copy(DEPLOY / "prometheus" / "alerts.yaml", tmp_path,
+                          "(contactsync_credential_failures_total[10m]))",
+                          "(contactsync_credential_failures_total[10m])")
+    result = run_validate("--rules", str(broken))
+    assert "ContactsyncCredentialsFailing: unbalanced '('" in result.stdout, result.stdout
