@@ -33,11 +33,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python deploy/validate.py
 
-# The image's dependencies, pinned with hashes from pyproject.toml (resolved on this Python,
-# 3.11 like the image). `make lock ARGS=--upgrade` moves every pin to the newest allowed.
+# The image's dependencies, pinned with hashes from pyproject.toml with the extras the image
+# carries (IMAGE_EXTRAS in deploy/validate.py), resolved on this Python (3.11, like the image).
+# `make lock ARGS=--upgrade` moves every pin to the newest allowed.
 lock: $(STAMP)
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes \
-		--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+		--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links --extra otel \
 		--output-file deploy/requirements.lock $(ARGS) pyproject.toml
 
 test: lint

@@ -462,11 +462,19 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# The optional extras of pyproject.toml the image carries (Makefile `lock`: --extra): traces
+# can be switched on in a running deployment.
+IMAGE_EXTRAS = ("otel",)
+
+
 def check_lock(lock: Path, pyproject: Path) -> list[str]:
-    """Every runtime dependency of pyproject.toml is pinned, with hashes, in the lock file."""
+    """Every runtime dependency of pyproject.toml (and of IMAGE_EXTRAS) is pinned, with hashes,
+    in the lock file."""
     text = lock.read_text()
     pinned = {_normalized(m.group(1)) for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==", text, re.M)}
-    wanted = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    project = tomllib.loads(pyproject.read_text())["project"]
+    wanted = project["dependencies"] + [
+        dep for extra in IMAGE_EXTRAS for dep in project["optional-dependencies"].get(extra, [])]
     problems = [f"{lock}: {dep!r} of pyproject.toml is not pinned: run `make lock`"
                 for dep in wanted
                 if _normalized(re.split(r"[\[<>=!~; ]", dep, maxsplit=1)[0]) not in pinned]
