@@ -136,6 +136,15 @@ def check_command(argv: list[str], health_port: int | None, label: str) -> list[
     return []
 
 
+def missing_roles(argvs: list[list[str]], label: str) -> list[str]:
+    """Every role of the pipeline (contactsync.roles.ALL_ROLES) runs somewhere in a deployment."""
+    from contactsync.roles import ALL_ROLES
+
+    started = {argv[0] for argv in argvs if argv}
+    return [f"{label}: no service runs the role `contactsync {role}`"
+            for role in ALL_ROLES if role not in started]
+
+
 def _as_list(value: Any) -> list[str]:
     return shlex.split(value) if isinstance(value, str) else [str(v) for v in value or []]
 
@@ -179,6 +188,7 @@ def check_compose(path: Path) -> list[str]:
     if problems:
         return problems
     services = doc.get("services", {})
+    argvs: list[list[str]] = []
     for name, service in services.items():
         for other in service.get("depends_on", []):
             if other not in services:
@@ -192,7 +202,8 @@ def check_compose(path: Path) -> list[str]:
             for argv in image_argvs(_as_list(service.get("entrypoint")),
                                     _as_list(service.get("command"))):
                 problems += check_command(argv, health, f"{path}: services/{name}")
-    return problems
+                argvs.append(argv)
+    return problems + missing_roles(argvs, str(path))
 
 
 # --- kustomize (the subset used in deploy/k8s) ------------------------------------------------
@@ -388,37 +399,45 @@ def _container_rules(c: dict[str, Any], *, probes: bool) -> list[str]:
     return [rule for rule, is_broken in broken.items() if is_broken]
 
 
+def _workload_problems(r: Resource, name: str, scaled: set[str]) -> tuple[list[str],
+                                                                         list[list[str]]]:
+    """A Deployment's or Job's broken rules, and the `contactsync` command lines it runs."""
+    problems, argvs = [], []
+    security = r["spec"]["template"]["spec"].get("securityContext", {})
+    if security.get("runAsNonRoot") is not True or not security.get("runAsUser"):
+        problems.append(f"{name}: needs runAsNonRoot and a numeric runAsUser")
+    for c in _containers(r):
+        problems += [f"{name}: container {c['name']}: {rule}"
+                     for rule in _container_rules(c, probes=r["kind"] == "Deployment")]
+        if c.get("image", "").split(":")[0].rsplit("/", 1)[-1] == IMAGE:
+            health = next((p["containerPort"] for p in c.get("ports", [])
+                           if p.get("name") == "health"), None)
+            for argv in image_argvs(c.get("command"), c.get("args", [])):
+                problems += check_command(argv, health, f"{name}: container {c['name']}")
+                argvs.append(argv)
+    if r["metadata"].get("labels", {}).get("contactsync.io/singleton") == "true" and (
+            r["spec"].get("replicas") != 1
+            or r["spec"].get("strategy", {}).get("type") != "Recreate"
+            or r["metadata"]["name"] in scaled):
+        problems.append(f"{name}: a singleton: replicas 1, strategy Recreate, never scaled")
+    if r["metadata"]["name"] in scaled and "replicas" in r["spec"]:
+        problems.append(f"{name}: scaled by KEDA: leave `replicas` out")
+    return problems, argvs
+
+
 def check_k8s_rules(resources: list[Resource], label: str) -> list[str]:
     """What the issue asks of every workload, beyond what the schemas can say."""
-    problems = []
+    problems, argvs = [], []
     scaled = {r["spec"]["scaleTargetRef"]["name"] for r in resources if r["kind"] == "ScaledObject"}
     for r in resources:
         name = f"{label}: {r['kind']}/{r['metadata']['name']}"
         if r["kind"] == "Secret":
             problems.append(f"{name}: Secrets are referenced, never shipped in deploy/")
-        pod = _pod_spec(r)
-        if pod is None:
-            continue
-        security = pod.get("securityContext", {})
-        if security.get("runAsNonRoot") is not True or not security.get("runAsUser"):
-            problems.append(f"{name}: needs runAsNonRoot and a numeric runAsUser")
-        for c in _containers(r):
-            problems += [f"{name}: container {c['name']}: {rule}"
-                         for rule in _container_rules(c, probes=r["kind"] == "Deployment")]
-            if c.get("image", "").split(":")[0].rsplit("/", 1)[-1] == IMAGE:
-                health = next((p["containerPort"] for p in c.get("ports", [])
-                               if p.get("name") == "health"), None)
-                for argv in image_argvs(c.get("command"), c.get("args", [])):
-                    problems += check_command(argv, health, f"{name}: container {c['name']}")
-        labels = r["metadata"].get("labels", {})
-        if labels.get("contactsync.io/singleton") == "true" and (
-                r["spec"].get("replicas") != 1
-                or r["spec"].get("strategy", {}).get("type") != "Recreate"
-                or r["metadata"]["name"] in scaled):
-            problems.append(f"{name}: a singleton: replicas 1, strategy Recreate, never scaled")
-        if r["metadata"]["name"] in scaled and "replicas" in r["spec"]:
-            problems.append(f"{name}: scaled by KEDA: leave `replicas` out")
-    return problems
+        if _pod_spec(r) is not None:
+            found, started = _workload_problems(r, name, scaled)
+            problems += found
+            argvs += started
+    return problems + missing_roles(argvs, label)
 
 
 def check_kustomization(directory: Path) -> list[str]:

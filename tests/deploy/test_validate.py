@@ -87,6 +87,8 @@ def test_a_depends_on_naming_no_service_is_refused(tmp_path: Path):
      "services/applier: its health checks ask port 9090, `contactsync applier` serves None"),
     ('      CONTACTSYNC_HEALTH_PORT: "8080"', '      CONTACTSYNC_HEALTH_PORT: "9090"',
      "services/webhook: its health checks ask port 9090"),
+    ('command: ["reconcile", "--schedule", "--metrics-port", "9090"]',
+     'command: ["topics", "ensure"]', "no service runs the role `contactsync reconcile`"),
 ])
 def test_a_compose_service_the_cli_or_its_healthcheck_would_refuse_is_refused(
         tmp_path: Path, old: str, new: str, expected: str):
@@ -129,6 +131,9 @@ def _edit(path: Path, old: str, new: str) -> None:
      "`contactsync routr`: No such command 'routr'"),
     ("base/singletons.yaml", '"--metrics-port", "9090"]', '"--metrics-port", "9091"]',
      "its health checks ask port 9090, `contactsync subscriptions --metrics-port 9091` serves"),
+    # Every role of the pipeline runs somewhere.
+    ("base/kustomization.yaml", "  - singletons.yaml\n", "",
+     "no service runs the role `contactsync bc-changes`"),
 ])
 def test_a_broken_manifest_is_refused(k8s_copy: Path, file: str, old: str, new: str,
                                       expected: str):
