@@ -16,8 +16,8 @@
 - Prometheus alert rules and the Grafana dashboard: their shape, and every series their PromQL
   names is one the product exports (`contactsync.metrics.exported_metric_names()`).
 - Every `contactsync` command line the image runs (compose services, Kubernetes containers, the
-  Dockerfile's CMD, the setup script) parses with the real CLI, and its health checks ask the
-  port the role serves.
+  Dockerfile's CMD, the setup script) parses with the real CLI, its health checks ask the port
+  the role serves, and every role of the pipeline runs in compose and in each kustomization.
 
 Exit 0 when all pass; otherwise one line per problem and exit 1.
 """
