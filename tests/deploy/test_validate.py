@@ -131,6 +131,9 @@ def _edit(path: Path, old: str, new: str) -> None:
      "`contactsync routr`: No such command 'routr'"),
     ("base/singletons.yaml", '"--metrics-port", "9090"]', '"--metrics-port", "9091"]',
      "its health checks ask port 9090, `contactsync subscriptions --metrics-port 9091` serves"),
+    # A kustomize feature the renderer does not have is named, never silently skipped.
+    ("base/kustomization.yaml", "resources:\n", "commonLabels: { team: crm }\nresources:\n",
+     "['commonLabels'] not supported by deploy/validate.py's renderer"),
     # Every role of the pipeline runs somewhere.
     ("base/kustomization.yaml", "  - singletons.yaml\n", "",
      "no service runs the role `contactsync bc-changes`"),
