@@ -16,6 +16,7 @@ import typer
 from contactsync.cli import (
     audit_cmd,
     db_cmds,
+    console_cmd,
     dlq_cmds,
     emulate_cmd,
     kafka_cmds,
@@ -70,3 +71,4 @@ app.command()(role_cmds.subscriptions)
 app.command()(run_cmd.run)
 app.command()(reconcile_cmd.reconcile)
 app.command()(audit_cmd.audit)
+app.command()(console_cmd.console)

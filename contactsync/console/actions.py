@@ -1,0 +1,133 @@
+"""What an admin can do from the console; each action is audited with who did it.
+
+Runs go through Kafka exactly as the CLI sends them: `producers.reconcile.CommandPublisher`
+publishes the `sync.commands` (a Full sync is the CLI's `reconcile_command`), so console and
+CLI never disagree. Dead letters are read and replayed with `contactsync dlq`'s own code.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from contactsync.console.views import CONSOLE_ACTION
+from contactsync.engine.bcfilter import ContactFilter, FilterError
+from contactsync.settings import Settings
+from contactsync.store import Store
+from contactsync.store.records import AuditRecord
+from schemas.setup import UserSetup
+
+RUN_KINDS = {"sync": "Sync", "full_sync": "Full sync"}
+
+
+def audit(store: Store, user_id: str, by: str, action: str, **details: object) -> None:
+    store.audit.append(AuditRecord(user_id=user_id, kind=CONSOLE_ACTION,
+                                   details={"action": action, "by": by, **details}))
+
+
+def set_enabled(store: Store, user_id: str, enabled: bool, by: str) -> str:
+    store.setups.set_enabled(user_id, enabled)
+    audit(store, user_id, by, "enable" if enabled else "disable")
+    return f"{'enabled' if enabled else 'disabled'} {user_id}"
+
+
+def run(settings: Settings, store: Store, user_id: str, kind: str, by: str, *,
+        dry_run: bool = False, force: bool = False) -> str:
+    """Publish one Sync or Full sync command for the user; the applier runs it."""
+    from contactsync.sync.run_ids import new_run_id
+    from producers.reconcile import CommandPublisher, reconcile_command
+    from schemas.messages import CommandKind, SyncCommand
+
+    if not store.setups.require(user_id).enabled:
+        return f"sync is disabled for {user_id}: enable it first"
+    run_id = new_run_id("console")
+    if kind == "full_sync":
+        command = reconcile_command(user_id, run_id, dry_run=dry_run, force=force,
+                                    reason="console")
+    else:
+        command = SyncCommand(user_id=user_id, kind=CommandKind.SYNC, reason="console",
+                              run_id=run_id, dry_run=dry_run, force=force)
+    publisher = CommandPublisher(settings)
+    try:
+        publisher.publish([command])
+    finally:
+        publisher.close()
+    audit(store, user_id, by, kind, run_id=run_id, dry_run=dry_run, force=force)
+    what = RUN_KINDS[kind] + (" (dry run)" if dry_run else "")
+    return f"{what} for {user_id} published as run {run_id}; its result appears here"
+
+
+def filter_problem(field: str, expression: str) -> str:
+    """The CLI's error for one field's filter (with the caret under the bad character), or ""."""
+    try:
+        ContactFilter.parse({field: expression})
+    except FilterError as exc:
+        return str(exc)
+    return ""
+
+
+def add_user(store: Store, form: dict[str, str], by: str) -> UserSetup:
+    """Add a setup from the form; FilterError / ValidationError / SetupExistsError say why not."""
+    mailbox = form.get("mailbox", "").strip()
+    field, expression = form.get("filter_field", "").strip(), form.get("filter_expression", "")
+    filters = {field: expression} if field and expression.strip() else {}
+    ContactFilter.parse(filters)
+    setup = UserSetup(user_id=form.get("user_id", "").strip() or mailbox, mailbox=mailbox,
+                      folder_name=form.get("folder", "").strip() or "Business Central",
+                      contact_filter=filters, enabled=form.get("enabled") == "on")
+    store.setups.add(setup)
+    audit(store, setup.user_id, by, "add", setup=setup.model_dump(mode="json"))
+    return setup
+
+
+@dataclass(frozen=True)
+class DeadLetterGroup:
+    reason: str
+    entries: list[dict[str, object]]
+
+
+def dead_letters(settings: Settings) -> list[DeadLetterGroup]:
+    """The dead letters (as `contactsync dlq list` reads them), grouped by reason."""
+    from contactsync.cli.dlq_cmds import _load
+
+    _, _, entries, ledger = _load(settings)
+    ledger.close()
+    groups: dict[str, list[dict[str, object]]] = {}
+    for entry in sorted(entries, key=lambda e: e.timestamp_ms, reverse=True):
+        summary = entry.summary()
+        summary["value"] = entry.letter.value if entry.letter else ""
+        groups.setdefault(str(summary["reason"]), []).append(summary)
+    return [DeadLetterGroup(reason, items) for reason, items in groups.items()]
+
+
+def replay(settings: Settings, store: Store, by: str, *, reason: str = "",
+           where: str = "") -> str:
+    """Replay one dead letter (`where` = PARTITION:OFFSET) or every one of `reason` not yet
+    replayed, with `contactsync dlq replay`'s code; returns what happened."""
+    from contactsync.cli.dlq_cmds import _load
+    from contactsync.kafka.deadletter import replay_entries
+    from contactsync.kafka.io import make_producer
+
+    bootstrap, _, entries, ledger = _load(settings)
+    try:
+        chosen = [e for e in entries
+                  if (where and f"{e.partition}:{e.offset}" == where)
+                  or (not where and e.summary()["reason"] == reason)]
+        if not chosen:
+            return "no such dead letter (it may have been replayed meanwhile)"
+        producer = make_producer(bootstrap, client_id="contactsync-console-replay")
+        try:
+            outcomes = replay_entries(chosen, ledger, producer)
+        finally:
+            producer.close(timeout=10)
+    finally:
+        ledger.close()
+    counts = Counter(o.status for o in outcomes)
+    for outcome in outcomes:
+        if outcome.status == "replayed":
+            letter = outcome.entry.letter
+            audit(store, (letter.key if letter else None) or "-", by, "replay_dead_letter",
+                  dead_letter=f"{outcome.entry.partition}:{outcome.entry.offset}",
+                  target=outcome.target)
+    return (f"{counts['replayed']} replayed, {counts['already_replayed']} already replayed, "
+            f"{counts['unreadable']} unreadable")

@@ -1,0 +1,193 @@
+"""The console's routes (Starlette, Jinja2 templates, a little polling JavaScript).
+
+Pages are GETs that only read; every change is a POST that carries the CSRF token and an
+explicit confirmation, and is audited. Blocking work (store, Kafka) runs in Starlette's thread
+pool: the endpoints are plain functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from contactsync.console import access, actions, health, views
+from contactsync.engine.bcfilter import FILTERABLE_FIELDS, FilterError
+from contactsync.settings import Settings
+from contactsync.store import Store
+from contactsync.store.records import StoreError
+
+HERE = Path(__file__).parent
+USER_ACTIONS = {
+    "enable": "Enable sync for this user",
+    "disable": "Disable sync for this user",
+    "sync": "Run Sync (changes since the last sync, both ways)",
+    "full_sync": "Run Full sync (everything, both ways)",
+    "dry_sync": "Dry run of Sync: plan only, write nothing",
+    "dry_full_sync": "Dry run of Full sync: plan only, write nothing",
+    "force_full_sync": "Full sync past the mass-delete safety rail (--force)",
+}
+
+
+def _form(body: bytes) -> dict[str, str]:
+    # urlencoded forms only (no uploads): parsed here rather than adding python-multipart.
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+class Console:
+    def __init__(self, settings: Settings, store: Store,
+                 results: views.ResultsView | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.results = results or views.ResultsView()
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+    # --- helpers ---
+
+    def page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        context.update(csrf=access.csrf_token(request), who=access.who(request),
+                       done=request.query_params.get("done", ""))
+        response = self.templates.TemplateResponse(request, name, context, status_code=status)
+        access.remember_csrf(request, response)
+        return response
+
+    async def posted(self, request: Request) -> dict[str, str] | Response:
+        form = _form(await request.body())
+        if not access.csrf_ok(request, form):
+            return PlainTextResponse(
+                "This form has expired or came from another site: reload the page and try "
+                "again.", status_code=403)
+        return form
+
+    @staticmethod
+    def back(url: str, message: str) -> RedirectResponse:
+        return RedirectResponse(f"{url}?{urlencode({'done': message})}", status_code=303)
+
+    @property
+    def company(self) -> str:
+        return self.settings.bc_company or "(default company)"
+
+    # --- pages ---
+
+    def users(self, request: Request) -> Response:
+        q = request.query_params
+        page = views.users_page(self.store, self.company, self.results, query=q.get("q", ""),
+                                sort=q.get("sort", "user"), descending=q.get("desc") == "1")
+        return self.page(request, "users.html", page=page)
+
+    def user(self, request: Request) -> Response:
+        setup = self.store.setups.get(request.path_params["user_id"])
+        if setup is None:
+            return self.page(request, "message.html", 404,
+                             message="There is no such user: pick one from the Users page.")
+        detail = views.user_detail(self.store, setup, self.company, self.results)
+        return self.page(request, "user.html", d=detail, actions=USER_ACTIONS)
+
+    def confirm(self, request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        action = request.query_params.get("action", "")
+        if action not in USER_ACTIONS or self.store.setups.get(user_id) is None:
+            return self.page(request, "message.html", 404,
+                             message="Unknown user or action: go back to the Users page.")
+        return self.page(request, "confirm.html", user_id=user_id, action=action,
+                         label=USER_ACTIONS[action])
+
+    async def act(self, request: Request) -> Response:
+        form = await self.posted(request)
+        if isinstance(form, Response):
+            return form
+        user_id = request.path_params["user_id"]
+        url = request.url_for("user", user_id=user_id).path
+        action = form.get("action", "")
+        if form.get("confirmed") != "yes" or action not in USER_ACTIONS:
+            return self.back(url, "Nothing done: the action was not confirmed.")
+        from starlette.concurrency import run_in_threadpool
+
+        message = await run_in_threadpool(self._do, user_id, action, access.who(request))
+        return self.back(url, message)
+
+    def _do(self, user_id: str, action: str, by: str) -> str:
+        try:
+            if action in ("enable", "disable"):
+                return actions.set_enabled(self.store, user_id, action == "enable", by)
+            kind = action.removeprefix("dry_").removeprefix("force_")
+            return actions.run(self.settings, self.store, user_id, kind, by,
+                               dry_run=action.startswith("dry_"),
+                               force=action.startswith("force_"))
+        except Exception as exc:  # one sentence on the page, never a traceback
+            return health.sentence(exc)
+
+    def new_user(self, request: Request) -> Response:
+        return self.page(request, "new_user.html", fields=sorted(FILTERABLE_FIELDS), form={},
+                         error="")
+
+    async def add_user(self, request: Request) -> Response:
+        form = await self.posted(request)
+        if isinstance(form, Response):
+            return form
+        try:
+            setup = actions.add_user(self.store, form, access.who(request))
+        except (FilterError, ValidationError, StoreError) as exc:
+            return self.page(request, "new_user.html", 400, fields=sorted(FILTERABLE_FIELDS),
+                             form=form, error=health.sentence(exc))
+        return self.back(request.url_for("user", user_id=setup.user_id).path,
+                         f"added {setup.user_id}")
+
+    def filter_check(self, request: Request) -> Response:
+        q = request.query_params
+        problem = actions.filter_problem(q.get("field", ""), q.get("expression", ""))
+        return PlainTextResponse(problem or "ok", status_code=200)
+
+    def dead_letters(self, request: Request) -> Response:
+        try:
+            groups, error = actions.dead_letters(self.settings), ""
+        except Exception as exc:
+            groups, error = [], health.sentence(exc)
+        return self.page(request, "deadletters.html", groups=groups, error=error)
+
+    async def replay(self, request: Request) -> Response:
+        form = await self.posted(request)
+        if isinstance(form, Response):
+            return form
+        url = request.url_for("dead_letters").path
+        if form.get("confirmed") != "yes":
+            return self.back(url, "Nothing replayed: the replay was not confirmed.")
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            message = await run_in_threadpool(
+                actions.replay, self.settings, self.store, access.who(request),
+                reason=form.get("reason", ""), where=form.get("where", ""))
+        except Exception as exc:
+            message = health.sentence(exc)
+        return self.back(url, message)
+
+    def health(self, request: Request) -> Response:
+        return self.page(request, "health.html", checks=health.checks(self.settings, self.store))
+
+
+def create_console_app(settings: Settings, store: Store,
+                       results: views.ResultsView | None = None) -> Starlette:
+    c = Console(settings, store, results)
+    return Starlette(routes=[
+        Route("/", lambda _: RedirectResponse("/users", status_code=307)),
+        Route("/users", c.users, name="users"),
+        Route("/users/new", c.new_user, name="new_user"),
+        Route("/users", c.add_user, methods=["POST"], name="add_user"),
+        Route("/users/{user_id}", c.user, name="user"),
+        Route("/users/{user_id}/confirm", c.confirm, name="confirm"),
+        Route("/users/{user_id}/act", c.act, methods=["POST"], name="act"),
+        Route("/filter-check", c.filter_check, name="filter_check"),
+        Route("/deadletters", c.dead_letters, name="dead_letters"),
+        Route("/deadletters/replay", c.replay, methods=["POST"], name="replay"),
+        Route("/health", c.health, name="health"),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ])

@@ -1,0 +1,203 @@
+"""What the pages show, read from the store: one row per user, one user's detail.
+
+Kept free of HTTP so the pages and their tests share it; the templates only lay it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from contactsync.store import Store
+from contactsync.store.records import AuditKind, AuditRecord, Subscription, SubscriptionService
+from schemas.setup import UserSetup
+
+CONSOLE_ACTION = "console_action"  # the audit kind of what an admin did in the console
+EXPIRING_SOON = timedelta(hours=1)  # the subscription service renews well before this
+FAILED_STATUSES = frozenset({"failed", "stopped"})
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """A user's last run of one kind: when, how it went ("" when not known), and why."""
+
+    at: datetime | None = None
+    status: str = ""
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILED_STATUSES
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    state: str  # active | expiring | expired | none
+    expiration: datetime | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in ("active", "expiring")
+
+
+@dataclass(frozen=True)
+class UserRow:
+    setup: UserSetup
+    company: str
+    links: int
+    last_sync: LastRun
+    last_full_sync: LastRun
+    last_apply: LastRun
+    failures: int
+    subscription: SubscriptionState
+
+    @property
+    def filter_text(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.setup.contact_filter.items())
+
+    @property
+    def attention(self) -> str:
+        """Why this user needs an admin's look, or "" (the row then does not stand out)."""
+        for name, run in (("Sync", self.last_sync), ("Full sync", self.last_full_sync),
+                          ("near-real-time apply", self.last_apply)):
+            if run.failed:
+                return f"last {name} {run.status}: {run.reason}".rstrip(": ")
+        if self.setup.enabled and not self.subscription.healthy:
+            return f"subscription {self.subscription.state}"
+        return ""
+
+
+def subscription_state(subs: Sequence[Subscription], now: datetime) -> SubscriptionState:
+    graph = [s for s in subs if s.service is SubscriptionService.GRAPH]
+    if not graph:
+        return SubscriptionState("none")
+    latest = max(s.expiration for s in graph)
+    if latest <= now:
+        return SubscriptionState("expired", latest)
+    return SubscriptionState("expiring" if latest - now < EXPIRING_SOON else "active", latest)
+
+
+def _last_report(store: Store, user_id: str) -> AuditRecord | None:
+    found = store.audit.list_records(user_id=user_id, kind=AuditKind.RECONCILE_REPORT, limit=1)
+    return found[0] if found else None
+
+
+def user_row(store: Store, setup: UserSetup, company: str, results: ResultsView,
+             now: datetime) -> UserRow:
+    state = store.state.get(setup.user_id)
+    report = _last_report(store, setup.user_id)
+    full = results.last(setup.user_id, "full_sync")
+    if full.at is None or (report is not None and report.at and report.at >= full.at):
+        full = (LastRun(state.last_full_sync_at) if report is None else LastRun(
+            report.at, str(report.details.get("status", "")),
+            str(report.details.get("reason", ""))))
+    sync = results.last(setup.user_id, "sync")
+    if sync.at is None:
+        sync = LastRun(state.last_sync_at)
+    failures = int(report.details.get("failed", 0)) if report is not None else 0
+    return UserRow(
+        setup=setup, company=company, links=store.links.count(setup.user_id),
+        last_sync=sync, last_full_sync=full, last_apply=results.last_apply(setup.user_id),
+        failures=failures,
+        subscription=subscription_state(store.subscriptions.list_all(user_id=setup.user_id),
+                                        now),
+    )
+
+
+class ResultsView:
+    """The newest `sync.results` per user and command kind; empty when none are followed."""
+
+    def __init__(self, newest: Callable[[], dict[tuple[str, str], LastRun]] | None = None,
+                 dry_runs: Callable[[], dict[str, dict[str, Any]]] | None = None) -> None:
+        self._newest = newest or dict
+        self._dry_runs = dry_runs or dict
+
+    def last_dry_run(self, user_id: str) -> dict[str, Any] | None:
+        """The newest dry run's result (its plan in numbers), or None."""
+        return self._dry_runs().get(user_id)
+
+    def last(self, user_id: str, kind: str) -> LastRun:
+        return self._newest().get((user_id, kind), LastRun())
+
+    def last_apply(self, user_id: str) -> LastRun:
+        runs = [self.last(user_id, k) for k in ("bc_change", "graph_hint")]
+        known = [r for r in runs if r.at is not None]
+        return max(known, key=lambda r: r.at or datetime.min) if known else LastRun()
+
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+SORT_KEYS: dict[str, Callable[[UserRow], Any]] = {
+    "user": lambda r: r.setup.user_id.lower(),
+    "mailbox": lambda r: r.setup.mailbox.lower(),
+    "enabled": lambda r: r.setup.enabled,
+    "last_sync": lambda r: r.last_sync.at or _EPOCH,
+    "last_full_sync": lambda r: r.last_full_sync.at or _EPOCH,
+    "links": lambda r: r.links,
+    "failures": lambda r: r.failures,
+    "subscription": lambda r: r.subscription.expiration or _EPOCH,
+    "attention": lambda r: r.attention == "",
+}
+
+
+@dataclass(frozen=True)
+class UsersPage:
+    rows: list[UserRow]
+    query: str
+    sort: str
+    descending: bool
+    total: int = field(default=0)
+
+
+def users_page(store: Store, company: str, results: ResultsView, *, query: str = "",
+               sort: str = "user", descending: bool = False) -> UsersPage:
+    now = datetime.now(UTC)
+    setups = store.setups.list_all()
+    rows = [user_row(store, s, company, results, now) for s in setups]
+    needle = query.strip().lower()
+    if needle:
+        rows = [r for r in rows if needle in " ".join(
+            (r.setup.user_id, r.setup.mailbox, r.setup.folder_name, r.filter_text)).lower()]
+    sort = sort if sort in SORT_KEYS else "user"
+    rows.sort(key=SORT_KEYS[sort], reverse=descending)
+    return UsersPage(rows, query, sort, descending, total=len(setups))
+
+
+@dataclass(frozen=True)
+class Conflict:
+    at: datetime | None
+    bc_id: str | None
+    graph_id: str | None
+    fields: list[tuple[str, str, str]]  # field, BC's winning value, Outlook's losing value
+
+
+def conflict_of(record: AuditRecord) -> Conflict:
+    bc = record.details.get("bc", {}) or {}
+    outlook = record.details.get("outlook", {}) or {}
+    names = sorted(set(bc) | set(outlook))
+    return Conflict(record.at, record.bc_id, record.graph_id,
+                    [(n, str(bc.get(n, "")), str(outlook.get(n, ""))) for n in names])
+
+
+@dataclass(frozen=True)
+class UserDetail:
+    row: UserRow
+    dry_run: dict[str, Any] | None
+    reports: list[AuditRecord]
+    conflicts: list[Conflict]
+    trail: list[AuditRecord]
+
+
+def user_detail(store: Store, setup: UserSetup, company: str, results: ResultsView,
+                *, limit: int = 50) -> UserDetail:
+    user_id = setup.user_id
+    return UserDetail(
+        row=user_row(store, setup, company, results, datetime.now(UTC)),
+        dry_run=results.last_dry_run(user_id),
+        reports=store.audit.list_records(user_id=user_id, kind=AuditKind.RECONCILE_REPORT,
+                                         limit=limit),
+        conflicts=[conflict_of(r) for r in store.audit.list_records(
+            user_id=user_id, kind=AuditKind.CONFLICT, limit=limit)],
+        trail=store.audit.list_records(user_id=user_id, limit=limit * 2),
+    )

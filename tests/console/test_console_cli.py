@@ -1,0 +1,59 @@
+"""`contactsync console` as an admin starts it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+EXE = str(Path(sys.executable).parent / "contactsync")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_refuses_a_non_loopback_host_without_sign_in(tmp_path: Path):
+    run = subprocess.run([EXE, "console", "--host", "0.0.0.0", "--port", "8099"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert run.returncode == 1
+    assert run.stderr.strip().count("\n") == 0  # one sentence, no traceback
+    assert "only listens on loopback: use --host 127.0.0.1" in run.stderr
+
+
+def test_serves_the_users_page_on_loopback(tmp_path: Path):
+    from tests.console.conftest import seed
+
+    from contactsync.store import Store
+
+    db = f"sqlite:///{tmp_path / 'state.db'}"
+    with Store.open(db) as store:
+        seed(store)
+    port = _free_port()
+    env = {**os.environ, "CONTACTSYNC_DATABASE_URL": db, "CONTACTSYNC_LOG_LEVEL": "WARNING",
+           # no broker: the pages still show the store; the results feed retries quietly
+           "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    proc = subprocess.Popen([EXE, "console", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        page = None
+        for _ in range(100):  # until it listens (not a timing assertion: it bounds a wait)
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/users", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert page is not None and page.status_code == 200
+        assert 'data-user="bob@contoso.com"' in page.text
+        css = httpx.get(f"http://127.0.0.1:{port}/static/console.css", timeout=5)
+        assert css.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
