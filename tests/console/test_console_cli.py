@@ -29,9 +29,8 @@ def test_refuses_a_non_loopback_host_without_sign_in(tmp_path: Path):
 
 
 def test_serves_the_users_page_on_loopback(tmp_path: Path):
-    from tests.console.conftest import seed
-
     from contactsync.store import Store
+    from tests.console.conftest import seed
 
     db = f"sqlite:///{tmp_path / 'state.db'}"
     with Store.open(db) as store:

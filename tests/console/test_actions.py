@@ -1,0 +1,137 @@
+"""Actions in the console: confirmed, CSRF-protected, audited with who did them; runs go out
+as the same `sync.commands` the CLI publishes (read back from the real broker)."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from contactsync.console.access import OPEN_ADMIN
+from contactsync.console.app import create_console_app
+from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at
+from contactsync.settings import Settings
+from contactsync.store import Store
+from schemas.envelope import decode
+from tests.kafka_fixtures import read_topic
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "the form carries no CSRF token"
+    return match.group(1)
+
+
+def _confirmed(client: TestClient, user: str, action: str) -> dict[str, str]:
+    page = client.get(f"/users/{user}/confirm", params={"action": action})
+    assert page.status_code == 200
+    return {"csrf": _csrf(page.text), "action": action, "confirmed": "yes"}
+
+
+def _console_actions(store: Store, user: str) -> list[dict[str, object]]:
+    return [r.details for r in store.audit.list_records(user_id=user, kind="console_action")]
+
+
+def test_disable_then_enable_is_confirmed_and_audited(client: TestClient, store: Store):
+    form = _confirmed(client, "alice@contoso.com", "disable")
+    done = client.post("/users/alice@contoso.com/act", data=form)
+    assert done.status_code == 200  # followed the redirect to the user's page
+    assert "disabled alice@contoso.com" in done.text
+    assert store.setups.require("alice@contoso.com").enabled is False
+    assert _console_actions(store, "alice@contoso.com") == [{"action": "disable",
+                                                             "by": OPEN_ADMIN}]
+    client.post("/users/alice@contoso.com/act",
+                data=_confirmed(client, "alice@contoso.com", "enable"))
+    assert store.setups.require("alice@contoso.com").enabled is True
+
+
+def test_an_action_without_the_csrf_token_changes_nothing(client: TestClient, store: Store):
+    client.get("/users")  # the browser has its cookie; a foreign page cannot know the token
+    forged = client.post("/users/alice@contoso.com/act",
+                         data={"action": "disable", "confirmed": "yes", "csrf": "guess"})
+    assert forged.status_code == 403
+    assert "reload the page and try again" in forged.text
+    missing = client.post("/users/alice@contoso.com/act",
+                          data={"action": "disable", "confirmed": "yes"})
+    assert missing.status_code == 403
+    assert store.setups.require("alice@contoso.com").enabled is True
+    assert _console_actions(store, "alice@contoso.com") == []
+
+
+def test_an_unconfirmed_action_changes_nothing(client: TestClient, store: Store):
+    form = {**_confirmed(client, "alice@contoso.com", "disable"), "confirmed": ""}
+    page = client.post("/users/alice@contoso.com/act", data=form)
+    assert "Nothing done: the action was not confirmed." in page.text
+    assert store.setups.require("alice@contoso.com").enabled is True
+
+
+def test_filter_is_checked_as_typed_with_the_clis_caret(client: TestClient):
+    bad = client.get("/filter-check", params={"field": "city", "expression": "Seattle|(Redm"})
+    assert bad.status_code == 200
+    lines = bad.text.splitlines()
+    assert lines[0].startswith("Invalid filter for 'city' at character")
+    assert lines[1] == "  Seattle|(Redm" and lines[2].endswith("^")
+    assert client.get("/filter-check",
+                      params={"field": "city", "expression": "Seattle|Redmond"}).text == "ok"
+    unknown = client.get("/filter-check", params={"field": "shoeSize", "expression": "42"})
+    assert "Unknown filter field 'shoeSize'" in unknown.text
+
+
+def test_add_user_refuses_a_bad_filter_and_adds_a_good_one(client: TestClient, store: Store):
+    csrf = _csrf(client.get("/users/new").text)
+    form = {"csrf": csrf, "mailbox": "dave@contoso.com", "folder": "", "enabled": "on",
+            "filter_field": "city", "filter_expression": ">=A&"}
+    refused = client.post("/users", data=form)
+    assert refused.status_code == 400
+    shown = html.unescape(refused.text)
+    assert "invalid filter: Invalid filter for 'city' at character 5" in shown
+    assert "\n  >=A&\n      ^" in shown  # the caret under the bad character, as in the CLI
+    assert store.setups.get("dave@contoso.com") is None
+
+    added = client.post("/users", data={**form, "filter_expression": "Seattle|Redmond"})
+    assert added.status_code == 200 and "added dave@contoso.com" in added.text
+    setup = store.setups.require("dave@contoso.com")
+    assert setup.contact_filter == {"city": "Seattle|Redmond"}
+    assert setup.folder_name == "Business Central" and setup.enabled
+    assert _console_actions(store, "dave@contoso.com")[0]["by"] == OPEN_ADMIN
+
+    again = client.post("/users", data={**form, "filter_expression": ""})
+    assert again.status_code == 400
+    assert "a setup for user 'dave@contoso.com' already exists" in html.unescape(again.text)
+
+
+@pytest.fixture
+def kafka_client(kafka_settings: Settings, store: Store) -> Iterator[TestClient]:
+    ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
+    settings = kafka_settings.model_copy(update={"database_url": str(store.engine.url)})
+    with TestClient(create_console_app(settings, store)) as test_client:
+        yield test_client
+
+
+@pytest.mark.kafka
+def test_runs_publish_the_clis_sync_commands(kafka_client: TestClient, store: Store,
+                                             kafka_settings: Settings):
+    user = "alice@contoso.com"
+    sync = kafka_client.post(f"/users/{user}/act", data=_confirmed(kafka_client, user, "sync"))
+    assert "Sync for alice@contoso.com published as run console-" in sync.text
+    kafka_client.post(f"/users/{user}/act",
+                      data=_confirmed(kafka_client, user, "dry_full_sync"))
+
+    records = read_topic(kafka_settings, SYNC_COMMANDS)
+    commands = [decode(r.value).payload for r in records]
+    assert all(r.key == user.encode() for r in records)  # keyed like the router and the CLI
+    assert [(c.kind, c.dry_run, c.user_id) for c in commands] == [
+        ("sync", False, user), ("full_sync", True, user)]
+    assert all(c.run_id.startswith("console-") for c in commands)
+    audited = _console_actions(store, user)
+    assert {a["action"] for a in audited} == {"sync", "full_sync"}
+
+    # A disabled user's run is refused with the next step, and nothing is published.
+    store.setups.disable(user)
+    refused = kafka_client.post(f"/users/{user}/act", data=_confirmed(kafka_client, user,
+                                                                      "sync"))
+    assert "sync is disabled for alice@contoso.com: enable it first" in refused.text
+    assert len(read_topic(kafka_settings, SYNC_COMMANDS)) == 2
