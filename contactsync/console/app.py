@@ -148,7 +148,9 @@ class Console:
 
     def dead_letters(self, request: Request) -> Response:
         try:
-            groups, error = actions.dead_letters(self.settings), ""
+            groups = health.bounded(lambda: actions.dead_letters(self.settings),
+                                    "the Kafka broker")
+            error = ""
         except Exception as exc:
             groups, error = [], health.sentence(exc)
         return self.page(request, "deadletters.html", groups=groups, error=error)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import text
 
 from contactsync.settings import Settings
 from contactsync.store import Store
 
-BROKER_TIMEOUT_MS = 5000  # a page must not hang on a broker that is down
+ANSWER_WITHIN_S = 8.0  # a page never hangs on a broker that is down (kafka-python waits 30 s)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,33 @@ def sentence(exc: BaseException) -> str:
     return redact_secrets(known or f"{type(exc).__name__}: {exc}")
 
 
+class NoAnswer(TimeoutError):
+    pass
+
+
+def bounded(work: Callable[[], T], what: str, seconds: float = ANSWER_WITHIN_S) -> T:
+    """`work()` in a daemon thread, given up on after `seconds` (the thread ends on its own,
+    when the client's own timeout fires); NoAnswer names `what` did not answer."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="console-bounded", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if failure:
+        raise failure[0]
+    if not outcome:
+        raise NoAnswer(f"{what} did not answer within {seconds:.0f} s: check that it runs and "
+                       "that KAFKA_BOOTSTRAP_SERVERS names it")
+    return outcome[0]
+
+
 def store_check(store: Store) -> Check:
     try:
         with store.engine.connect() as conn:
@@ -38,23 +69,31 @@ def store_check(store: Store) -> Check:
     return Check("Store", True, f"{store!r}: reachable, {users} user setup(s)")
 
 
-def broker_check(settings: Settings) -> Check:
+def _our_topics(bootstrap: str, prefix: str) -> list[str]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="contactsync-console-health")
     try:
-        from kafka import KafkaConsumer
+        return sorted(t for t in consumer.topics() if t.startswith(prefix))
+    finally:
+        consumer.close()
 
-        from contactsync.kafka.io import resolve_bootstrap
 
+def broker_check(settings: Settings) -> Check:
+    from contactsync.kafka.io import resolve_bootstrap
+    from contactsync.kafka.local_broker import BrokerError
+
+    bootstrap = "?"
+    try:
         bootstrap = resolve_bootstrap(settings)
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap,
-                                 request_timeout_ms=BROKER_TIMEOUT_MS + 1000,
-                                 api_version_auto_timeout_ms=BROKER_TIMEOUT_MS,
-                                 client_id="contactsync-console-health")
-        try:
-            mine = sorted(t for t in consumer.topics() if t.startswith(settings.topic_prefix))
-        finally:
-            consumer.close()
-    except Exception as exc:
+        mine = bounded(lambda: _our_topics(bootstrap, settings.topic_prefix),
+                       f"the Kafka broker at {bootstrap}")
+    except (BrokerError, NoAnswer) as exc:  # each says what to do
         return Check("Kafka broker", False, sentence(exc))
+    except Exception as exc:
+        return Check("Kafka broker", False,
+                     f"cannot reach the broker at {bootstrap} ({sentence(exc)}): check that "
+                     "it runs and that KAFKA_BOOTSTRAP_SERVERS names it")
     return Check("Kafka broker", True, f"{bootstrap}: reachable, {len(mine)} topic(s) of ours")
 
 
