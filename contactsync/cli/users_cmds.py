@@ -76,6 +76,28 @@ def _with_services(settings: Settings, store: Store, check: Callable[[Services],
     return asyncio.run(run())
 
 
+def add_checked(settings: Settings, store: Store, setup: UserSetup) -> tuple[UserSetup, int]:
+    """Store a new setup once Graph knows its mailbox and its folder is free; returns it and
+    how many BC contacts its filter selects. The admin console adds users with this too."""
+    from contactsync.store import SetupExistsError
+    from contactsync.sync.setup_checks import count_selected, resolve_mailbox
+
+    if store.setups.get(setup.user_id) is not None:
+        raise SetupExistsError(setup.user_id)
+    store.setups.require_folder_free(setup)  # as typed: refused before any request
+
+    async def check(services: Services) -> tuple[Mailbox, int]:
+        found = await resolve_mailbox(services.graph, setup.mailbox)
+        store.setups.require_folder_free(  # the same mailbox under another name
+            setup.model_copy(update={"mailbox_id": found.user_id}), found.aliases)
+        return found, await count_selected(services.bc, setup.contact_filter)
+
+    found, selected = _with_services(settings, store, check)
+    added = store.setups.add(setup.model_copy(update={"mailbox_id": found.user_id}),
+                             aliases=found.aliases)
+    return added, selected
+
+
 @users_app.command("add")
 def add(
     mailbox: Annotated[str, typer.Argument(help="Graph user id or userPrincipalName")],
@@ -91,8 +113,7 @@ def add(
     = False,
 ) -> None:
     """Add a user's setup (checked against Graph and BC; disabled unless --enable)."""
-    from contactsync.store import SetupExistsError
-    from contactsync.sync.setup_checks import count_selected, resolve_mailbox, selected_sentence
+    from contactsync.sync.setup_checks import selected_sentence
 
     settings = settings_and_logging()
     with user_errors():
@@ -101,19 +122,7 @@ def add(
                           enabled=enable, create_in_bc=create_in_bc,
                           outlook_delete_policy=outlook_delete)
         with open_store(settings) as store:
-            if store.setups.get(setup.user_id) is not None:
-                raise SetupExistsError(setup.user_id)
-            store.setups.require_folder_free(setup)  # as typed: refused before any request
-
-            async def check(services: Services) -> tuple[Mailbox, int]:
-                found = await resolve_mailbox(services.graph, mailbox)
-                store.setups.require_folder_free(  # the same mailbox under another name
-                    setup.model_copy(update={"mailbox_id": found.user_id}), found.aliases)
-                return found, await count_selected(services.bc, setup.contact_filter)
-
-            found, selected = _with_services(settings, store, check)
-            setup = store.setups.add(setup.model_copy(update={"mailbox_id": found.user_id}),
-                                     aliases=found.aliases)
+            setup, selected = add_checked(settings, store, setup)
     typer.echo(f"added {_describe(setup)}")
     typer.echo(selected_sentence(selected))
     if not enable:

@@ -66,18 +66,28 @@ def filter_problem(field: str, expression: str) -> str:
     return ""
 
 
-def add_user(store: Store, form: dict[str, str], by: str) -> UserSetup:
-    """Add a setup from the form; FilterError / ValidationError / SetupExistsError say why not."""
+def add_user(settings: Settings, store: Store, form: dict[str, str], by: str) -> str:
+    """Add a setup from the form with the checks of `contactsync users add` (Graph knows the
+    mailbox, the folder is free, the filter parses); an exception says why not."""
+    from contactsync.cli.users_cmds import add_checked
+    from contactsync.sync.services import ConfigError
+    from contactsync.sync.setup_checks import selected_sentence
+
     mailbox = form.get("mailbox", "").strip()
+    folder = form.get("folder", "")
+    if not folder.strip():
+        raise ConfigError("the folder name is blank: name the Outlook folder, e.g. "
+                          "'Business Central'")
     field, expression = form.get("filter_field", "").strip(), form.get("filter_expression", "")
-    filters = {field: expression} if field and expression.strip() else {}
+    filters = {field: expression} if field else {}
     ContactFilter.parse(filters)
     setup = UserSetup(user_id=form.get("user_id", "").strip() or mailbox, mailbox=mailbox,
-                      folder_name=form.get("folder", "").strip() or "Business Central",
-                      contact_filter=filters, enabled=form.get("enabled") == "on")
-    store.setups.add(setup)
-    audit(store, setup.user_id, by, "add", setup=setup.model_dump(mode="json"))
-    return setup
+                      folder_name=folder, contact_filter=filters,
+                      enabled=form.get("enable") == "on")
+    added, selected = add_checked(settings, store, setup)
+    audit(store, added.user_id, by, "add", setup=added.model_dump(mode="json"))
+    later = "" if added.enabled else "; it starts disabled: enable it on its page to sync"
+    return f"added {added.user_id}. {selected_sentence(selected)}{later}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -20,10 +19,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from contactsync.console import access, actions, health, views
-from contactsync.engine.bcfilter import FILTERABLE_FIELDS, FilterError
+from contactsync.engine.bcfilter import FILTERABLE_FIELDS
 from contactsync.settings import Settings
 from contactsync.store import Store
-from contactsync.store.records import StoreError
 
 HERE = Path(__file__).parent
 USER_ACTIONS = {
@@ -133,13 +131,16 @@ class Console:
         form = await self.posted(request)
         if isinstance(form, Response):
             return form
-        try:
-            setup = actions.add_user(self.store, form, access.who(request))
-        except (FilterError, ValidationError, StoreError) as exc:
+        from starlette.concurrency import run_in_threadpool
+
+        try:  # Graph and BC are asked: off the event loop
+            message = await run_in_threadpool(actions.add_user, self.settings, self.store, form,
+                                              access.who(request))
+        except Exception as exc:  # one sentence on the form, never a traceback
             return self.page(request, "new_user.html", 400, fields=sorted(FILTERABLE_FIELDS),
                              form=form, error=health.sentence(exc))
-        return self.back(request.url_for("user", user_id=setup.user_id).path,
-                         f"added {setup.user_id}")
+        user_id = form.get("user_id", "").strip() or form.get("mailbox", "").strip()
+        return self.back(request.url_for("user", user_id=user_id).path, message)
 
     def filter_check(self, request: Request) -> Response:
         q = request.query_params

@@ -16,6 +16,7 @@ from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at
 from contactsync.settings import Settings
 from contactsync.store import Store
 from schemas.envelope import decode
+from tests.admin.test_setup_safety import USER1, seeded
 from tests.kafka_fixtures import read_topic
 
 
@@ -80,27 +81,47 @@ def test_filter_is_checked_as_typed_with_the_clis_caret(client: TestClient):
     assert "Unknown filter field 'shoeSize'" in unknown.text
 
 
-def test_add_user_refuses_a_bad_filter_and_adds_a_good_one(client: TestClient, store: Store):
+@pytest.fixture
+def emulated_client(store: Store) -> Iterator[TestClient]:
+    """The console pointed at the Graph and BC emulators, seeded as `emulate --seed 200`."""
+    running = seeded()
+    settings = Settings(database_url=str(store.engine.url),
+                        graph_base_url=running.graph_base_url, bc_base_url=running.bc_base_url,
+                        bc_company=running.bc.company_id)
+    try:
+        with TestClient(create_console_app(settings, store)) as test_client:
+            yield test_client
+    finally:
+        running.stop()
+
+
+def test_add_user_checks_like_users_add(emulated_client: TestClient, store: Store):
+    client = emulated_client
     csrf = _csrf(client.get("/users/new").text)
-    form = {"csrf": csrf, "mailbox": "dave@contoso.com", "folder": "", "enabled": "on",
+    form = {"csrf": csrf, "mailbox": USER1, "folder": "Business Central",
             "filter_field": "city", "filter_expression": ">=A&"}
     refused = client.post("/users", data=form)
     assert refused.status_code == 400
     shown = html.unescape(refused.text)
     assert "invalid filter: Invalid filter for 'city' at character 5" in shown
     assert "\n  >=A&\n      ^" in shown  # the caret under the bad character, as in the CLI
-    assert store.setups.get("dave@contoso.com") is None
+    assert store.setups.get(USER1) is None
 
-    added = client.post("/users", data={**form, "filter_expression": "Seattle|Redmond"})
-    assert added.status_code == 200 and "added dave@contoso.com" in added.text
-    setup = store.setups.require("dave@contoso.com")
-    assert setup.contact_filter == {"city": "Seattle|Redmond"}
-    assert setup.folder_name == "Business Central" and setup.enabled
-    assert _console_actions(store, "dave@contoso.com")[0]["by"] == OPEN_ADMIN
+    unknown = client.post("/users", data={**form, "mailbox": "nobody@contoso.test",
+                                           "filter_expression": "Seattle"})
+    assert unknown.status_code == 400 and "nobody@contoso.test" in html.unescape(unknown.text)
+    assert store.setups.get("nobody@contoso.test") is None
 
-    again = client.post("/users", data={**form, "filter_expression": ""})
+    added = client.post("/users", data={**form, "filter_field": "", "filter_expression": ""})
+    assert added.status_code == 200
+    assert f"added {USER1}." in added.text and "starts disabled" in added.text
+    setup = store.setups.require(USER1)
+    assert setup.enabled is False and setup.folder_name == "Business Central"
+    assert _console_actions(store, USER1)[0]["by"] == OPEN_ADMIN
+
+    again = client.post("/users", data={**form, "filter_field": ""})
     assert again.status_code == 400
-    assert "a setup for user 'dave@contoso.com' already exists" in html.unescape(again.text)
+    assert f"a setup for user '{USER1}' already exists" in html.unescape(again.text)
 
 
 @pytest.fixture

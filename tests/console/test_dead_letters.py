@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import pytest
 from starlette.testclient import TestClient
@@ -17,17 +16,9 @@ from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, ensure_topics_at
 from contactsync.settings import Settings
 from contactsync.store import Store
 from tests.kafka_fixtures import read_topic
+from tests.pipeline.test_dlq_cli import Failed  # a source record, as the worker sees it
 
 pytestmark = pytest.mark.kafka
-
-
-class Failed(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
 
 
 @pytest.fixture
