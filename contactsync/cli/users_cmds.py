@@ -218,21 +218,28 @@ def set_(
 @users_app.command("enable")
 def enable(user: str) -> None:
     """Enable a user's sync, saying first what the first sync will do (from a dry run)."""
+    settings = settings_and_logging()
+    with user_errors(), open_store(settings) as store:
+        enabled, plan = enable_checked(settings, store, user)
+        typer.echo(f"enabled {_describe(enabled)}")
+    typer.echo(plan)
+
+
+def enable_checked(settings: Settings, store: Store, user: str) -> tuple[UserSetup, str]:
+    """Enable a setup that is not stopped; returns it and what its first sync will do (a dry
+    run). The admin console enables users with this too."""
     from contactsync.store import SetupStoppedError
     from contactsync.sync.setup_checks import first_sync_preview
 
-    settings = settings_and_logging()
-    with user_errors(), open_store(settings) as store:
-        setup = store.setups.require(user)
-        if setup.stopped_reason:
-            raise SetupStoppedError(setup.stopped_reason)
+    setup = store.setups.require(user)
+    if setup.stopped_reason:
+        raise SetupStoppedError(setup.stopped_reason)
 
-        async def preview(services: Services) -> str:
-            return await first_sync_preview(setup, services)
+    async def preview(services: Services) -> str:
+        return await first_sync_preview(setup, services)
 
-        plan = _with_services(settings, store, preview)
-        typer.echo(f"enabled {_describe(store.setups.enable(user))}")
-    typer.echo(plan)
+    plan = _with_services(settings, store, preview)
+    return store.setups.enable(user), plan
 
 
 @users_app.command("disable")

@@ -25,10 +25,20 @@ def audit(store: Store, user_id: str, by: str, action: str, **details: object) -
                                    details={"action": action, "by": by, **details}))
 
 
-def set_enabled(store: Store, user_id: str, enabled: bool, by: str) -> str:
-    store.setups.set_enabled(user_id, enabled)
-    audit(store, user_id, by, "enable" if enabled else "disable")
-    return f"{'enabled' if enabled else 'disabled'} {user_id}"
+def enable(settings: Settings, store: Store, user_id: str, by: str) -> str:
+    """As `contactsync users enable`: a stopped setup is refused; says what the first sync
+    will do."""
+    from contactsync.cli.users_cmds import enable_checked
+
+    _, plan = enable_checked(settings, store, user_id)
+    audit(store, user_id, by, "enable")
+    return f"enabled {user_id}. {plan}"
+
+
+def disable(store: Store, user_id: str, by: str) -> str:
+    store.setups.disable(user_id)
+    audit(store, user_id, by, "disable")
+    return f"disabled {user_id}"
 
 
 def run(settings: Settings, store: Store, user_id: str, kind: str, by: str, *,

@@ -114,8 +114,10 @@ class Console:
 
     def _do(self, user_id: str, action: str, by: str) -> str:
         try:
-            if action in ("enable", "disable"):
-                return actions.set_enabled(self.store, user_id, action == "enable", by)
+            if action == "enable":
+                return actions.enable(self.settings, self.store, user_id, by)
+            if action == "disable":
+                return actions.disable(self.store, user_id, by)
             kind = action.removeprefix("dry_").removeprefix("force_")
             return actions.run(self.settings, self.store, user_id, kind, by,
                                dry_run=action.startswith("dry_"),

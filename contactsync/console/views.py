@@ -60,6 +60,8 @@ class UserRow:
     @property
     def attention(self) -> str:
         """Why this user needs an admin's look, or "" (the row then does not stand out)."""
+        if self.setup.stopped_reason:
+            return f"stopped: {self.setup.stopped_reason}"
         for name, run in (("Sync", self.last_sync), ("Full sync", self.last_full_sync),
                           ("near-real-time apply", self.last_apply)):
             if run.failed:
