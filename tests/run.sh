@@ -13,6 +13,11 @@ if [ -z "${CONTACTSYNC_TEST_POSTGRES_URL:-}" ]; then
     echo "note: PostgreSQL could not be started; its test cases will be skipped" >&2
   fi
 fi
+# The console's browser test drives Debian's Chromium headless; install it where it is missing.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    >/dev/null 2>&1 || echo "note: Chromium could not be installed; the browser test will skip" >&2
+fi
 cleanup() { if [ -n "$started_pg" ]; then bash .ci/postgres.sh stop >/dev/null 2>&1 || true; fi; }
 trap cleanup EXIT
 .venv/bin/pytest -q "$@"
