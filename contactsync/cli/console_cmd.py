@@ -16,9 +16,11 @@ def console(
 ) -> None:
     """The admin console: users, their runs, conflicts, dead letters, health; and actions."""
     from contactsync.console.access import refuse_reason
+    from contactsync.console.signin import SignInSettings
 
-    # No sign-in exists yet: the console is open, so only on loopback.
-    reason = refuse_reason(host, identity_configured=False)
+    sign_in = SignInSettings()
+    # Without sign-in the console is open, so only on loopback.
+    reason = sign_in.problem() or refuse_reason(host, identity_configured=sign_in.configured)
     if reason:
         typer.secho(f"error: {reason}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
@@ -34,9 +36,12 @@ def console(
         feed = ResultsFeed(settings)
         try:
             feed.start()
-            typer.echo(f"console on http://{host}:{port}/ (open: no sign-in, loopback only)")
-            uvicorn.run(create_console_app(settings, store, feed.view()), host=host, port=port,
-                        timeout_graceful_shutdown=5, **UVICORN_LOGGING)
+            access = ("Entra ID sign-in" if sign_in.configured
+                      else "open: no sign-in, loopback only")
+            typer.echo(f"console on http://{host}:{port}/ ({access})")
+            uvicorn.run(create_console_app(settings, store, feed.view(), sign_in), host=host,
+                        port=port, timeout_graceful_shutdown=5, proxy_headers=True,
+                        **UVICORN_LOGGING)
         finally:
             feed.stop()
             store.close()

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -19,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from contactsync.console import access, actions, health, views
+from contactsync.console.signin import RequireSignIn, SignIn, SignInSettings
 from contactsync.engine.bcfilter import FILTERABLE_FIELDS
 from contactsync.settings import Settings
 from contactsync.store import Store
@@ -52,6 +54,7 @@ class Console:
 
     def page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
         context.update(csrf=access.csrf_token(request), who=access.who(request),
+                       signed_in=bool(getattr(request.state, "user", "")),
                        done=request.query_params.get("done", ""))
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
         access.remember_csrf(request, response)
@@ -180,9 +183,11 @@ class Console:
 
 
 def create_console_app(settings: Settings, store: Store,
-                       results: views.ResultsView | None = None) -> Starlette:
+                       results: views.ResultsView | None = None,
+                       sign_in: SignInSettings | None = None) -> Starlette:
+    """The console; with `sign_in` configured every page and action needs an Entra ID session."""
     c = Console(settings, store, results)
-    return Starlette(routes=[
+    routes = [
         Route("/", lambda _: RedirectResponse("/users", status_code=307)),
         Route("/users", c.users, name="users"),
         Route("/users/new", c.new_user, name="new_user"),
@@ -195,4 +200,16 @@ def create_console_app(settings: Settings, store: Store,
         Route("/deadletters/replay", c.replay, methods=["POST"], name="replay"),
         Route("/health", c.health, name="health"),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
-    ])
+    ]
+    if sign_in is None or not sign_in.configured:
+        return Starlette(routes=routes)
+    flow = SignIn(sign_in)
+
+    async def signout(request: Request) -> Response:
+        form = await c.posted(request)
+        return form if isinstance(form, Response) else flow.signout()
+
+    routes += [Route("/signin", flow.start, name="signin"),
+               Route("/auth/callback", flow.callback, name="callback"),
+               Route("/signout", signout, methods=["POST"], name="signout")]
+    return Starlette(routes=routes, middleware=[Middleware(RequireSignIn, signin=flow)])
