@@ -80,12 +80,12 @@ def _our_topics(bootstrap: str, prefix: str) -> list[str]:
 
 
 def broker_check(settings: Settings) -> Check:
-    from contactsync.kafka.io import resolve_bootstrap
+    from contactsync.cli.common import kafka_bootstrap
     from contactsync.kafka.local_broker import BrokerError
 
     bootstrap = "?"
     try:
-        bootstrap = resolve_bootstrap(settings)
+        bootstrap = kafka_bootstrap(settings)  # no broker: the CLI's sentence, in seconds
         mine = bounded(lambda: _our_topics(bootstrap, settings.topic_prefix),
                        f"the Kafka broker at {bootstrap}")
     except (BrokerError, NoAnswer) as exc:  # each says what to do

@@ -63,7 +63,8 @@ class ResultsFeed:
                 self._dry_runs[payload.user_id] = {
                     "at": at, "kind": str(payload.kind), "status": str(payload.status),
                     "summary": payload.summary, "skipped": payload.skipped,
-                    "reason": payload.reason, "run_id": payload.run_id}
+                    "reason": payload.reason, "run_id": payload.run_id,
+                    "plan": list(payload.plan)}
                 return
             key = (payload.user_id, str(payload.kind))
             known = self._newest.get(key)

@@ -64,7 +64,8 @@ def test_a_failed_apply_and_a_dry_runs_plan_show_up(settings: Settings, store: S
              SyncResult(user_id=user, command_id="c2", kind=CommandKind.FULL_SYNC,
                         status=ResultStatus.OK, dry_run=True, run_id="console-x",
                         summary={"create_outlook": 4, "delete_outlook": 2},
-                        skipped={"no_email": 3}))
+                        skipped={"no_email": 3},
+                        plan=["create in Outlook: Jane Doe <j***@contoso.com>"]))
     _until(lambda: feed.dry_runs() and feed.newest(), "both results")
     with TestClient(create_console_app(settings, store, feed.view())) as client:
         users = html.unescape(client.get("/users").text)
@@ -76,6 +77,7 @@ def test_a_failed_apply_and_a_dry_runs_plan_show_up(settings: Settings, store: S
         assert "Last dry run (plan, nothing written)" in detail
         assert "Would: create_outlook 4, delete_outlook 2." in detail
         assert "Skipped: no_email 3." in detail
+        assert "<li>create in Outlook: Jane Doe <j***@contoso.com></li>" in detail
         # A dry run is a plan, not the user's last Full sync: that stays the kept report.
         assert "console-x" not in re.search(r"Last Full sync</dt><dd>(.*?)</dd>", detail,
                                             re.S).group(1)  # type: ignore[union-attr]
@@ -93,7 +95,7 @@ def test_health_names_a_broker_that_does_not_answer(store: Store, tmp_path):
     with TestClient(create_console_app(down, store)) as client:
         page = html.unescape(client.get("/health").text)
     assert '<tr class="attention"><th>Kafka broker</th>' in page
-    assert "127.0.0.1:1 did not answer within 8 s: check that it runs" in page
+    assert "Kafka is not reachable at 127.0.0.1:1" in page  # the CLI's sentence
 
 
 def test_pages_refresh_themselves(client: TestClient):
