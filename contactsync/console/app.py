@@ -99,7 +99,7 @@ class Console:
             return self.page(request, "message.html", 404,
                              message="Unknown user or action: go back to the Users page.")
         return self.page(request, "confirm.html", user_id=user_id, action=action,
-                         label=USER_ACTIONS[action])
+                         label=USER_ACTIONS[action], dry_run=self.results.last_dry_run(user_id))
 
     async def act(self, request: Request) -> Response:
         form = await self.posted(request)

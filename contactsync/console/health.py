@@ -97,5 +97,27 @@ def broker_check(settings: Settings) -> Check:
     return Check("Kafka broker", True, f"{bootstrap}: reachable, {len(mine)} topic(s) of ours")
 
 
+def subscriptions_check(store: Store) -> Check:
+    """Every enabled user should hold a live Graph subscription (the subscriptions role
+    renews them); one missing or expired means that user's Outlook changes wait for a Sync."""
+    from datetime import UTC, datetime
+
+    from contactsync.console.views import subscription_state
+
+    try:
+        now = datetime.now(UTC)
+        states = [subscription_state(store.subscriptions.list_all(user_id=s.user_id), now).state
+                  for s in store.setups.list_all(enabled=True)]
+    except Exception as exc:
+        return Check("Subscriptions", False, sentence(exc))
+    unhealthy = sum(1 for state in states if state in ("none", "expired"))
+    detail = (f"{len(states)} enabled user(s): {states.count('active')} active, "
+              f"{states.count('expiring')} expiring within the hour, "
+              f"{states.count('expired')} expired, {states.count('none')} without one")
+    if unhealthy:
+        detail += ": is the subscriptions role running (`contactsync run` starts it)?"
+    return Check("Subscriptions", unhealthy == 0, detail)
+
+
 def checks(settings: Settings, store: Store) -> list[Check]:
-    return [broker_check(settings), store_check(store)]
+    return [broker_check(settings), store_check(store), subscriptions_check(store)]

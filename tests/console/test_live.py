@@ -79,6 +79,10 @@ def test_a_failed_apply_and_a_dry_runs_plan_show_up(settings: Settings, store: S
         assert "Skipped: no_email 3." in detail
         assert "<li>create in Outlook: Jane Doe <j***@contoso.com></li>" in detail
         # A dry run is a plan, not the user's last Full sync: that stays the kept report.
+        forced = html.unescape(client.get(f"/users/{user}/confirm",
+                                          params={"action": "force_full_sync"}).text)
+        assert "This passes the mass-delete safety rail." in forced
+        assert "planned:\ncreate_outlook 4, delete_outlook 2." in forced  # before confirming
         assert "console-x" not in re.search(r"Last Full sync</dt><dd>(.*?)</dd>", detail,
                                             re.S).group(1)  # type: ignore[union-attr]
 
@@ -88,6 +92,8 @@ def test_health_reads_the_broker_and_the_store(settings: Settings, store: Store)
         page = html.unescape(client.get("/health").text)
     assert re.search(r"<th>Kafka broker</th><td class=\"status ok\">ok</td>", page)
     assert re.search(r"<th>Store</th><td class=\"status ok\">ok</td><td>.*3 user setup", page)
+    # alice and bob hold live subscriptions; carol is disabled and needs none
+    assert "2 enabled user(s): 2 active, 0 expiring within the hour, 0 expired" in page
 
 
 def test_health_names_a_broker_that_does_not_answer(store: Store, tmp_path):
@@ -96,10 +102,3 @@ def test_health_names_a_broker_that_does_not_answer(store: Store, tmp_path):
         page = html.unescape(client.get("/health").text)
     assert '<tr class="attention"><th>Kafka broker</th>' in page
     assert "Kafka is not reachable at 127.0.0.1:1" in page  # the CLI's sentence
-
-
-def test_pages_refresh_themselves(client: TestClient):
-    page = client.get("/users").text
-    assert "data-live" in page and "console.js" in page
-    script = client.get("/static/console.js").text
-    assert "setInterval(refresh" in script
