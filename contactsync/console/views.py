@@ -66,8 +66,10 @@ class UserRow:
                           ("near-real-time apply", self.last_apply)):
             if run.failed:
                 return f"last {name} {run.status}: {run.reason}".rstrip(": ")
+        if self.setup.enabled and self.subscription.state == "none":
+            return "no Graph subscription: near-real-time changes from Outlook wait for a Sync"
         if self.setup.enabled and not self.subscription.healthy:
-            return f"subscription {self.subscription.state}"
+            return f"Graph subscription {self.subscription.state}: is the subscriptions role up?"
         return ""
 
 

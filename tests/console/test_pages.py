@@ -73,3 +73,20 @@ def test_pages_escape_what_users_typed(client: TestClient, store):
     page = client.get("/users").text
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_an_enabled_user_without_a_live_subscription_stands_out(client: TestClient, store):
+    from datetime import UTC, datetime, timedelta
+
+    from contactsync.store import Subscription, SubscriptionService
+
+    store.setups.enable("carol@contoso.com")
+    carol = _row(client.get("/users").text, "carol@contoso.com")
+    assert carol.startswith('<tr class="attention"') and "no Graph subscription" in carol
+    store.subscriptions.upsert(Subscription(
+        subscription_id="sub-carol", service=SubscriptionService.GRAPH,
+        resource="users/carol/contacts", client_state="secret",
+        expiration=datetime.now(UTC) - timedelta(minutes=1),
+        notification_url="https://example.test/hook", user_id="carol@contoso.com"))
+    carol = _row(client.get("/users").text, "carol@contoso.com")
+    assert "Graph subscription expired: is the subscriptions role up?" in carol
