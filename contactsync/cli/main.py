@@ -15,8 +15,8 @@ import typer
 
 from contactsync.cli import (
     audit_cmd,
-    db_cmds,
     console_cmd,
+    db_cmds,
     dlq_cmds,
     emulate_cmd,
     kafka_cmds,
