@@ -43,13 +43,24 @@ from kafka.errors import KafkaError
 from sqlalchemy.exc import OperationalError
 
 from contactsync import metrics, tracing
-from contactsync.clients.errors import RetryableError, ServiceError, ServiceUnavailable
+from contactsync.clients.errors import (
+    CREDENTIAL_FAILURES,
+    RetryableError,
+    ServiceError,
+    ServiceUnavailable,
+)
 from contactsync.engine.bcfilter import FilterError
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
-from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
+from contactsync.kafka.worker import (
+    CREDENTIAL_PAUSE_S,
+    RetryPolicy,
+    Worker,
+    WorkRecord,
+    build_worker,
+)
 from contactsync.logs import get_logger
 from contactsync.settings import Settings
 from contactsync.store import Store
@@ -197,19 +208,26 @@ class Applier:
 
     # --- the role ---
 
-    def build_worker(self, *, retry: RetryPolicy | None = None, **consumer_overrides: Any
+    def build_worker(self, *, retry: RetryPolicy | None = None,
+                     credential_pause: float = CREDENTIAL_PAUSE_S, **consumer_overrides: Any
                      ) -> Worker:
         consumer_overrides.setdefault("max_poll_interval_ms", MAX_POLL_INTERVAL_MS)
         return build_worker(self.settings, GROUP_ID, TOPICS, self.handle, group_by=by_topic,
-                            retry=retry, **consumer_overrides)
+                            retry=retry, credential_pause=credential_pause,
+                            **consumer_overrides)
 
     def run(self, stop: threading.Event, worker: Worker | None = None) -> None:
-        """Open the services first (a missing tenant fails here, not as dead letters), then
-        poll until `stop` is set; everything is closed in this thread on the way out."""
+        """Open the services first (a missing tenant fails here, not as dead letters; a refused
+        credential is waited for), then poll until `stop` is set; everything is closed in this
+        thread on the way out."""
         try:
-            self._services_now()
+            opened = self._services_opened()
             worker = worker or self.build_worker()
             try:
+                while not opened:
+                    if stop.wait(worker.credential_pause):
+                        return
+                    opened = self._services_opened()
                 worker.run(stop)
             finally:
                 worker.close()
@@ -246,6 +264,14 @@ class Applier:
         elif self._loop_thread != threading.get_ident():
             raise RuntimeError("the applier's event loop is used from another thread")
         return self._loop
+
+    def _services_opened(self) -> bool:
+        """Open the services; False while the credential fails (its health logs why)."""
+        try:
+            self._services_now()
+        except CREDENTIAL_FAILURES:
+            return False
+        return True
 
     def _services_now(self) -> Services:
         if self._services is None:
@@ -387,8 +413,10 @@ class Applier:
                                              force=first.force))
                 if first.kind is CommandKind.FULL_SYNC and first.run_id:  # a reconcile run
                     record_report(self.store, UserReport.from_report(report), first.run_id)
-        except RetryableError:
-            raise  # the Worker retries the whole group, then dead-letters it
+        except (RetryableError, *CREDENTIAL_FAILURES):
+            # The Worker retries the whole group, then dead-letters it; a credential failure
+            # pauses the Worker instead, the commands left on the topic.
+            raise
         except (ServiceError, FilterError) as exc:
             # Deterministic: retrying cannot help; the result says why and the stream goes on.
             _log().warning("command failed", user_id=setup.user_id, kind=str(first.kind),

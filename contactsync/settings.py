@@ -2,9 +2,9 @@
 
 Precedence (highest first): explicit keyword arguments, environment variables, the TOML config
 file named by `CONTACTSYNC_CONFIG` (default `contactsync.toml` in the working directory, if it
-exists), then the defaults below. Azure credentials are *not* settings of ours: azure-identity
-reads its standard variables (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET or
-AZURE_CLIENT_CERTIFICATE_PATH) itself, so they never pass through our config or our logs.
+exists), then the defaults below. Azure credentials are *not* settings of ours: we only pick
+their kind (`azure_credential`); azure-identity reads its standard variables (AZURE_TENANT_ID,
+AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, ...) itself, so they never pass through our config or logs.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "contactsync"
 
 
+class ConfigError(RuntimeError):
+    """The settings cannot work; the message says which to set."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CONTACTSYNC_",
@@ -74,6 +78,11 @@ class Settings(BaseSettings):
         "before it is retried (each retry prints a line): a hung service is never silent long")
     bc_scope: str = "https://api.businesscentral.dynamics.com/.default"
     graph_scope: str = "https://graph.microsoft.com/.default"
+    azure_credential: str = Field(
+        default="auto",
+        description="auto | secret | certificate | workload-identity | managed-identity | "
+                    "azure-cli | environment (contactsync/credentials.py)",
+    )
 
     # --- State ---
     database_url: str = Field(

@@ -523,7 +523,7 @@ def run_bc_changes(
         raise ConfigError("no Business Central configured: set CONTACTSYNC_BC_BASE_URL and "
                           "CONTACTSYNC_BC_COMPANY")
     loop = asyncio.new_event_loop()
-    credential = azure_credential()
+    credential = azure_credential(settings)
     producer = make_producer(resolve_bootstrap(settings), client_id="contactsync-bc-changes")
     bc: BcClient | None = None
     try:

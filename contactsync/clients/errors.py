@@ -4,9 +4,12 @@
     ├── RetryableError                worth trying again later (the executor retries, then DLQ)
     │   ├── Throttled                 429; .retry_after seconds
     │   ├── ServiceUnavailable        5xx, timeouts, connection errors; .retry_after if sent
+    │   │   └── TokenUnavailable      no token for now: Entra unreachable or answering 5xx
     ├── NotFound                      404 (and Graph 410 on a single item)
     ├── Conflict                      412 precondition failed / 409: the version moved on
     ├── Unauthorized                  401/403: credentials refused or missing
+    │   └── CredentialRejected        Entra refused our credential (expired secret, no consent):
+    │                                 the role pauses its work instead of failing commands
     ├── Invalid                       400/413/422: our request is wrong; never retried
     └── SyncStateExpired              Graph delta 410 syncStateNotFound: start the delta over
 
@@ -84,6 +87,13 @@ def server_retry_after(error: RetryableError) -> float | None:
     return None
 
 
+class TokenUnavailable(ServiceUnavailable):
+    """Getting a token failed for a reason that passes by itself (Entra unreachable or 5xx)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no token available"
+
+
 class NotFound(ServiceError):
     pass
 
@@ -94,6 +104,18 @@ class Conflict(ServiceError):
 
 class Unauthorized(ServiceError):
     pass
+
+
+class CredentialRejected(Unauthorized):
+    """Entra refused the credential: nothing works until an admin fixes it. The message is one
+    sentence naming what to set; work waiting for a token stays unconsumed meanwhile."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "the Azure credential was refused"
+
+
+# Failures of the credential, not of the command at hand: never a contact's or a command's fault.
+CREDENTIAL_FAILURES = (TokenUnavailable, CredentialRejected)
 
 
 class Invalid(ServiceError):

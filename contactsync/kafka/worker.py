@@ -8,6 +8,12 @@
 - A group whose handler raises `RetryableError` is retried with jittered exponential backoff
   (honouring a 429's or a 503's Retry-After) for at most `RetryPolicy.timeout` seconds, then every
   record of the group is dead-lettered: the service is down for all of them alike.
+- A failing Azure credential is nobody's record's fault: `CredentialRejected` (and a
+  `TokenUnavailable` past the retry budget) pauses the worker instead. The batch's records are
+  left unfinished (the consumer seeks back to them) and polling resumes after
+  `credential_pause` seconds, so the backlog waits on the topic, neither consumed nor
+  dead-lettered, until the credential works again (`contactsync.credential_health` logs it
+  and fails readiness meanwhile).
 - Any other exception is deterministic: a group of one record is dead-lettered at once; a larger
   group is split and each record runs alone, so one bad record does not fail its neighbours.
 - A dead letter counts as finished only once the broker acked it (acks=all, idempotent).
@@ -33,7 +39,12 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.structs import OffsetAndMetadata
 
 from contactsync import metrics
-from contactsync.clients.errors import RetryableError, server_retry_after
+from contactsync.clients.errors import (
+    CredentialRejected,
+    RetryableError,
+    TokenUnavailable,
+    server_retry_after,
+)
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
 from contactsync.kafka.topics import DEADLETTER, topic_name
@@ -85,6 +96,9 @@ def by_key(record: WorkRecord) -> Hashable:
     return (record.topic, record.partition, "key", record.key)
 
 
+CREDENTIAL_PAUSE_S = 15.0  # between two tries of a failing credential
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     initial_delay: float = 0.3
@@ -114,6 +128,10 @@ class OffsetTracker:
     def done(self, tp: TopicPartition, offset: int) -> None:
         self._pending.get(tp, set()).discard(offset)
 
+    def first_pending(self, tp: TopicPartition) -> int | None:
+        pending = self._pending.get(tp)
+        return min(pending) if pending else None
+
     def committable(self, only: set[TopicPartition] | None = None) -> dict[TopicPartition, int]:
         out = {}
         for tp, next_offset in self._next.items():
@@ -141,6 +159,7 @@ class _Outcome:
     attempts: int
     retryable: bool = False
     stopped: bool = False
+    credential: bool = False  # the credential failed: pause, leave the records on the topic
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -173,6 +192,7 @@ class Worker:
         poll_timeout_ms: int = 500,
         owned_producer: KafkaProducer | None = None,
         rng: random.Random | None = None,
+        credential_pause: float = CREDENTIAL_PAUSE_S,
     ) -> None:
         self.consumer = consumer
         self.topics = list(topics)
@@ -188,6 +208,8 @@ class Worker:
         self._subscribed = False
         self.group = str(consumer.config.get("group_id") or "")
         self._lag_due = 0.0
+        self.credential_pause = credential_pause
+        self._paused_until: float | None = None
 
     # --- the loop ---
 
@@ -205,6 +227,10 @@ class Worker:
         if not self._subscribed:
             self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
             self._subscribed = True
+        if self._paused_until is not None:  # the credential failed: wait, then try again
+            if self._stop.wait(max(0.0, self._paused_until - time.monotonic())):
+                return 0
+            self._paused_until = None
         polled: dict[TopicPartition, list[Any]] = self.consumer.poll(
             timeout_ms=self.poll_timeout_ms
         )
@@ -225,9 +251,11 @@ class Worker:
             work = WorkRecord(r.topic, r.partition, r.offset, key, envelope, r)
             groups.setdefault(self.group_by(work), []).append(work)
         for group in groups.values():
-            if self._stop.is_set():
+            if self._stop.is_set() or self._paused_until is not None:
                 break  # the rest stays uncommitted and is delivered again
             self._run_group(group)
+        if self._paused_until is not None:
+            self._rewind({TopicPartition(r.topic, r.partition) for r in records})
         self.commit()
         self._export_lag()
         return len(records)
@@ -257,9 +285,25 @@ class Worker:
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(self.group, tp.topic, str(tp.partition))
 
+    def _rewind(self, tps: set[TopicPartition]) -> None:
+        """Fetch again from each partition's first unfinished record."""
+        for tp in tps:
+            first = self.tracker.first_pending(tp)
+            if first is None:
+                continue
+            try:
+                self.consumer.seek(tp, first)
+            except Exception as exc:  # revoked meanwhile: its next owner starts from the commit
+                _log().debug("could not seek back", error=str(exc), topic=tp.topic,
+                             partition=tp.partition)
+
     def _run_group(self, group: list[WorkRecord]) -> None:
         outcome = self._attempt(group)
         if outcome.stopped:
+            return
+        if outcome.credential:
+            # Logged (once a minute) and counted by the credential's health; nothing is lost.
+            self._paused_until = time.monotonic() + self.credential_pause
             return
         if outcome.error is None:
             for work in group:
@@ -289,12 +333,15 @@ class Worker:
                 delay = self.retry.delay(attempt, self._rng)
                 delay = max(delay, server_retry_after(exc) or 0.0)  # a 429's or a 503's
                 if time.monotonic() + delay > deadline:
-                    return _Outcome(exc, attempt, retryable=True)
+                    return _Outcome(exc, attempt, retryable=True,
+                                    credential=isinstance(exc, TokenUnavailable))
                 _log().info("retryable failure; backing off", attempt=attempt,
                             delay=round(delay, 3), error=str(exc), topic=group[0].topic,
                             partition=group[0].partition, offset=group[0].offset)
                 if self._stop.wait(delay):
                     return _Outcome(exc, attempt, retryable=True, stopped=True)
+            except CredentialRejected as exc:
+                return _Outcome(exc, attempt, credential=True)
             except Exception as exc:
                 return _Outcome(exc, attempt)
 
@@ -351,6 +398,7 @@ def build_worker(
     *,
     group_by: GroupBy = by_record,
     retry: RetryPolicy | None = None,
+    credential_pause: float = CREDENTIAL_PAUSE_S,
     **consumer_overrides: Any,
 ) -> Worker:
     """A worker on the settings' broker: consumer in `group_id`, dead letters to `deadletter`."""
@@ -360,4 +408,4 @@ def build_worker(
     sink = DeadLetterSink(producer, topic_name(settings, DEADLETTER))
     topics = [topic_name(settings, base) for base in topic_bases]
     return Worker(consumer, topics, handler, sink, group_by=group_by, retry=retry,
-                  owned_producer=producer)
+                  owned_producer=producer, credential_pause=credential_pause)

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from contactsync.clients.bc import BcClient
-from contactsync.clients.errors import Conflict, ServiceError
+from contactsync.clients.errors import CREDENTIAL_FAILURES, Conflict, ServiceError
 from contactsync.clients.graph import GraphClient
 from contactsync.engine import mapping as m
 from contactsync.engine.actions import (
@@ -189,6 +189,8 @@ class Executor:
     async def _quietly(self, call: Any) -> Any:
         try:
             return await call
+        except CREDENTIAL_FAILURES:
+            raise  # no token: nothing else will work either
         except ServiceError:
             return None  # the create then proceeds; the client's own retry looks up again
 
@@ -207,6 +209,8 @@ class Executor:
         try:
             for action in group:
                 await self._apply(action, state, pending)
+        except CREDENTIAL_FAILURES:
+            raise  # the credential's failure, not this pair's: the whole run waits for it
         except ServiceError as exc:
             bc_id, graph_id = _ids_of(group)
             self.report.failures.append(

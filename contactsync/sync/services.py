@@ -1,26 +1,22 @@
 """Builds what a sync needs from settings: the Graph and BC clients and the store.
 
-Credentials come from azure-identity's standard variables (EnvironmentCredential: a client
-secret or a certificate). Without them the clients accept only loopback URLs: the emulators.
+ONE Azure credential (`contactsync.credentials`, kind chosen by CONTACTSYNC_AZURE_CREDENTIAL)
+serves both clients. Without one the clients accept only loopback URLs: the emulators.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient
+from contactsync.credentials import SharedCredential, build_credential
+from contactsync.settings import ConfigError as ConfigError  # its old home, for importers
 from contactsync.settings import Settings
 from contactsync.store import Store
-
-
-class ConfigError(RuntimeError):
-    """The settings cannot work; the message says which to set."""
 
 
 @dataclass
@@ -34,12 +30,9 @@ def open_store(settings: Settings) -> Store:
     return Store.open(settings.database_url)
 
 
-def azure_credential() -> Any | None:
-    if not os.environ.get("AZURE_CLIENT_ID"):
-        return None
-    from azure.identity.aio import EnvironmentCredential
-
-    return EnvironmentCredential()
+def azure_credential(settings: Settings) -> SharedCredential | None:
+    """The credential the settings ask for (None for emulators that take no token)."""
+    return build_credential(settings)
 
 
 _GRAPH_VERSIONS = ("/v1.0", "/beta")
@@ -80,7 +73,7 @@ async def open_services(settings: Settings, store: Store | None = None) -> Async
             "(or run `contactsync emulate` and use the URLs it prints)"
         )
     check_base_urls(settings)
-    credential = azure_credential()
+    credential = azure_credential(settings)
     own_store = store is None
     store = store or open_store(settings)
     graph = GraphClient.create(settings.graph_base_url, credential, scopes=(settings.graph_scope,),

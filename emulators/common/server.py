@@ -24,9 +24,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 class BackgroundServer:
     """A uvicorn server in a daemon thread. `start()` returns once it accepts connections."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *,
+                 tls: tuple[str, str] | None = None) -> None:
+        """`tls`: (certificate file, key file) to serve https."""
         self.host = host
         self.port = port or free_port(host)
+        self._scheme = "https" if tls else "http"
         config = uvicorn.Config(
             app, host=self.host, port=self.port, log_level="warning", lifespan="on",
             access_log=False, timeout_graceful_shutdown=2,
@@ -34,13 +37,14 @@ class BackgroundServer:
             # redaction of contactsync.logs (this server also runs the webhook in `contactsync
             # run`); without it their lines go to the root handler and are redacted.
             log_config=None,
+            ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self._scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> BackgroundServer:
         self._thread = threading.Thread(
