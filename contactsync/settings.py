@@ -150,6 +150,14 @@ class Settings(BaseSettings):
             file_secret_settings,
         )
 
+    def missing_tenant(self) -> list[str]:
+        """The variables still to set before Graph and BC can be reached."""
+        return [name for name, value in (
+            ("CONTACTSYNC_GRAPH_BASE_URL", self.graph_base_url),
+            ("CONTACTSYNC_BC_BASE_URL", self.bc_base_url),
+            ("CONTACTSYNC_BC_COMPANY", self.bc_company),
+        ) if not value]
+
     @property
     def uses_emulators(self) -> bool:
         """True when no tenant is configured: the sandbox then starts the emulators."""

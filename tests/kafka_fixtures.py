@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -21,6 +22,9 @@ from kafka.consumer.fetcher import ConsumerRecord
 from contactsync.kafka.local_broker import LocalBroker
 from contactsync.kafka.topics import topic_name
 from contactsync.settings import Settings, default_cache_dir
+
+if TYPE_CHECKING:
+    from contactsync.cli.emulate_cmd import RunningEmulators
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 
@@ -125,3 +129,21 @@ def read_topic(settings: Settings, base: str, timeout: float = 10.0) -> list[Con
         return out
     finally:
         consumer.close(autocommit=False)
+
+
+def start_tenant(kafka_settings: Settings, mailbox: str,
+                 **changes: Any) -> tuple[Settings, RunningEmulators]:
+    """This test's topics, the emulators (fast configs) with `mailbox` in Graph, and settings
+    pointing at both (plus `changes`). The caller stops the emulators."""
+    from contactsync.cli.emulate_cmd import start_emulators
+    from contactsync.kafka.topics import ensure_topics_at
+    from emulators.bc import BcEmulatorConfig
+    from emulators.graph import GraphEmulatorConfig
+
+    ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
+    emulators = start_emulators(graph_config=GraphEmulatorConfig.fast(),
+                                bc_config=BcEmulatorConfig.for_tests())
+    emulators.graph.add_user(mailbox)
+    return kafka_settings.model_copy(update={
+        "graph_base_url": emulators.graph_base_url, "bc_base_url": emulators.bc_base_url,
+        "bc_company": emulators.bc.company_id, **changes}), emulators

@@ -18,6 +18,7 @@ from contactsync.cli import (
     console_cmd,
     db_cmds,
     dlq_cmds,
+    doctor_cmd,
     emulate_cmd,
     kafka_cmds,
     reconcile_cmd,
@@ -72,3 +73,4 @@ app.command()(run_cmd.run)
 app.command()(reconcile_cmd.reconcile)
 app.command()(audit_cmd.audit)
 app.command()(console_cmd.console)
+app.command()(doctor_cmd.doctor)

@@ -62,11 +62,7 @@ def check_base_urls(settings: Settings) -> None:
 
 @asynccontextmanager
 async def open_services(settings: Settings, store: Store | None = None) -> AsyncIterator[Services]:
-    missing = [name for name, value in (
-        ("CONTACTSYNC_GRAPH_BASE_URL", settings.graph_base_url),
-        ("CONTACTSYNC_BC_BASE_URL", settings.bc_base_url),
-        ("CONTACTSYNC_BC_COMPANY", settings.bc_company),
-    ) if not value]
+    missing = settings.missing_tenant()
     if missing:
         raise ConfigError(
             f"no tenant configured: set {', '.join(missing)} "

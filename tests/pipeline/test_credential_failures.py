@@ -17,21 +17,19 @@ import pytest
 from kafka import TopicPartition
 
 from consumers.applier import Applier
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
+from contactsync.cli.emulate_cmd import RunningEmulators
 from contactsync.credential_health import HEALTH
 from contactsync.kafka.io import make_producer
-from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, ensure_topics_at, topic_name
+from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker
 from contactsync.settings import Settings
 from contactsync.store import Store
-from emulators.bc import BcEmulatorConfig
-from emulators.graph import GraphEmulatorConfig
 from producers.webhook import StoreRegistry, create_webhook_app
 from schemas.envelope import encode, wrap
 from schemas.messages import CommandKind, ResultStatus, SyncCommand
 from schemas.setup import UserSetup
 from tests.entra_fixtures import Entra, entra
-from tests.kafka_fixtures import read_topic
+from tests.kafka_fixtures import read_topic, start_tenant
 from tests.pipeline.test_applier import read_results
 
 __all__ = ["entra"]
@@ -80,13 +78,7 @@ class Rig:
 
 @pytest.fixture
 def rig(kafka_settings: Settings, entra: Entra) -> Iterator[Rig]:
-    ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
-    emulators = start_emulators(graph_config=GraphEmulatorConfig.fast(),
-                                bc_config=BcEmulatorConfig.for_tests())
-    emulators.graph.add_user(MAILBOX)
-    settings = kafka_settings.model_copy(update={
-        "graph_base_url": emulators.graph_base_url, "bc_base_url": emulators.bc_base_url,
-        "bc_company": emulators.bc.company_id, "azure_credential": "secret"})
+    settings, emulators = start_tenant(kafka_settings, MAILBOX, azure_credential="secret")
     store = Store.open(settings.database_url)
     store.setups.add(UserSetup(user_id=MAILBOX, mailbox=MAILBOX))
     # Tokens shorter than the refresh margin: every request asks Entra, so a refusal shows at
