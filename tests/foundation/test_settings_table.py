@@ -1,0 +1,61 @@
+"""README's "Settings" table is the one list of variables an admin sets: every setting has its
+row, every row names a setting (or a variable read outside `Settings`: the config file, the
+state directory, azure-identity's AZURE_* that contactsync/credentials.py uses)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import AliasChoices
+
+import contactsync.credentials
+from contactsync.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+# Read by contactsync before or outside `Settings` (settings.py, credentials.py).
+OUTSIDE_SETTINGS = {"CONTACTSYNC_CONFIG", "CONTACTSYNC_STATE_DIR"}
+
+
+def table_variables() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    names = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            first_cell = line.split("|")[1]
+            names += re.findall(r"`([A-Z][A-Z0-9_]+)`", first_cell)
+    return names
+
+
+def setting_variables() -> dict[str, set[str]]:
+    """Each setting's accepted variable names."""
+    out = {}
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            out[name] = {str(choice) for choice in alias.choices}
+        else:
+            out[name] = {f"CONTACTSYNC_{name.upper()}"}
+    return out
+
+
+def azure_variables() -> set[str]:
+    source = Path(contactsync.credentials.__file__).read_text()
+    return set(re.findall(r"\bAZURE_[A-Z_]+\b", source))
+
+
+def test_every_setting_has_a_row_and_every_row_a_setting() -> None:
+    rows = table_variables()
+    assert len(rows) == len(set(rows)), "a variable has two rows"
+    settings = setting_variables()
+    without_row = sorted(n for n, names in settings.items() if not names & set(rows))
+    assert without_row == [], f"settings without a row in README's Settings table: {without_row}"
+    known = set().union(*settings.values()) | OUTSIDE_SETTINGS | azure_variables()
+    without_setting = sorted(set(rows) - known)
+    assert without_setting == [], f"rows naming no setting: {without_setting}"
+
+
+def test_every_azure_variable_the_credentials_read_has_a_row() -> None:
+    missing = sorted(azure_variables() - set(table_variables()))
+    assert missing == [], f"AZURE_* variables without a row: {missing}"
