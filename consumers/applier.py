@@ -49,13 +49,13 @@ from contactsync.clients.errors import (
     ServiceError,
     ServiceUnavailable,
 )
+from contactsync.credential_health import CREDENTIAL_PAUSE_S, when_credential_works
 from contactsync.engine.bcfilter import FilterError
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.kafka.worker import (
-    CREDENTIAL_PAUSE_S,
     RetryPolicy,
     Worker,
     WorkRecord,
@@ -221,13 +221,11 @@ class Applier:
         credential is waited for), then poll until `stop` is set; everything is closed in this
         thread on the way out."""
         try:
-            opened = self._services_opened()
+            pause = worker.credential_pause if worker is not None else CREDENTIAL_PAUSE_S
+            if when_credential_works(self._services_now, stop, pause) is None:
+                return
             worker = worker or self.build_worker()
             try:
-                while not opened:
-                    if stop.wait(worker.credential_pause):
-                        return
-                    opened = self._services_opened()
                 worker.run(stop)
             finally:
                 worker.close()
@@ -264,14 +262,6 @@ class Applier:
         elif self._loop_thread != threading.get_ident():
             raise RuntimeError("the applier's event loop is used from another thread")
         return self._loop
-
-    def _services_opened(self) -> bool:
-        """Open the services; False while the credential fails (its health logs why)."""
-        try:
-            self._services_now()
-        except CREDENTIAL_FAILURES:
-            return False
-        return True
 
     def _services_now(self) -> Services:
         if self._services is None:

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from contactsync import metrics
-from contactsync.clients.errors import CredentialRejected, ServiceError
+from contactsync.clients.errors import CREDENTIAL_FAILURES, CredentialRejected, ServiceError
 from contactsync.health import READINESS
 from contactsync.logs import get_logger
 
 LOG_EVERY_S = 60.0
+CREDENTIAL_PAUSE_S = 15.0  # between two tries of a failing credential
+T = TypeVar("T")
 
 
 def _log() -> Any:
@@ -87,3 +90,16 @@ class CredentialHealth:
 
 
 HEALTH = CredentialHealth()  # one per process: every role's clients share it
+
+
+def when_credential_works(open_: Callable[[], T], stop: threading.Event,
+                          pause: float = CREDENTIAL_PAUSE_S) -> T | None:
+    """`open_()` (a role opening its clients), tried again every `pause` seconds while the
+    credential fails; None if `stop` is set meanwhile. The role stays up, idle and not ready,
+    instead of dying (and taking the other roles of its process with it)."""
+    while True:
+        try:
+            return open_()
+        except CREDENTIAL_FAILURES:  # logged once a minute by HEALTH
+            if stop.wait(pause):
+                return None

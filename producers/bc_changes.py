@@ -64,6 +64,7 @@ from kafka.structs import OffsetAndMetadata
 
 from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
+from contactsync.credential_health import when_credential_works
 from contactsync.engine.links import canon_bc_id
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
@@ -527,8 +528,11 @@ def run_bc_changes(
     producer = make_producer(resolve_bootstrap(settings), client_id="contactsync-bc-changes")
     bc: BcClient | None = None
     try:
-        bc = loop.run_until_complete(BcClient.create(
-            settings.bc_base_url, settings.bc_company, credential, scope=settings.bc_scope))
+        bc = when_credential_works(lambda: loop.run_until_complete(BcClient.create(
+            settings.bc_base_url, settings.bc_company, credential, scope=settings.bc_scope)),
+            stop)
+        if bc is None:
+            return
         BcChangeFeed(settings, store, bc, producer, loop=loop, poll_interval=poll_interval,
                      fallback_poll_interval=fallback_poll_interval,
                      deletion_scan_interval=settings.bc_deletion_scan_seconds).run(stop)

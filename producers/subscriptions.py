@@ -59,6 +59,7 @@ from contactsync import metrics
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
 from contactsync.clients.graph import GraphClient, is_loopback, new_client_state
+from contactsync.credential_health import when_credential_works
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import GRAPH_NOTIFICATIONS, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
@@ -66,7 +67,7 @@ from contactsync.logs import get_logger
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import Subscription, SubscriptionService
-from contactsync.sync.services import ConfigError, open_services
+from contactsync.sync.services import ConfigError, Services, open_services
 from schemas.envelope import encode, wrap
 from schemas.messages import CommandKind, GraphLifecycle, LifecycleEvent, SyncCommand
 from schemas.setup import UserSetup
@@ -466,8 +467,14 @@ def run_subscriptions(
     loop = asyncio.new_event_loop()
     producer = make_producer(resolve_bootstrap(settings), client_id="contactsync-subscriptions")
     try:
-        services_cm = open_services(settings, store)
-        services = loop.run_until_complete(services_cm.__aenter__())
+        def enter() -> tuple[Any, Services]:
+            cm = open_services(settings, store)
+            return cm, loop.run_until_complete(cm.__aenter__())
+
+        opened = when_credential_works(enter, stop)
+        if opened is None:
+            return
+        services_cm, services = opened
         try:
             SubscriptionKeeper(settings, store, services.graph, services.bc, producer,
                                loop=loop, interval=interval).run(stop)

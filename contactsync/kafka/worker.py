@@ -45,6 +45,7 @@ from contactsync.clients.errors import (
     TokenUnavailable,
     server_retry_after,
 )
+from contactsync.credential_health import CREDENTIAL_PAUSE_S
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
 from contactsync.kafka.topics import DEADLETTER, topic_name
@@ -94,9 +95,6 @@ def by_key(record: WorkRecord) -> Hashable:
     if record.key is None:
         return by_record(record)
     return (record.topic, record.partition, "key", record.key)
-
-
-CREDENTIAL_PAUSE_S = 15.0  # between two tries of a failing credential
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ the applier, the broker and the Graph and BC emulators are the real ones.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -143,3 +144,30 @@ def test_a_short_entra_outage_is_retried_through(rig: Rig, entra: Entra) -> None
     assert HEALTH.readiness() == (True, "credential ok")  # transient: readiness stays
     _, _, metrics = asyncio.run(readyz_and_metrics(rig))
     assert 'contactsync_credential_failures_total{kind="transient"' in metrics
+
+
+def test_an_applier_started_with_a_refused_credential_waits_for_it(rig: Rig,
+                                                                    entra: Entra) -> None:
+    entra.emulator.refuse_code = "7000215"  # a wrong secret from the start
+    ids = rig.send(2)
+    stop = threading.Event()
+    role = threading.Thread(target=rig.applier.run, args=(stop, rig.worker), daemon=True)
+    role.start()
+    try:
+        wait_for(lambda: entra.emulator.counters["refused"] >= 3)
+        assert role.is_alive() and rig.applier.published == 0
+        assert not HEALTH.readiness()[0]
+        entra.emulator.refuse_code = None
+        wait_for(lambda: rig.applier.published == 2)
+        assert _ok_results_for(rig, ids)
+        assert read_topic(rig.settings, DEADLETTER) == []
+    finally:
+        stop.set()
+        role.join(timeout=30)
+
+
+def wait_for(done: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.05)
