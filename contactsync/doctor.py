@@ -62,7 +62,8 @@ class Report:
 
 
 def _why(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 async def _check(report: Report, name: str, run: Callable[[], Awaitable[str]]) -> bool:
@@ -109,8 +110,10 @@ async def run_doctor(settings: Settings, store: Store, *, users: list[str],
                 _skip(report, name, "the settings are incomplete")
         await _check(report, "public url", lambda: check_public_url(settings))
         await _check(report, "kafka", lambda: asyncio.to_thread(check_kafka, settings))
-        await _check(report, "database", lambda: asyncio.to_thread(check_database, store))
-        await _check(report, "setups", lambda: asyncio.to_thread(check_setups, store))
+        if await _check(report, "database", lambda: asyncio.to_thread(check_database, store)):
+            await _check(report, "setups", lambda: asyncio.to_thread(check_setups, store))
+        else:
+            _skip(report, "setups", "the database schema is not current")
     finally:
         if credential is not None:
             await credential.close()
@@ -248,8 +251,8 @@ def check_database(store: Store) -> str:
         version = current_version(conn)
     if version != LATEST_VERSION:
         raise ConfigError(f"the state store is at schema version {version}, this code expects "
-                          f"{LATEST_VERSION}: run this version of contactsync against it once "
-                          "(it upgrades the schema at start)")
+                          f"{LATEST_VERSION}: run `contactsync users list` (or any role) once "
+                          "with this version: the store creates or upgrades its schema at start")
     return f"schema version {version} (current)"
 
 
