@@ -55,12 +55,7 @@ from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot
 from contactsync.kafka.io import make_producer, resolve_bootstrap
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
-from contactsync.kafka.worker import (
-    RetryPolicy,
-    Worker,
-    WorkRecord,
-    build_worker,
-)
+from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
 from contactsync.settings import Settings
 from contactsync.store import Store
