@@ -155,6 +155,12 @@ def _build_inner(kind: str) -> TokenCredential:
         managed_identity_client_id=_env("AZURE_CLIENT_ID") or None)
 
 
+def check_credential_settings(settings: Settings) -> None:
+    """What `build_credential` would refuse, without building anything (a command's start)."""
+    if needs_credential(settings):
+        check_environment(credential_kind(settings))
+
+
 def build_credential(settings: Settings, *,
                      health: CredentialHealth = HEALTH) -> SharedCredential | None:
     """The credential the settings ask for, or None for emulators that take no token."""

@@ -21,6 +21,7 @@ def run(
     metrics_port: MetricsPort = None,
 ) -> None:
     """Run the pipeline's roles (webhook, subscriptions, bc-changes, router, applier, reconcile)."""
+    from contactsync.credentials import check_credential_settings
     from contactsync.kafka.io import local_broker
     from contactsync.kafka.topics import ensure_topics_at
     from contactsync.pipeline import Pipeline
@@ -41,6 +42,7 @@ def run(
         if settings.uses_emulators:
             raise ConfigError("no tenant configured: set CONTACTSYNC_GRAPH_BASE_URL and "
                               "CONTACTSYNC_BC_BASE_URL, or run `contactsync sandbox`")
+        check_credential_settings(settings)  # one sentence now, not a failed role per role
         bootstrap = settings.kafka_bootstrap_servers or local_broker(settings).up(
             progress=lambda message: typer.echo(message, err=True))
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})

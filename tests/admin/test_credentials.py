@@ -161,3 +161,18 @@ async def test_a_refused_secret_names_the_fix(
         "AZURE_CLIENT_SECRET")
     ready, why = HEALTH.readiness()
     assert not ready and "AADSTS7000222" in why
+
+
+def test_run_refuses_an_unknown_kind_before_starting_any_role(
+        clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, value in {"CONTACTSYNC_AZURE_CREDENTIAL": "password",
+                        "CONTACTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+                        **{f"CONTACTSYNC_{k.upper()}": v for k, v in TENANT_URLS.items()}
+                        }.items():
+        clean_env.setenv(name, value)
+    result = contactsync("run")
+    assert result.returncode == 1 and "running" not in result.stdout
+    assert result.stderr.strip().splitlines() == [
+        "error: CONTACTSYNC_AZURE_CREDENTIAL='password' is not a credential kind: set it to one "
+        "of auto, secret, certificate, workload-identity, managed-identity, azure-cli, "
+        "environment"]
