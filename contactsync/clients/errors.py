@@ -8,8 +8,9 @@
     ├── NotFound                      404 (and Graph 410 on a single item)
     ├── Conflict                      412 precondition failed / 409: the version moved on
     ├── Unauthorized                  401/403: credentials refused or missing
-    │   └── CredentialRejected        Entra refused our credential (expired secret, no consent):
-    │                                 the role pauses its work instead of failing commands
+    │   └── CredentialRejected        Entra refused our credential (expired secret, no consent),
+    │                                 or a service answered 401 to our token: the role pauses
+    │                                 its work instead of failing commands
     ├── Invalid                       400/413/422: our request is wrong; never retried
     └── SyncStateExpired              Graph delta 410 syncStateNotFound: start the delta over
 
@@ -127,6 +128,7 @@ class SyncStateExpired(ServiceError):
 
 
 DEFAULT_RETRY_AFTER = 1.0
+CONSENT_HINTS = {"bc": ", and that BC's Microsoft Entra Applications card lists it, enabled"}
 
 
 def request_url(exc: BaseException) -> str:
@@ -174,7 +176,13 @@ def error_for_status(
         # 412: a stale If-Match; BC's runtime may answer 409 for the same, and 409 also means
         # a duplicate key. Either way: re-read before writing again.
         kind, default = Conflict, "version conflict"
-    elif status in (401, 403):
+    elif status == 401:
+        # Our token, not this request: every request would get the same. The worker pauses.
+        return CredentialRejected(
+            f"{service} refused our token (HTTP 401{f' {code}' if code else ''}: "
+            f"{message or 'unauthorized'}): check the app's {service} permission and its admin "
+            f"consent{CONSENT_HINTS.get(service, '')}", service=service, status=status, code=code)
+    elif status == 403:
         kind, default = Unauthorized, "not authorized"
     elif 400 <= status < 500:
         kind, default = Invalid, f"request refused ({status})"

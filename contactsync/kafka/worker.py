@@ -8,8 +8,9 @@
 - A group whose handler raises `RetryableError` is retried with jittered exponential backoff
   (honouring a 429's or a 503's Retry-After) for at most `RetryPolicy.timeout` seconds, then every
   record of the group is dead-lettered: the service is down for all of them alike.
-- A failing Azure credential is nobody's record's fault: `CredentialRejected` (and a
-  `TokenUnavailable` past the retry budget) pauses the worker instead. The batch's records are
+- A failing Azure credential is nobody's record's fault: `CredentialRejected` (Entra refused
+  it, or Graph or BC answered 401 to our token), and a
+  `TokenUnavailable` past the retry budget, pause the worker instead. The batch's records are
   left unfinished (the consumer seeks back to them) and polling resumes after
   `credential_pause` seconds, so the backlog waits on the topic, neither consumed nor
   dead-lettered, until the credential works again (`contactsync.credential_health` logs it
@@ -42,10 +43,11 @@ from contactsync import metrics
 from contactsync.clients.errors import (
     CredentialRejected,
     RetryableError,
+    ServiceError,
     TokenUnavailable,
     server_retry_after,
 )
-from contactsync.credential_health import CREDENTIAL_PAUSE_S
+from contactsync.credential_health import CREDENTIAL_PAUSE_S, HEALTH
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
 from contactsync.kafka.topics import DEADLETTER, topic_name
@@ -208,6 +210,7 @@ class Worker:
         self._lag_due = 0.0
         self.credential_pause = credential_pause
         self._paused_until: float | None = None
+        self._refused_by: set[str] = set()  # services that answered 401 to our token
 
     # --- the loop ---
 
@@ -302,7 +305,14 @@ class Worker:
         if outcome.credential:
             # Logged (once a minute) and counted by the credential's health; nothing is lost.
             self._paused_until = time.monotonic() + self.credential_pause
+            error = outcome.error
+            if isinstance(error, ServiceError) and error.status == 401:  # the API refused it
+                HEALTH.failed(error.service, error)
+                self._refused_by.add(error.service)
             return
+        if outcome.error is None:
+            while self._refused_by:  # the API takes our token again
+                HEALTH.succeeded(self._refused_by.pop())
         if outcome.error is None:
             for work in group:
                 self._finished(work.record)

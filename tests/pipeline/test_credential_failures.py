@@ -171,3 +171,20 @@ def wait_for(done: Callable[[], bool], timeout: float = 60.0) -> None:
     while not done():
         assert time.monotonic() < deadline, "not reached in time"
         time.sleep(0.05)
+
+
+def test_a_token_graph_refuses_pauses_the_applier_too(rig: Rig) -> None:
+    # Entra still issues tokens, but Graph answers 401 (consent revoked while a token lived).
+    rig.emulators.graph.add_fault(kind="status", status=401, count=10_000)
+    ids = rig.send(2)
+    rig.run_until(lambda: not HEALTH.readiness()[0])
+    for _ in range(3):  # paused, tried again, paused
+        rig.worker.run_once()
+    assert rig.applier.published == 0 and rig.unconsumed() == 2
+    assert read_topic(rig.settings, DEADLETTER) == []
+    status, detail, _ = asyncio.run(readyz_and_metrics(rig))
+    assert status == 503 and "graph refused our token (HTTP 401" in detail
+    rig.emulators.graph.clear_faults()
+    rig.run_until(lambda: rig.applier.published == 2)
+    assert _ok_results_for(rig, ids)
+    assert HEALTH.readiness() == (True, "credential ok")
