@@ -22,7 +22,7 @@ from contactsync.credentials import CredentialSetupError, build_credential
 from contactsync.settings import Settings
 from contactsync.sync.services import open_services
 from emulators.entra import local_certificate
-from tests.entra_fixtures import Entra, entra
+from tests.entra_fixtures import SECRET, Entra, entra
 
 __all__ = ["entra"]
 
@@ -176,3 +176,25 @@ def test_run_refuses_an_unknown_kind_before_starting_any_role(
         "error: CONTACTSYNC_AZURE_CREDENTIAL='password' is not a credential kind: set it to one "
         "of auto, secret, certificate, workload-identity, managed-identity, azure-cli, "
         "environment"]
+
+
+async def test_a_refusal_is_logged_once_a_minute_and_counted_every_time(
+        entra: Entra, emulators: RunningEmulators, capsys: pytest.CaptureFixture[str]) -> None:
+    entra.emulator.refuse_code = "7000222"
+    settings = settings_for("secret", graph_base_url=emulators.graph_base_url,
+                            bc_base_url=emulators.bc_base_url,
+                            bc_company=emulators.bc.company_id)
+    credential = build_credential(settings)
+    assert credential is not None
+    for _ in range(5):
+        with pytest.raises(CredentialRejected):
+            await credential.get_token(settings.graph_scope)
+    await credential.close()
+    logged = [line for line in capsys.readouterr().out.splitlines()
+              if "Azure credential failed" in line]
+    assert len(logged) == 1 and "AADSTS7000222" in logged[0]
+    assert SECRET not in logged[0]
+    failures = HEALTH.registry.get_sample_value(
+        "contactsync_credential_failures_total", {"scope": "graph", "kind": "refused"})
+    assert failures is not None and failures >= 5
+    assert HEALTH.registry.get_sample_value("contactsync_credential_ok", {"scope": "graph"}) == 0
