@@ -102,15 +102,21 @@ async def run_doctor(settings: Settings, store: Store, *, users: list[str],
         report.checks.append(Check("settings", True, "complete" + (
             f" (credential: {credential.kind})" if credential else " (no token: emulators)")))
         settings_ok = True
+    # The store first (the users' checks read it), its lines where an admin expects them.
+    database = Report()
+    schema_ok = await _check(database, "database",
+                             lambda: asyncio.to_thread(check_database, store))
     try:
         if settings_ok:
-            await _services(report, settings, store, credential, users, write_test)
+            await _services(report, settings, store, credential,
+                            users if schema_ok else None, write_test)
         else:
             for name in ("token", "graph", "bc"):
                 _skip(report, name, "the settings are incomplete")
         await _check(report, "public url", lambda: check_public_url(settings))
         await _check(report, "kafka", lambda: asyncio.to_thread(check_kafka, settings))
-        if await _check(report, "database", lambda: asyncio.to_thread(check_database, store)):
+        report.checks += database.checks
+        if schema_ok:
             await _check(report, "setups", lambda: asyncio.to_thread(check_setups, store))
         else:
             _skip(report, "setups", "the database schema is not current")
@@ -121,8 +127,10 @@ async def run_doctor(settings: Settings, store: Store, *, users: list[str],
 
 
 async def _services(report: Report, settings: Settings, store: Store,
-                    credential: SharedCredential | None, users: list[str],
+                    credential: SharedCredential | None, users: list[str] | None,
                     write_test: bool) -> None:
+    """Tokens, then Graph for `users` (every enabled one when empty; None: the store cannot
+    be read), then BC."""
     tokens_ok = True
     for scope, name in ((settings.graph_scope, "graph"), (settings.bc_scope, "bc")):
         async def token(scope: str = scope) -> str:
@@ -139,11 +147,16 @@ async def _services(report: Report, settings: Settings, store: Store,
     graph = GraphClient.create(settings.graph_base_url, credential,
                                scopes=(settings.graph_scope,))
     try:
-        setups = [store.setups.require(u) for u in users] if users else store.setups.list_all(
-            enabled=True)
-        if not setups:
-            report.checks.append(Check("graph", True, "no user set up yet: nothing to read "
-                                                      "(add one with `contactsync users add`)"))
+        if users is None:
+            _skip(report, "graph", "the database schema is not current")
+            setups = []
+        elif users:
+            setups = [store.setups.require(u) for u in users]
+        else:
+            setups = store.setups.list_all(enabled=True)
+            if not setups:
+                report.checks.append(Check("graph", True, "no user set up yet: nothing to "
+                                                          "read (`contactsync users add` one)"))
         for setup in setups:
             await _check(report, f"graph {setup.user_id}",
                          partial(check_mailbox, graph, setup.mailbox, setup.folder_name,
@@ -257,19 +270,13 @@ def check_database(store: Store) -> str:
 
 
 def check_setups(store: Store) -> str:
-    """No two setups share one folder of one mailbox: their syncs would fight over it.
-    (A small query here; a store-level guard on `users add` may come with the safety work.)"""
-    seen: dict[tuple[str, str], str] = {}
-    clashes = []
-    setups = store.setups.list_all()
-    for setup in setups:
-        key = (setup.mailbox.casefold(), setup.folder_name.casefold())
-        if key in seen:
-            clashes.append(f"{seen[key]} and {setup.user_id} share folder "
-                           f"{setup.folder_name!r} of {setup.mailbox}")
-        else:
-            seen[key] = setup.user_id
-    if clashes:
-        raise ConfigError(f"{'; '.join(clashes)}: give one of them another folder "
-                          "(`contactsync users set USER --folder NAME`) or remove it")
-    return f"{len(setups)} setups, each with a folder of its own"
+    """No two setups share one folder of one mailbox: their syncs would fight over it. The
+    store refuses a second one since schema 3; older pairs are kept, the later one stopped
+    (`store.setups.folder_conflicts`)."""
+    stopped = store.setups.folder_conflicts()
+    if stopped:
+        pairs = "; ".join(f"{s.user_id} shares folder {s.folder_name!r} of {s.mailbox} with "
+                          f"{s.shares_folder_with}" for s in stopped)
+        raise ConfigError(f"{pairs}, so it is stopped: give it another folder (`contactsync "
+                          "users set USER --folder NAME`) or remove it")
+    return f"{len(store.setups.list_all())} setups, each with a folder of its own"

@@ -25,6 +25,7 @@ from producers.webhook import StoreRegistry, create_webhook_app
 from schemas.setup import UserSetup
 from tests.entra_fixtures import Entra, entra
 from tests.kafka_fixtures import role_env, start_tenant
+from tests.store.legacy import mark_sharing
 
 __all__ = ["entra"]
 pytestmark = pytest.mark.kafka
@@ -147,9 +148,11 @@ def test_an_old_database_schema(deployment: Deployment, tmp_path: Path) -> None:
 
 
 def test_two_setups_on_one_folder(deployment: Deployment) -> None:
-    deployment.store.setups.add(UserSetup(user_id="twin", mailbox=MAILBOX.upper()))
+    deployment.store.setups.add(UserSetup(user_id="twin", mailbox="twin@contoso.test"))
+    mark_sharing(deployment.store, "twin", MAILBOX)  # as an older version let it be stored
     code, checks = deployment.doctor("--user", MAILBOX)
     assert code == 1 and list(failing(checks)) == ["setups"]
     assert failing(checks)["setups"] == (
-        f"twin and {MAILBOX} share folder 'Business Central' of {MAILBOX}: give one of them "
-        "another folder (`contactsync users set USER --folder NAME`) or remove it")
+        f"twin shares folder 'Business Central' of {MAILBOX.upper()} with {MAILBOX}, so it is "
+        "stopped: give it another folder (`contactsync users set USER --folder NAME`) or "
+        "remove it")
