@@ -1,6 +1,7 @@
 """README's "Settings" table is the one list of variables an admin sets: every setting has its
-row, every row names a setting (or a variable read outside `Settings`: the config file, the
-state directory, azure-identity's AZURE_* that contactsync/credentials.py uses)."""
+row, every row names a setting or a variable the code reads outside `Settings` (the config
+file, the state directory, the debug switch, azure-identity's AZURE_* that
+contactsync/credentials.py uses), and each of those has its row too."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import contactsync.credentials
 from contactsync.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-# Read by contactsync before or outside `Settings` (settings.py, credentials.py).
-OUTSIDE_SETTINGS = {"CONTACTSYNC_CONFIG", "CONTACTSYNC_STATE_DIR"}
+PRODUCT = ("contactsync", "producers", "consumers")
 
 
 def table_variables() -> list[str]:
@@ -40,6 +40,15 @@ def setting_variables() -> dict[str, set[str]]:
     return out
 
 
+def named_in_code() -> set[str]:
+    """Every CONTACTSYNC_* name the product's code spells out (read, or named in a message)."""
+    names: set[str] = set()
+    for package in PRODUCT:
+        for path in (ROOT / package).rglob("*.py"):
+            names |= set(re.findall(r"\bCONTACTSYNC_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    return names
+
+
 def azure_variables() -> set[str]:
     source = Path(contactsync.credentials.__file__).read_text()
     return set(re.findall(r"\bAZURE_[A-Z_]+\b", source))
@@ -51,7 +60,7 @@ def test_every_setting_has_a_row_and_every_row_a_setting() -> None:
     settings = setting_variables()
     without_row = sorted(n for n, names in settings.items() if not names & set(rows))
     assert without_row == [], f"settings without a row in README's Settings table: {without_row}"
-    known = set().union(*settings.values()) | OUTSIDE_SETTINGS | azure_variables()
+    known = set().union(*settings.values()) | named_in_code() | azure_variables()
     without_setting = sorted(set(rows) - known)
     assert without_setting == [], f"rows naming no setting: {without_setting}"
 
@@ -59,3 +68,9 @@ def test_every_setting_has_a_row_and_every_row_a_setting() -> None:
 def test_every_azure_variable_the_credentials_read_has_a_row() -> None:
     missing = sorted(azure_variables() - set(table_variables()))
     assert missing == [], f"AZURE_* variables without a row: {missing}"
+
+
+def test_every_variable_the_code_names_has_a_row() -> None:
+    """Read outside `Settings` too (the config file, the state directory, the debug switch)."""
+    missing = sorted(named_in_code() - set(table_variables()))
+    assert missing == [], f"CONTACTSYNC_* variables without a row: {missing}"
