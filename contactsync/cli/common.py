@@ -49,6 +49,9 @@ def settings_and_logging(*, one_shot: bool = True) -> Settings:
     if one_shot:
         for name in _LIBRARIES:
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        from contactsync.credential_health import HEALTH
+
+        HEALTH.log_failures = False  # a refused credential is the command's one sentence
         _plain_retry_lines()
     if settings.otel_traces:  # the SDK loads only then
         from contactsync.tracing import TracingUnavailable, configure
@@ -108,7 +111,12 @@ def _unreachable_sentence(service: str, detail: str, url: str = "",
 
 
 def _service_sentence(exc: Exception) -> str:
-    from contactsync.clients.errors import NotFound, ServiceUnavailable, Unauthorized
+    from contactsync.clients.errors import (
+        CredentialRejected,
+        NotFound,
+        ServiceUnavailable,
+        Unauthorized,
+    )
 
     service = getattr(exc, "service", "")
     if isinstance(exc, ServiceUnavailable) and exc.status is None:  # no HTTP answer at all
@@ -117,7 +125,9 @@ def _service_sentence(exc: Exception) -> str:
         sentence = _unreachable_sentence(service, str(detail), exc.url, state)
         if sentence:
             return sentence
-    if isinstance(exc, Unauthorized) and "AZURE_" not in str(exc):
+    # CredentialRejected names its own fix (contactsync.credentials).
+    if (isinstance(exc, Unauthorized) and not isinstance(exc, CredentialRejected)
+            and "AZURE_" not in str(exc)):
         return (f"{exc}: check the Azure app's credentials (AZURE_TENANT_ID, AZURE_CLIENT_ID, "
                 "AZURE_CLIENT_SECRET) and its permissions")
     if isinstance(exc, NotFound) and service == "graph" and "mailbox" not in str(exc).lower():

@@ -197,3 +197,20 @@ async def test_a_refusal_is_logged_once_a_minute_and_counted_every_time(
         "contactsync_credential_failures_total", {"scope": "graph", "kind": "refused"})
     assert failures is not None and failures >= 5
     assert HEALTH.registry.get_sample_value("contactsync_credential_ok", {"scope": "graph"}) == 0
+
+
+def test_a_refusal_reaches_the_admin_as_its_one_sentence(
+        entra: Entra, emulators: RunningEmulators, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    entra.emulator.refuse_code = "65001"  # consent revoked
+    for name, value in {"CONTACTSYNC_GRAPH_BASE_URL": emulators.graph_base_url,
+                        "CONTACTSYNC_BC_BASE_URL": emulators.bc_base_url,
+                        "CONTACTSYNC_BC_COMPANY": emulators.bc.company_id,
+                        "CONTACTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}"}.items():
+        monkeypatch.setenv(name, value)
+    result = contactsync("users", "add", "user1@contoso.test")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: Microsoft Entra ID refused the secret credential for ")
+    assert line.endswith("(AADSTS65001): the app has no admin consent: grant admin consent to "
+                         "its API permissions")
