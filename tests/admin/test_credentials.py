@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from contactsync import metrics
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.errors import CredentialRejected
 from contactsync.credential_health import HEALTH
@@ -193,10 +194,10 @@ async def test_a_refusal_is_logged_once_a_minute_and_counted_every_time(
               if "Azure credential failed" in line]
     assert len(logged) == 1 and "AADSTS7000222" in logged[0]
     assert SECRET not in logged[0]
-    failures = HEALTH.registry.get_sample_value(
-        "contactsync_credential_failures_total", {"scope": "graph", "kind": "refused"})
+    failures = metrics.REGISTRY.get_sample_value("contactsync_credential_failures_total",
+                                                 {"service": "graph"})
     assert failures is not None and failures >= 5
-    assert HEALTH.registry.get_sample_value("contactsync_credential_ok", {"scope": "graph"}) == 0
+    assert not HEALTH.readiness()[0]
 
 
 def test_a_refusal_reaches_the_admin_as_its_one_sentence(
