@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import AliasChoices
 
 import contactsync.credentials
+from contactsync.console.signin import SignInSettings
 from contactsync.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,14 +30,16 @@ def table_variables() -> list[str]:
 
 
 def setting_variables() -> dict[str, set[str]]:
-    """Each setting's accepted variable names."""
+    """Each setting's accepted variable names (the console's sign-in settings included)."""
     out = {}
-    for name, info in Settings.model_fields.items():
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            out[name] = {str(choice) for choice in alias.choices}
-        else:
-            out[name] = {f"CONTACTSYNC_{name.upper()}"}
+    for model in (Settings, SignInSettings):
+        prefix = str(model.model_config.get("env_prefix", ""))
+        for name, info in model.model_fields.items():
+            alias = info.validation_alias
+            if isinstance(alias, AliasChoices):
+                out[f"{model.__name__}.{name}"] = {str(choice) for choice in alias.choices}
+            else:
+                out[f"{model.__name__}.{name}"] = {f"{prefix}{name.upper()}"}
     return out
 
 
