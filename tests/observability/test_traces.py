@@ -16,10 +16,10 @@ from contactsync import tracing
 from contactsync.kafka.topics import SYNC_COMMANDS
 from schemas.envelope import decode
 from tests.kafka_fixtures import read_topic
-from tests.pipeline.test_end_to_end import ANNA, System, eventually, system
+from tests.pipeline.test_end_to_end import ANNA, System, bc_webhooks, eventually, system
 
 pytestmark = pytest.mark.kafka
-__all__ = ["system"]
+__all__ = ["bc_webhooks", "system"]
 
 _EXPORTER = InMemorySpanExporter()
 

@@ -153,10 +153,17 @@ class Deployment:
             "CONTACTSYNC_WEBHOOK_PUBLIC_URL": s.webhook_public_url,
             "CONTACTSYNC_STATE_DIR": str(self.workdir / "state"),
             "CONTACTSYNC_LOG_LEVEL": self.log_level,
-            "CONTACTSYNC_CONFIG": str(self.workdir / "none.toml"),
+            "CONTACTSYNC_CONFIG": str(self._empty_config()),
             "PYTHONUNBUFFERED": "1",
         })
         return env
+
+    def _empty_config(self) -> Path:
+        """An empty config file: roles must not read a contactsync.toml from the cwd, and a
+        CONTACTSYNC_CONFIG naming a missing file is an error."""
+        path = self.workdir / "none.toml"
+        path.touch()
+        return path
 
     def role_args(self, role: str) -> list[str]:
         return {

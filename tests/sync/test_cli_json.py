@@ -25,7 +25,8 @@ __all__ = ["env"]
 
 
 def test_users_show_and_validate_as_json(env: None, emulators: RunningEmulators):
-    assert runner.invoke(app, ["users", "add", MAILBOX, "--filter", "city=Seattle"]).exit_code == 0
+    added = runner.invoke(app, ["users", "add", MAILBOX, "--filter", "city=Seattle", "--enable"])
+    assert added.exit_code == 0, added.output
     shown = runner.invoke(app, ["users", "show", MAILBOX, "--json"])
     assert shown.exit_code == 0, shown.output
     report = json.loads(shown.output)
