@@ -53,7 +53,7 @@ from contactsync.credential_health import CREDENTIAL_PAUSE_S, when_credential_wo
 from contactsync.engine.bcfilter import FilterError
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot
-from contactsync.kafka.io import make_producer, resolve_bootstrap
+from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
@@ -436,7 +436,7 @@ class Applier:
 
     def _get_producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = make_producer(resolve_bootstrap(self.settings),
+            self._producer = make_producer(self.settings,
                                            client_id="contactsync-applier")
         return self._producer
 

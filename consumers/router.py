@@ -42,7 +42,7 @@ from contactsync import tracing
 from contactsync.clients.errors import ServiceUnavailable
 from contactsync.engine.bcfilter import ContactFilter, FilterError
 from contactsync.engine.links import canon_bc_id
-from contactsync.kafka.io import make_producer, resolve_bootstrap
+from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_CONTACT_CHANGES,
     GRAPH_NOTIFICATIONS,
@@ -290,7 +290,7 @@ class Router:
 
     def _get_producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = make_producer(resolve_bootstrap(self.settings),
+            self._producer = make_producer(self.settings,
                                            client_id="contactsync-router")
         return self._producer
 

@@ -29,8 +29,22 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
 
 
+# Secret values the process holds (the Kafka SASL password, ...): masked wherever they appear,
+# also inside a library's own message, which no key name would give away.
+_known_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Mask `value` in every log line from now on (values shorter than 4 would mask noise)."""
+    if len(value) >= 4:
+        _known_secrets.add(value)
+
+
 def redact_secrets(text: str) -> str:
-    """Bearer tokens and JWT-shaped strings out of a text (e-mail addresses kept)."""
+    """Known secrets, bearer tokens and JWT-shaped strings out of a text (e-mails kept)."""
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
     text = _BEARER.sub(f"Bearer {REDACTED}", text)
     return _JWT.sub(REDACTED, text)
 
@@ -61,20 +75,6 @@ def redact_processor(
     return event_dict
 
 
-def _redact_record(record: logging.LogRecord) -> bool:
-    """A stdlib logging filter: the record's formatted message, redacted (always kept)."""
-    try:
-        message = record.getMessage()
-    except Exception:  # a broken format string: leave it to logging's own error path
-        return True
-    record.msg, record.args = redact_text(message), None
-    if record.exc_info and not record.exc_text:
-        record.exc_text = logging.Formatter().formatException(record.exc_info)
-    if record.exc_text:
-        record.exc_text = redact_text(record.exc_text)
-    return True
-
-
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:
     """Configure structlog (and the stdlib loggers it shares a stream with) once per process."""
     out = stream or sys.stderr
@@ -87,11 +87,14 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.format_exc_info,
             redact_processor,
             renderer,
@@ -100,12 +103,25 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through the stdlib; keep their chatter at WARNING and on the same stream.
-    logging.basicConfig(level=logging.WARNING, stream=out, force=True)
-    # Their lines bypass structlog, so they get the same redaction (a library's warning can
-    # hold a URL with a mailbox in it, or a header).
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_redact_record)
+    # Libraries (kafka-python, httpx, azure, uvicorn) log through the stdlib: their lines go
+    # through the same processors, so they come out as our JSON (or console) lines, with the
+    # logger's name, and redacted like ours (a library's line can hold a URL with a mailbox,
+    # a header, or its own configuration).
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact_processor,
+            renderer,
+        ],
+    ))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)  # libraries' chatter stays at WARNING
     for noisy in ("kafka", "httpx", "httpcore", "azure", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -10,13 +10,14 @@ AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, ...) itself, so they never pass through ou
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -103,6 +104,31 @@ class Settings(BaseSettings):
     topic_replication: int = Field(default=1, ge=1)
     topic_retention_ms: int = Field(default=7 * 24 * 3600 * 1000)
     deadletter_retention_ms: int = Field(default=14 * 24 * 3600 * 1000)
+    # Client security (every producer, consumer and admin client: contactsync/kafka/security.py)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None
+    ) = None
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = Field(
+        default=None, description="A file holding the SASL password (a mounted secret)"
+    )
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_oauth_scope: str = Field(
+        default="",
+        description="OAUTHBEARER token scope; empty: https://<namespace>.servicebus.windows.net"
+        "/.default, from an Event Hubs bootstrap address",
+    )
+    # Static membership (KIP-345): a restarted replica takes its partitions back at once.
+    kafka_instance_id: str = Field(
+        default="",
+        description="group.instance.id base; empty: the host name; 'off': dynamic membership",
+    )
     kafka_version: str = "4.1.1"
     kafka_data_dir: Path = Field(default_factory=lambda: default_state_dir() / "kafka")
     cache_dir: Path = Field(default_factory=default_cache_dir)
@@ -157,6 +183,31 @@ class Settings(BaseSettings):
             ("CONTACTSYNC_BC_BASE_URL", self.bc_base_url),
             ("CONTACTSYNC_BC_COMPANY", self.bc_company),
         ) if not value]
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Self:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and self.kafka_sasl_mechanism is None:
+            raise ValueError(
+                f"CONTACTSYNC_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "CONTACTSYNC_KAFKA_SASL_MECHANISM (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or "
+                "OAUTHBEARER)"
+            )
+        if sasl and self.kafka_sasl_mechanism != "OAUTHBEARER" and not (
+            self.kafka_sasl_username
+            and (self.kafka_sasl_password or self.kafka_sasl_password_file)
+        ):
+            raise ValueError(
+                f"SASL {self.kafka_sasl_mechanism} needs CONTACTSYNC_KAFKA_SASL_USERNAME and "
+                "CONTACTSYNC_KAFKA_SASL_PASSWORD (or CONTACTSYNC_KAFKA_SASL_PASSWORD_FILE)"
+            )
+        return self
+
+    def kafka_instance_base(self) -> str | None:
+        """The replica's name in static consumer groups (None: dynamic membership)."""
+        if self.kafka_instance_id.lower() == "off":
+            return None
+        return self.kafka_instance_id or socket.gethostname()
 
     @property
     def uses_emulators(self) -> bool:

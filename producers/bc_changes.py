@@ -67,7 +67,7 @@ from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailabl
 from contactsync.credential_health import when_credential_works
 from contactsync.engine.links import canon_bc_id
 from contactsync.kafka.deadletter import DeadLetterSink
-from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
+from contactsync.kafka.io import make_producer, role_consumer
 from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, DEADLETTER, topic_name
 from contactsync.logs import get_logger
 from contactsync.settings import Settings
@@ -414,8 +414,7 @@ class BcChangeFeed:
 
     def _get_consumer(self) -> KafkaConsumer:
         if self._consumer is None:
-            self._consumer = make_consumer(resolve_bootstrap(self.settings), self.group_id,
-                                           self._hints_topic)
+            self._consumer = role_consumer(self.settings, self.group_id, self._hints_topic)
         return self._consumer
 
     def _take(self, polled: Mapping[TopicPartition, Iterable[Any]]) -> int:
@@ -525,7 +524,7 @@ def run_bc_changes(
                           "CONTACTSYNC_BC_COMPANY")
     loop = asyncio.new_event_loop()
     credential = azure_credential(settings)
-    producer = make_producer(resolve_bootstrap(settings), client_id="contactsync-bc-changes")
+    producer = make_producer(settings, client_id="contactsync-bc-changes")
     bc: BcClient | None = None
     try:
         bc = when_credential_works(lambda: loop.run_until_complete(BcClient.create(

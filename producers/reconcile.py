@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.errors import CoordinatorNotAvailableError, KafkaError
 
 from contactsync.clients.errors import ServiceUnavailable
-from contactsync.kafka.io import make_producer, resolve_bootstrap
+from contactsync.kafka.io import make_consumer, make_producer
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.logs import get_logger
 from contactsync.settings import Settings
@@ -209,7 +209,7 @@ class CommandPublisher:
         if not commands:
             return []
         if self._producer is None:
-            self._producer = make_producer(resolve_bootstrap(self.settings),
+            self._producer = make_producer(self.settings,
                                            client_id="contactsync-reconcile")
         try:
             futures = [
@@ -306,12 +306,14 @@ def run_scheduler(settings: Settings, store: Store, stop: threading.Event) -> No
 # --- following a run's results (`reconcile --wait`) ---
 
 def consumers_of(settings: Settings, group_id: str, topic: str, wait: float = 0.0) -> int:
-    """How many members of `group_id` subscribe to `topic` (0: nobody would take a command
-    published there), looking again for up to `wait` seconds while there are none (a member
-    that is starting joins within seconds). The group id is shared across topic prefixes, so
-    the subscription, not the membership, is what counts."""
-    admin = KafkaAdminClient(bootstrap_servers=resolve_bootstrap(settings),
-                             client_id="contactsync-reconcile-check", request_timeout_ms=10_000)
+    """How many members of the role group `group_id` (carrying the topic prefix) subscribe to
+    `topic` (0: nobody would take a command published there), looking again for up to `wait`
+    seconds while there are none (a member that is starting joins within seconds)."""
+    from contactsync.kafka.topics import group_name, make_admin
+
+    group_id = group_name(settings, group_id)
+    admin = make_admin(settings, client_id="contactsync-reconcile-check",
+                       request_timeout_ms=10_000)
     deadline = time.monotonic() + wait
     try:
         while True:
@@ -346,9 +348,7 @@ class ResultWaiter:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = topic_name(settings, SYNC_RESULTS)
-        self.consumer = KafkaConsumer(bootstrap_servers=resolve_bootstrap(settings),
-                                      enable_auto_commit=False,
-                                      client_id="contactsync-reconcile-wait")
+        self.consumer = make_consumer(settings, None, client_id="contactsync-reconcile-wait")
         partitions = self.consumer.partitions_for_topic(self.topic)
         if not partitions:
             self.consumer.close()

@@ -60,7 +60,7 @@ from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
 from contactsync.clients.graph import GraphClient, is_loopback, new_client_state
 from contactsync.credential_health import when_credential_works
-from contactsync.kafka.io import make_producer, resolve_bootstrap
+from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import GRAPH_NOTIFICATIONS, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
@@ -465,7 +465,7 @@ def run_subscriptions(
 ) -> None:
     """The `subscriptions` role against the configured tenant, until `stop` is set."""
     loop = asyncio.new_event_loop()
-    producer = make_producer(resolve_bootstrap(settings), client_id="contactsync-subscriptions")
+    producer = make_producer(settings, client_id="contactsync-subscriptions")
     try:
         def enter() -> tuple[Any, Services]:
             cm = open_services(settings, store)

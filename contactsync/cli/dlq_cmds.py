@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic: list and replay.")
 
 
-def _load(settings: Settings) -> tuple[str, str, list[DeadLetterEntry], ReplayLedger]:
+def _load(settings: Settings) -> tuple[str, list[DeadLetterEntry], ReplayLedger]:
     from contactsync.kafka.deadletter import (
         ReplayLedger,
         mark_replayed,
@@ -33,12 +33,12 @@ def _load(settings: Settings) -> tuple[str, str, list[DeadLetterEntry], ReplayLe
     )
     from contactsync.kafka.topics import DEADLETTER, topic_name
 
-    bootstrap = kafka_bootstrap(settings)  # no broker: one sentence, in seconds
+    kafka_bootstrap(settings)  # no broker: one sentence, in seconds
     topic = topic_name(settings, DEADLETTER)
-    entries = read_dead_letters(bootstrap, topic)
-    ledger = ReplayLedger(bootstrap, replay_group(settings), topic)
+    entries = read_dead_letters(settings, topic)
+    ledger = ReplayLedger(settings, replay_group(settings), topic)
     ledger.load(sorted({e.partition for e in entries}))
-    return bootstrap, topic, mark_replayed(entries, ledger), ledger
+    return topic, mark_replayed(entries, ledger), ledger
 
 
 def _line(entry: DeadLetterEntry) -> str:
@@ -59,7 +59,7 @@ def list_letters(
     """Dead letters: when, where from (topic, partition, offset), key, reason, replayed?"""
     settings = settings_and_logging()
     with user_errors():
-        _, _, entries, ledger = _load(settings)
+        _, entries, ledger = _load(settings)
         ledger.close()
     newest = sorted(entries, key=lambda e: (e.timestamp_ms, e.partition, e.offset))[-limit:]
     if as_json:
@@ -117,10 +117,10 @@ def replay(
         raise typer.BadParameter("give either --all or one or more --offset")
     settings = settings_and_logging()
     with user_errors():
-        bootstrap, _, entries, ledger = _load(settings)
+        _, entries, ledger = _load(settings)
         try:
             chosen = list(entries) if replay_all else _select(entries, offsets or [])
-            producer = make_producer(bootstrap, client_id="contactsync-dlq-replay")
+            producer = make_producer(settings, client_id="contactsync-dlq-replay")
             try:
                 outcomes = replay_entries(chosen, ledger, producer, to_topic=to_topic,
                                           force=force)

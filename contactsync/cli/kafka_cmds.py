@@ -79,7 +79,8 @@ def ensure() -> None:
 
     settings = settings_and_logging()
     with user_errors():
-        report = ensure_topics_at(kafka_bootstrap(settings), settings)
+        kafka_bootstrap(settings)  # no broker: one sentence, in seconds
+        report = ensure_topics_at(settings, settings)
     for name in report.created:
         typer.echo(f"created  {name}")
     for name in report.existing:

@@ -46,7 +46,7 @@ def run(
         bootstrap = settings.kafka_bootstrap_servers or local_broker(settings).up(
             progress=lambda message: typer.echo(message, err=True))
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-        ensure_topics_at(bootstrap, settings)
+        ensure_topics_at(settings, settings)
         store = Store.open(settings.database_url)
     pipeline = Pipeline(settings, store, roles=chosen, webhook_host=host, webhook_port=port,
                         metrics_port=metrics_port)

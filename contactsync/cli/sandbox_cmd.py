@@ -50,14 +50,12 @@ class LiveState:
         self.events = [*self.events[-9:], f"{time.strftime('%H:%M:%S')} {text}"]
 
 
-def _fresh_topics(bootstrap: str, settings: Settings) -> None:
+def _fresh_topics(settings: Settings) -> None:
     """The emulators start empty each time, so must the sandbox's topics: messages of an
     earlier sandbox name contacts that no longer exist. Production topics are not touched."""
-    from kafka import KafkaAdminClient
+    from contactsync.kafka.topics import ensure_topics_at, make_admin
 
-    from contactsync.kafka.topics import ensure_topics_at
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = make_admin(settings)
     try:
         old = [t for t in admin.list_topics() if t.startswith(SANDBOX_PREFIX)]
         if old:
@@ -67,7 +65,7 @@ def _fresh_topics(bootstrap: str, settings: Settings) -> None:
                 time.sleep(0.2)
     finally:
         admin.close()
-    ensure_topics_at(bootstrap, settings)
+    ensure_topics_at(settings, settings)
 
 
 def _seed_users(store: Store, emulators: RunningEmulators) -> list[UserSetup]:
@@ -81,13 +79,13 @@ def _seed_users(store: Store, emulators: RunningEmulators) -> list[UserSetup]:
     return setups
 
 
-def _queue_full_syncs(settings: Settings, bootstrap: str, setups: list[UserSetup]) -> None:
+def _queue_full_syncs(settings: Settings, setups: list[UserSetup]) -> None:
     from contactsync.kafka.io import make_producer
     from contactsync.kafka.topics import SYNC_COMMANDS, topic_name
     from schemas.envelope import encode, wrap
     from schemas.messages import CommandKind, SyncCommand
 
-    producer = make_producer(bootstrap)
+    producer = make_producer(settings)
     try:
         for setup in setups:
             command = SyncCommand(user_id=setup.user_id, kind=CommandKind.FULL_SYNC,
@@ -99,13 +97,13 @@ def _queue_full_syncs(settings: Settings, bootstrap: str, setups: list[UserSetup
         producer.close()
 
 
-def _follow_results(settings: Settings, bootstrap: str, state: LiveState,
+def _follow_results(settings: Settings, state: LiveState,
                     stop: threading.Event) -> None:
     from contactsync.kafka.io import make_consumer
     from contactsync.kafka.topics import DEADLETTER, SYNC_RESULTS, topic_name
     from schemas.envelope import decode
 
-    consumer = make_consumer(bootstrap, f"sandbox-view-{time.time_ns()}",
+    consumer = make_consumer(settings, f"sandbox-view-{time.time_ns()}",
                              topic_name(settings, SYNC_RESULTS), topic_name(settings, DEADLETTER),
                              auto_offset_reset="latest")
     try:
@@ -226,7 +224,7 @@ def sandbox(
         "database_url": f"sqlite:///{db}",
         "topic_prefix": SANDBOX_PREFIX,
     })
-    _fresh_topics(bootstrap, settings)
+    _fresh_topics(settings)
     store = Store.open(settings.database_url)
     pipeline = Pipeline(settings, store, webhook_port=webhook_port)
     live_state = LiveState()
@@ -235,14 +233,14 @@ def sandbox(
         setups = _seed_users(store, emulators)
         pipeline.start()
         helpers.append(threading.Thread(target=_follow_results, daemon=True,
-                                        args=(settings, bootstrap, live_state, stop)))
+                                        args=(settings, live_state, stop)))
         if demo:
             helpers.append(threading.Thread(target=_demo, daemon=True,
                                             args=(emulators, live_state, stop)))
         for helper in helpers:
             helper.start()
         time.sleep(1.0)  # let the view's consumer join before the first results
-        _queue_full_syncs(settings, bootstrap, setups)
+        _queue_full_syncs(settings, setups)
         typer.echo(f"kafka {bootstrap} | graph {emulators.graph_base_url} | "
                    f"bc {emulators.bc_base_url} | webhook {pipeline.webhook_url}")
         deadline = time.monotonic() + duration if duration > 0 else None

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from contactsync import metrics
+from contactsync.kafka.io import KafkaTarget, make_consumer
+from contactsync.kafka.topics import group_name
 from contactsync.logs import redact_text
 from contactsync.settings import Settings
 from schemas.envelope import MessageError, decode, encode, wrap
@@ -174,12 +176,11 @@ def _entry(record: Any) -> DeadLetterEntry:
 
 
 def read_dead_letters(
-    bootstrap: str, topic: str, *, timeout: float = 30.0
+    target: KafkaTarget, topic: str, *, timeout: float = 30.0
 ) -> list[DeadLetterEntry]:
     """Every record of the dead-letter topic, read from the beginning by a group-less consumer
     (nothing is committed), in (partition, offset) order."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             client_id="contactsync-dlq-reader")
+    consumer = make_consumer(target, None, client_id="contactsync-dlq-reader")
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -205,7 +206,7 @@ def read_dead_letters(
 
 
 def replay_group(settings: Settings) -> str:
-    return f"{settings.topic_prefix}contactsync-dlq-replayer"
+    return group_name(settings, "contactsync-dlq-replayer")
 
 
 @dataclass
@@ -227,11 +228,9 @@ class _PartitionLedger:
 class ReplayLedger:
     """The replayer group's committed offsets (+ metadata): which dead letters were replayed."""
 
-    def __init__(self, bootstrap: str, group_id: str, topic: str) -> None:
+    def __init__(self, target: KafkaTarget, group_id: str, topic: str) -> None:
         self.topic = topic
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
-                                       enable_auto_commit=False,
-                                       client_id="contactsync-dlq-replayer")
+        self._consumer = make_consumer(target, group_id, client_id="contactsync-dlq-replayer")
         self._ledgers: dict[int, _PartitionLedger] = {}
 
     def load(self, partitions: Sequence[int]) -> None:

@@ -1,4 +1,5 @@
-"""Producers and consumers with the pipeline's delivery settings, and bootstrap resolution.
+"""Producers and consumers with the pipeline's delivery settings; the client configuration
+(bootstrap and security) every kafka-python client of ours is built with.
 
 Producers: idempotent, acks=all, so a send that returned is on the broker, once, even across
 retries and a broker restart. Consumers: no auto-commit; the caller commits past finished work
@@ -12,7 +13,12 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 
 from contactsync.kafka.local_broker import BrokerError, LocalBroker
+from contactsync.kafka.topics import group_name
 from contactsync.settings import Settings
+
+# Where a client connects: the settings (bootstrap and security), or a bare bootstrap address
+# of a PLAINTEXT broker (the local broker's own checks, tests).
+KafkaTarget = Settings | str
 
 
 def local_broker(settings: Settings) -> LocalBroker:
@@ -34,9 +40,32 @@ def resolve_bootstrap(settings: Settings) -> str:
     )
 
 
-def make_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
+def client_config(target: KafkaTarget) -> dict[str, Any]:
+    """What every producer, consumer and admin client is built with: the bootstrap servers and
+    the configured security (protocol, SASL mechanism and credentials, TLS files)."""
+    if isinstance(target, str):
+        return {"bootstrap_servers": target}
+    from contactsync.kafka.security import security_config
+
+    return {"bootstrap_servers": resolve_bootstrap(target), **security_config(target)}
+
+
+def role_consumer(
+    settings: Settings, role_group: str, *topics: str, **overrides: Any
+) -> KafkaConsumer:
+    """A role's consumer: its group carries the topic prefix (deployments sharing a cluster
+    never share a group), and it is a static member (`group.instance.id`): the replica
+    restarted under the same name takes its partitions back at once, without waiting for the
+    session timeout and a rebalance of the whole group."""
+    base = settings.kafka_instance_base()
+    if base is not None:
+        overrides.setdefault("group_instance_id", f"{base}-{role_group}")
+    return make_consumer(settings, group_name(settings, role_group), *topics, **overrides)
+
+
+def make_producer(target: KafkaTarget, **overrides: Any) -> KafkaProducer:
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **client_config(target),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
@@ -48,14 +77,16 @@ def make_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**config)
 
 
-def make_consumer(bootstrap: str, group_id: str, *topics: str, **overrides: Any) -> KafkaConsumer:
+def make_consumer(
+    target: KafkaTarget, group_id: str | None, *topics: str, **overrides: Any
+) -> KafkaConsumer:
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **client_config(target),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": 200,
-        "client_id": f"contactsync-{group_id}",
+        "client_id": f"contactsync-{group_id or 'reader'}",
     }
     config.update(overrides)
     return KafkaConsumer(*topics, **config)

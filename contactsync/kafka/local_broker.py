@@ -7,6 +7,10 @@
 2. write server.properties for 127.0.0.1 on free ports (kept in `broker.json`, so a restart
    comes back on the same address and clients reconnect), format storage once;
 3. start the JVM in its own session, wait for "Kafka Server started" and an admin client answer.
+
+With a `BrokerSecurity`, clients get a SASL_SSL listener instead (TLS from a PEM keystore,
+SCRAM users created when the storage is formatted), as a secured production cluster has; the
+broker talks to itself on a PLAINTEXT listener of its own that clients are never told about.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOG4J_VERSION = "2.24.3"
@@ -191,6 +195,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """A SASL_SSL client listener. `keystore`: one PEM file holding the broker's PKCS#8 private
+    key (unencrypted) and its certificate chain (Kafka's ssl.keystore.type=PEM, KIP-651);
+    `users`: SCRAM user names and passwords, created at format time (KRaft has no ZooKeeper to
+    add them to later), so they exist only in a broker whose data directory starts empty."""
+
+    keystore: Path
+    users: Mapping[str, str] = field(default_factory=dict)
+    mechanism: str = "SCRAM-SHA-512"
+
+    def properties(self, port: int, internal: int, controller: int) -> str:
+        return f"""listeners=SASL_SSL://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal},\
+CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=SASL_SSL://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal}
+inter.broker.listener.name=INTERNAL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms={self.mechanism}
+listener.name.sasl_ssl.{self.mechanism.lower()}.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location={self.keystore}
+"""
+
+    def format_args(self) -> list[str]:
+        args: list[str] = []
+        for name, password in self.users.items():
+            args += ["--add-scram", f"{self.mechanism}=[name={name},password={password}]"]
+        return args
+
+
 @dataclass
 class BrokerStatus:
     running: bool
@@ -203,12 +238,14 @@ class LocalBroker:
     """One broker instance, all its files under `data_dir`."""
 
     def __init__(
-        self, data_dir: Path, *, version: str, cache_dir: Path, heap_mb: int = 512
+        self, data_dir: Path, *, version: str, cache_dir: Path, heap_mb: int = 512,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.version = version
         self.cache_dir = cache_dir
         self.heap_mb = heap_mb
+        self.security = security
 
     # --- files -------------------------------------------------------------------------------
     @property
@@ -258,19 +295,20 @@ class LocalBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         meta = self._read_meta()
-        port, controller = int(meta.get("port", 0)), int(meta.get("controller_port", 0))
-        # Keep the address across restarts when we can, so clients reconnect by themselves.
-        if not (port and controller and _port_free(port) and _port_free(controller)):
-            port, controller = free_port(), free_port()
-            while controller == port:
-                controller = free_port()
+        ports: dict[str, int] = {}
+        for name in ("port", "controller_port", "internal_port"):
+            # Keep the address across restarts when we can, so clients reconnect by themselves.
+            chosen = int(meta.get(name, 0))
+            while not chosen or chosen in ports.values() or not _port_free(chosen):
+                chosen = free_port()
+            ports[name] = chosen
+        port, controller, internal = ports.values()
         cluster_id = str(meta.get("cluster_id") or _cluster_id())
         self._meta_file.write_text(
-            json.dumps({"port": port, "controller_port": controller, "cluster_id": cluster_id,
-                        "version": self.version})
+            json.dumps({**ports, "cluster_id": cluster_id, "version": self.version})
         )
         props = self.data_dir / "server.properties"
-        props.write_text(self._server_properties(port, controller))
+        props.write_text(self._server_properties(port, controller, internal))
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(_LOG4J2)
         jvm_base = [
@@ -281,7 +319,8 @@ class LocalBroker:
         if not (self.data_dir / "kraft" / "meta.properties").exists():
             fmt = subprocess.run(
                 [*jvm_base, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(props)],
+                 "-t", cluster_id, "-c", str(props),
+                 *(self.security.format_args() if self.security else [])],
                 capture_output=True, text=True, check=False,
             )
             if fmt.returncode != 0:
@@ -300,7 +339,9 @@ class LocalBroker:
         bootstrap = f"127.0.0.1:{port}"
         try:
             self._wait_started(proc, timeout, log_start)
-            wait_until_ready(bootstrap, timeout=timeout)
+            # A secured broker answers a plain admin client on its own listener only.
+            wait_until_ready(f"127.0.0.1:{internal}" if self.security else bootstrap,
+                             timeout=timeout)
         except BaseException:
             self.down()
             raise
@@ -350,18 +391,20 @@ class LocalBroker:
         self._pid_file.unlink(missing_ok=True)
         return True
 
-    def _server_properties(self, port: int, controller: int) -> str:
+    def _server_properties(self, port: int, controller: int, internal: int) -> str:
+        listeners = (self.security.properties(port, internal, controller) if self.security
+                     else f"""listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+""")
         # Single-node settings: every internal topic at replication 1 (the defaults of 3 make
         # consumer groups fail on one node), small internal topics for a fast first join.
         return f"""process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={self.data_dir / 'kraft'}
+{listeners}log.dirs={self.data_dir / 'kraft'}
 num.partitions=1
 default.replication.factor=1
 auto.create.topics.enable=false

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from contactsync.kafka.local_broker import BrokerError
 from contactsync.settings import Settings
+
+if TYPE_CHECKING:
+    from contactsync.kafka.io import KafkaTarget
 
 BC_NOTIFICATIONS = "bc.notifications"
 GRAPH_NOTIFICATIONS = "graph.notifications"
@@ -24,6 +31,11 @@ ALL_TOPICS = (
 
 def topic_name(settings: Settings, base: str) -> str:
     """The broker-side name: the configured prefix lets several deployments share a cluster."""
+    return f"{settings.topic_prefix}{base}"
+
+
+def group_name(settings: Settings, base: str) -> str:
+    """A consumer group's broker-side name: prefixed like the topics it reads."""
     return f"{settings.topic_prefix}{base}"
 
 
@@ -106,10 +118,57 @@ def _align_retention(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[st
 
 
 
-def ensure_topics_at(bootstrap: str, settings: Settings) -> EnsureReport:
+def make_admin(target: KafkaTarget, **overrides: Any) -> KafkaAdminClient:
+    """An admin client, connected: a broker that cannot be reached or refuses the login is a
+    BrokerError in one sentence within seconds (kafka-python itself retries for 30 s)."""
+    from kafka.errors import KafkaError
+
+    from contactsync.kafka.io import client_config
+    from contactsync.kafka.security import connect_failure
+
+    config = {**client_config(target), "bootstrap_timeout_ms": 8000, **overrides}
+    try:
+        return KafkaAdminClient(**config)
+    except KafkaError:
+        if isinstance(target, str):
+            raise
+        raise BrokerError(connect_failure(target, config["bootstrap_servers"])) from None
+
+
+def ensure_topics_at(target: KafkaTarget, settings: Settings) -> EnsureReport:
     """`ensure_topics` with an admin client of its own, for commands and the sandbox."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = make_admin(target)
     try:
         return ensure_topics(admin, settings)
+    finally:
+        admin.close()
+
+
+def leaderless(admin: KafkaAdminClient, topics: Sequence[str]) -> list[str]:
+    """The topics (of `topics`) missing, or with a partition that has no leader yet."""
+    described = admin.describe_topics(list(topics))
+    found = {t["name"]: t["partitions"] for t in described if not t.get("error_code")}
+    return [name for name in topics
+            if not found.get(name)
+            or any(p["error_code"] or p["leader_id"] < 0 for p in found[name])]
+
+
+def await_topics(settings: Settings, bases: Sequence[str], timeout: float = 30.0) -> None:
+    """Block until every partition of these pipeline topics has a leader, so a role starting
+    right after `topics ensure` (or a broker restart) does not meet NotLeaderForPartition or
+    "No partition metadata" on its first requests. Missing topics after `timeout`: one clear
+    error naming the command that creates them."""
+    names = [topic_name(settings, base) for base in bases]
+    admin = make_admin(settings)
+    try:
+        deadline = time.monotonic() + timeout
+        while waiting := leaderless(admin, names):
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the Kafka topics {', '.join(waiting)} are missing or have no partition "
+                    f"leader after {timeout:.0f} s: run `contactsync topics ensure` with the "
+                    "same settings"
+                )
+            time.sleep(0.2)
     finally:
         admin.close()

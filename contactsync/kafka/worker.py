@@ -49,8 +49,8 @@ from contactsync.clients.errors import (
 )
 from contactsync.credential_health import CREDENTIAL_PAUSE_S, HEALTH
 from contactsync.kafka.deadletter import DeadLetterSink
-from contactsync.kafka.io import make_consumer, make_producer, resolve_bootstrap
-from contactsync.kafka.topics import DEADLETTER, topic_name
+from contactsync.kafka.io import make_producer, role_consumer
+from contactsync.kafka.topics import DEADLETTER, await_topics, topic_name
 from contactsync.logs import get_logger
 from contactsync.settings import Settings
 from schemas.envelope import Envelope, MessageError, decode
@@ -226,6 +226,8 @@ class Worker:
     def run_once(self) -> int:
         """One poll, process, commit cycle; returns how many records were polled."""
         if not self._subscribed:
+            for topic in self.topics:  # known before the first join: the group leader's
+                self.consumer.partitions_for_topic(topic)  # assignor sees every partition
             self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
             self._subscribed = True
         if self._paused_until is not None:  # the credential failed: wait, then try again
@@ -409,10 +411,11 @@ def build_worker(
     credential_pause: float = CREDENTIAL_PAUSE_S,
     **consumer_overrides: Any,
 ) -> Worker:
-    """A worker on the settings' broker: consumer in `group_id`, dead letters to `deadletter`."""
-    bootstrap = resolve_bootstrap(settings)
-    consumer = make_consumer(bootstrap, group_id, **consumer_overrides)
-    producer = make_producer(bootstrap, client_id=f"contactsync-{group_id}-dlq")
+    """A worker on the settings' broker: consumer in the role's group `group_id` (prefixed like
+    the topics), dead letters to `deadletter`. Returns once the topics have their leaders."""
+    await_topics(settings, [*topic_bases, DEADLETTER])
+    consumer = role_consumer(settings, group_id, **consumer_overrides)
+    producer = make_producer(settings, client_id=f"contactsync-{group_id}-dlq")
     sink = DeadLetterSink(producer, topic_name(settings, DEADLETTER))
     topics = [topic_name(settings, base) for base in topic_bases]
     return Worker(consumer, topics, handler, sink, group_by=group_by, retry=retry,

@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from contactsync import tracing
 from contactsync.health import health_routes
-from contactsync.kafka.io import make_producer, resolve_bootstrap
+from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import BC_NOTIFICATIONS, GRAPH_NOTIFICATIONS, topic_name
 from contactsync.logs import get_logger
 from contactsync.metrics import WebhookMetrics
@@ -219,7 +219,7 @@ def create_webhook_app(
 
     def build_producer() -> KafkaProducer:
         return make_producer(
-            resolve_bootstrap(settings),
+            settings,
             client_id="contactsync-webhook",
             # send() never waits longer than a request may: past that the answer is 503 anyway.
             max_block_ms=max(int(publish_timeout * 1000), 500),
