@@ -3,9 +3,9 @@
 import os
 import tempfile
 
-from tests.kafka_fixtures import kafka, kafka_settings, topic_prefix
+from tests.kafka_fixtures import kafka, kafka_settings, secured_kafka, topic_prefix
 
-__all__ = ["kafka", "kafka_settings", "topic_prefix"]
+__all__ = ["kafka", "kafka_settings", "secured_kafka", "topic_prefix"]
 
 
 def pytest_configure() -> None:

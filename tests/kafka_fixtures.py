@@ -19,9 +19,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from contactsync.kafka.local_broker import LocalBroker
+from contactsync.kafka.local_broker import BrokerSecurity, LocalBroker
 from contactsync.kafka.topics import topic_name
 from contactsync.settings import Settings, default_cache_dir
+from tests.kafka_tls import make_pki
 
 if TYPE_CHECKING:
     from contactsync.cli.emulate_cmd import RunningEmulators
@@ -73,6 +74,45 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaHandle]:
     bootstrap = broker.up()
     try:
         yield KafkaHandle(bootstrap, "local", broker)
+    finally:
+        broker.down()
+
+
+@dataclass(frozen=True)
+class SecuredKafka:
+    """A broker whose only client listener is SASL_SSL with SCRAM-SHA-512 and a certificate
+    from a CA made for this session: clients need the CA file, a user and its password."""
+
+    bootstrap: str
+    ca_file: Path
+    user: str
+    password: str
+
+    def env(self, password: str | None = None) -> dict[str, str]:
+        """The variables an operator sets to reach it."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "CONTACTSYNC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "CONTACTSYNC_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "CONTACTSYNC_KAFKA_SASL_USERNAME": self.user,
+            "CONTACTSYNC_KAFKA_SASL_PASSWORD": password or self.password,
+            "CONTACTSYNC_KAFKA_SSL_CAFILE": str(self.ca_file),
+        }
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    """A second local broker, secured as production clusters are (always local: the test
+    makes its CA and SCRAM user, which an external broker would not know)."""
+    home: Path = tmp_path_factory.mktemp("secured-kafka")
+    pki = make_pki(home / "pki")
+    password = uuid.uuid4().hex
+    broker = LocalBroker(home / "kafka", version=Settings().kafka_version,
+                         cache_dir=default_cache_dir(), heap_mb=384,
+                         security=BrokerSecurity(pki.keystore, {"contactsync": password}))
+    bootstrap = broker.up()
+    try:
+        yield SecuredKafka(bootstrap, pki.ca_file, "contactsync", password)
     finally:
         broker.down()
 

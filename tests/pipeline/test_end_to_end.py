@@ -5,6 +5,7 @@ for the result a user would see."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -114,7 +115,15 @@ BOTH_WAYS = pytest.mark.parametrize("bc_webhooks", [True, False],
 
 @pytest.fixture
 def system(kafka_settings: Settings, bc_webhooks: bool) -> Iterator[System]:
-    ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
+    with running_system(kafka_settings, bc_webhooks) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_system(kafka_settings: Settings, bc_webhooks: bool = True) -> Iterator[System]:
+    """Topics, emulators with two users and three BC contacts, a first Full sync, then every
+    role running on `kafka_settings`' broker (with its security, if any)."""
+    ensure_topics_at(kafka_settings, kafka_settings)
     emulators = start_emulators(graph_config=GraphEmulatorConfig.fast(),
                                 bc_config=BcEmulatorConfig.for_tests(
                                     webhooks_supported=bc_webhooks))
