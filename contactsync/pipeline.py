@@ -49,11 +49,14 @@ class Pipeline:
         return self._health.url if self._health is not None else ""
 
     def start(self) -> None:
+        """Start every role, once the topics' partitions have leaders serving them."""
         from contactsync.health import register_role_checks, serve_health
+        from contactsync.kafka.topics import ALL_TOPICS, await_topics
 
         register_role_checks(self.settings.kafka_bootstrap_servers or None, self.store)
         if self.metrics_port is not None:
             self._health = serve_health(self.metrics_port, self.metrics_host)
+        await_topics(self.settings, ALL_TOPICS)
         if "webhook" in self.roles:
             self._start_webhook()
         for name in self.roles:

@@ -314,6 +314,9 @@ def run_role(name: str, role: Callable[[Settings, Store, threading.Event], None]
         store = Store.open(settings.database_url)
         try:
             with health_endpoint(metrics_port, settings, store):
+                from contactsync.kafka.topics import ALL_TOPICS, await_topics
+
+                await_topics(settings, ALL_TOPICS)  # no NotLeaderForPartition on a normal start
                 typer.echo(f"{name} running; Ctrl-C stops it")
                 role(settings, store, stop)
         finally:

@@ -51,7 +51,8 @@ def run(
     pipeline = Pipeline(settings, store, roles=chosen, webhook_host=host, webhook_port=port,
                         metrics_port=metrics_port)
     try:
-        pipeline.start()
+        with user_errors():
+            pipeline.start()
         typer.echo(f"running {', '.join(chosen)}; Ctrl-C stops them")
         while not stop.wait(0.5) and not pipeline.stop_event.is_set():
             pass

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from contactsync.kafka.local_broker import BrokerError
@@ -154,10 +154,12 @@ def leaderless(admin: KafkaAdminClient, topics: Sequence[str]) -> list[str]:
 
 
 def await_topics(settings: Settings, bases: Sequence[str], timeout: float = 30.0) -> None:
-    """Block until every partition of these pipeline topics has a leader, so a role starting
-    right after `topics ensure` (or a broker restart) does not meet NotLeaderForPartition or
-    "No partition metadata" on its first requests. Missing topics after `timeout`: one clear
-    error naming the command that creates them."""
+    """Block until every partition of these pipeline topics has a leader serving it, so roles
+    starting right after `topics ensure` (or a broker restart) do not meet NotLeaderForPartition
+    or "No partition metadata" on their first requests. Missing topics after `timeout`: one
+    clear error naming the command that creates them."""
+    from contactsync.kafka.io import make_consumer
+
     names = [topic_name(settings, base) for base in bases]
     admin = make_admin(settings)
     try:
@@ -170,5 +172,14 @@ def await_topics(settings: Settings, bases: Sequence[str], timeout: float = 30.0
                     "same settings"
                 )
             time.sleep(0.2)
+        partitions = [TopicPartition(t["name"], p["partition_index"])
+                      for t in admin.describe_topics(names) for p in t["partitions"]]
     finally:
         admin.close()
+    # The metadata names a leader before that broker serves as one (a produce then fails with
+    # NotLeaderForPartition): the end offsets, which only the serving leader answers, prove it.
+    consumer = make_consumer(settings, None, client_id="contactsync-start")
+    try:
+        consumer.end_offsets(partitions)
+    finally:
+        consumer.close(autocommit=False)
