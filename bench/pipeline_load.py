@@ -113,8 +113,10 @@ class _RoleProcesses:
                "CONTACTSYNC_WEBHOOK_PUBLIC_URL": settings.webhook_public_url,
                "CONTACTSYNC_LOG_LEVEL": "WARNING", "CONTACTSYNC_LOG_FORMAT": "json"}
         cli = str(Path(sys.executable).with_name("contactsync"))
-        self.procs = [(name, subprocess.Popen([cli, name], env=env, stdout=subprocess.DEVNULL))
-                      for name in names]
+        # Replicas of a role on one host need their own static member names.
+        self.procs = [(name, subprocess.Popen(
+            [cli, name], env={**env, "CONTACTSYNC_KAFKA_INSTANCE_ID": f"bench-{i}"},
+            stdout=subprocess.DEVNULL)) for i, name in enumerate(names)]
 
     def pids(self) -> dict[str, int | None]:
         return {f"{name}#{i}": proc.pid for i, (name, proc) in enumerate(self.procs)}

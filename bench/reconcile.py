@@ -101,22 +101,26 @@ class _Appliers:
         self.logs = [tmp / f"applier-{i}-{time.time_ns()}.log" for i in range(n)]
         exe = Path(sys.executable).with_name("contactsync")
         self.procs = []
-        for log in self.logs:
+        for i, log in enumerate(self.logs):
+            # Replicas on one host need their own static member names (else one fences another).
+            replica = {**env, "CONTACTSYNC_KAFKA_INSTANCE_ID": f"bench-applier-{i}"}
             with log.open("w") as out:
-                self.procs.append(subprocess.Popen([str(exe), "applier"], env=env, stdout=out,
-                                                   stderr=subprocess.STDOUT))
+                self.procs.append(subprocess.Popen([str(exe), "applier"], env=replica,
+                                                   stdout=out, stderr=subprocess.STDOUT))
 
-    def wait_joined(self, bootstrap: str, timeout: float = 60.0) -> None:
+    def wait_joined(self, settings: Settings, timeout: float = 60.0) -> None:
         """Until every process is a member of the group (else the first takes all)."""
-        from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        from contactsync.kafka.topics import group_name, make_admin
+
+        group_id = group_name(settings, APPLIER_GROUP)
+        admin = make_admin(settings)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
                 try:
-                    group = admin.describe_groups([APPLIER_GROUP]).get(APPLIER_GROUP, {})
+                    group = admin.describe_groups([group_id]).get(group_id, {})
                 except KafkaError:  # no coordinator yet: the group is being made
                     group = {}
                 members = group.get("members") or []
@@ -183,7 +187,7 @@ def _run_users(n_users: int, n_contacts: int, appliers: int, repeat: int,
             if drift:
                 _edit_users(emu, mailboxes, 0.01)
             procs = _Appliers(appliers, env, tmp)
-            procs.wait_joined(bootstrap)
+            procs.wait_joined(settings)
             emu.call("reset_counts")
             run_id = new_run_id("bench")
             waiter = ResultWaiter(settings)
