@@ -124,6 +124,9 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
     root.setLevel(logging.WARNING)  # libraries' chatter stays at WARNING
     for noisy in ("kafka", "httpx", "httpcore", "azure", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python's event-loop timing notes ("Task ran for 0.118s") are for its developers:
+    # on a busy host they flood the log with nothing an operator can act on.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def get_logger(name: str = "contactsync", **context: Any) -> Any:

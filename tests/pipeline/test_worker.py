@@ -13,7 +13,13 @@ from kafka import KafkaConsumer, TopicPartition
 from contactsync.clients.errors import ServiceUnavailable, Throttled
 from contactsync.kafka.deadletter import read_dead_letters
 from contactsync.kafka.io import make_producer
-from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, ensure_topics_at, topic_name
+from contactsync.kafka.topics import (
+    DEADLETTER,
+    SYNC_COMMANDS,
+    ensure_topics_at,
+    group_name,
+    topic_name,
+)
 from contactsync.kafka.worker import (
     OffsetTracker,
     RetryPolicy,
@@ -65,8 +71,9 @@ def _run_until(worker: Worker, done: Callable[[], bool], timeout: float = 20.0) 
 
 
 def _committed(settings: Settings, group: str, partition: int = 0) -> int | None:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group,
-                             enable_auto_commit=False)
+    # A role's group carries the deployment's topic prefix.
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                             group_id=group_name(settings, group), enable_auto_commit=False)
     try:
         return consumer.committed(TopicPartition(topic_name(settings, SYNC_COMMANDS), partition))
     finally:
