@@ -8,9 +8,11 @@ retries and a broker restart. Consumers: no auto-commit; the caller commits past
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 
 from contactsync.kafka.local_broker import BrokerError, LocalBroker
 from contactsync.kafka.topics import group_name
@@ -19,6 +21,16 @@ from contactsync.settings import Settings
 # Where a client connects: the settings (bootstrap and security), or a bare bootstrap address
 # of a PLAINTEXT broker (the local broker's own checks, tests).
 KafkaTarget = Settings | str
+Client = TypeVar("Client")
+BOOTSTRAP_TIMEOUT_MS = 8000  # a broker that is away or refuses us: told in seconds, not 30
+
+
+class KafkaConnectError(BrokerError, KafkaError):  # type: ignore[misc]
+    """No client could connect; the message says what to fix. Still a KafkaError, so a role
+    that builds a client mid-run retries it like any other broker trouble."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # the sentence alone, without KafkaError's class-name prefix
 
 
 def local_broker(settings: Settings) -> LocalBroker:
@@ -47,7 +59,22 @@ def client_config(target: KafkaTarget) -> dict[str, Any]:
         return {"bootstrap_servers": target}
     from contactsync.kafka.security import security_config
 
-    return {"bootstrap_servers": resolve_bootstrap(target), **security_config(target)}
+    return {"bootstrap_servers": resolve_bootstrap(target),
+            "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **security_config(target)}
+
+
+def connect(client: Callable[..., Client], target: KafkaTarget, *args: Any,
+            **config: Any) -> Client:
+    """Build a kafka-python client (which bootstraps at once). With settings, a failed bootstrap
+    is one sentence naming the fix: no broker, an untrusted certificate, a refused login."""
+    try:
+        return client(*args, **config)
+    except KafkaError as exc:
+        if isinstance(target, str):
+            raise
+        from contactsync.kafka.security import connect_failure
+
+        raise KafkaConnectError(connect_failure(target, config["bootstrap_servers"])) from exc
 
 
 def role_consumer(
@@ -74,7 +101,7 @@ def make_producer(target: KafkaTarget, **overrides: Any) -> KafkaProducer:
         "client_id": "contactsync",
     }
     config.update(overrides)
-    return KafkaProducer(**config)
+    return connect(KafkaProducer, target, **config)
 
 
 def make_consumer(
@@ -89,4 +116,4 @@ def make_consumer(
         "client_id": f"contactsync-{group_id or 'reader'}",
     }
     config.update(overrides)
-    return KafkaConsumer(*topics, **config)
+    return connect(KafkaConsumer, target, *topics, **config)

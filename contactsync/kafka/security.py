@@ -67,7 +67,9 @@ def sasl_password(settings: Settings) -> str:
 
 
 def oauth_scope(settings: Settings) -> str:
-    """The token scope: the setting, else Event Hubs' `https://<namespace>.../.default`."""
+    """The token scope: the setting, else Event Hubs' `https://<namespace>.../.default` (Learn,
+    "Authorize access to Event Hubs resources using Microsoft Entra ID": "For Kafka clients,
+    the resource to request a token for is https://<namespace>.servicebus.windows.net")."""
     if settings.kafka_oauth_scope:
         return settings.kafka_oauth_scope
     host = settings.kafka_bootstrap_servers.split(",")[0].strip().rsplit(":", 1)[0]

@@ -121,18 +121,9 @@ def _align_retention(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[st
 def make_admin(target: KafkaTarget, **overrides: Any) -> KafkaAdminClient:
     """An admin client, connected: a broker that cannot be reached or refuses the login is a
     BrokerError in one sentence within seconds (kafka-python itself retries for 30 s)."""
-    from kafka.errors import KafkaError
+    from contactsync.kafka.io import client_config, connect
 
-    from contactsync.kafka.io import client_config
-    from contactsync.kafka.security import connect_failure
-
-    config = {**client_config(target), "bootstrap_timeout_ms": 8000, **overrides}
-    try:
-        return KafkaAdminClient(**config)
-    except KafkaError:
-        if isinstance(target, str):
-            raise
-        raise BrokerError(connect_failure(target, config["bootstrap_servers"])) from None
+    return connect(KafkaAdminClient, target, **{**client_config(target), **overrides})
 
 
 def ensure_topics_at(target: KafkaTarget, settings: Settings) -> EnsureReport:
