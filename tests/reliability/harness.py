@@ -445,6 +445,9 @@ class Deployment:
             ledger.outlook_edits.pop(c["id"], None)
             ledger.bc_owned.discard(c["id"])
             ledger.bc_edits.pop(c["id"], None)
+            # An Outlook-born contact that reached BC and is deleted there is gone on purpose
+            # (BC is master), not lost.
+            ledger.outlook_creates.pop((c.get("email") or "").lower(), None)
             return f"bc delete {c['displayName']}"
         user = self.users[0]  # anna's folder holds every synced contact
         if roll < 0.85 and outlook_side:
