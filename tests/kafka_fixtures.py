@@ -81,7 +81,8 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaHandle]:
 @dataclass(frozen=True)
 class SecuredKafka:
     """A broker whose only client listener is SASL_SSL with SCRAM-SHA-512 and a certificate
-    from a CA made for this session: clients need the CA file, a user and its password."""
+    from a CA made for this session: clients need the CA file, a user and its password. It
+    takes OAUTHBEARER too, with Kafka's validator of unsigned tokens."""
 
     bootstrap: str
     ca_file: Path
@@ -109,7 +110,8 @@ def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredK
     password = uuid.uuid4().hex
     broker = LocalBroker(home / "kafka", version=Settings().kafka_version,
                          cache_dir=default_cache_dir(), heap_mb=384,
-                         security=BrokerSecurity(pki.keystore, {"contactsync": password}))
+                         security=BrokerSecurity(pki.keystore, {"contactsync": password},
+                                                 unsecured_oauth=True))
     bootstrap = broker.up()
     try:
         yield SecuredKafka(bootstrap, pki.ca_file, "contactsync", password)

@@ -200,22 +200,30 @@ class BrokerSecurity:
     """A SASL_SSL client listener. `keystore`: one PEM file holding the broker's PKCS#8 private
     key (unencrypted) and its certificate chain (Kafka's ssl.keystore.type=PEM, KIP-651);
     `users`: SCRAM user names and passwords, created at format time (KRaft has no ZooKeeper to
-    add them to later), so they exist only in a broker whose data directory starts empty."""
+    add them to later), so they exist only in a broker whose data directory starts empty.
+    `unsecured_oauth`: OAUTHBEARER too, with Kafka's default validator of unsigned tokens (any
+    well-formed, unexpired JWT with `alg: none`): for tests of the token path only."""
 
     keystore: Path
     users: Mapping[str, str] = field(default_factory=dict)
     mechanism: str = "SCRAM-SHA-512"
+    unsecured_oauth: bool = False
 
     def properties(self, port: int, internal: int, controller: int) -> str:
+        mechanisms = [self.mechanism, *(["OAUTHBEARER"] if self.unsecured_oauth else [])]
+        jaas = {self.mechanism: "org.apache.kafka.common.security.scram.ScramLoginModule"}
+        if self.unsecured_oauth:
+            jaas["OAUTHBEARER"] = (
+                "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule")
+        logins = "".join(f"listener.name.sasl_ssl.{m.lower()}.sasl.jaas.config={module} "
+                         "required;\n" for m, module in jaas.items())
         return f"""listeners=SASL_SSL://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal},\
 CONTROLLER://127.0.0.1:{controller}
 advertised.listeners=SASL_SSL://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal}
 inter.broker.listener.name=INTERNAL
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL
-sasl.enabled.mechanisms={self.mechanism}
-listener.name.sasl_ssl.{self.mechanism.lower()}.sasl.jaas.config=\
-org.apache.kafka.common.security.scram.ScramLoginModule required;
-ssl.keystore.type=PEM
+sasl.enabled.mechanisms={",".join(mechanisms)}
+{logins}ssl.keystore.type=PEM
 ssl.keystore.location={self.keystore}
 """
 

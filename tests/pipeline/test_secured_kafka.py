@@ -4,13 +4,21 @@ the same configuration; a wrong password is one sentence, not a hang."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from azure.core.credentials import AccessToken
 
+from contactsync.kafka.io import make_producer
+from contactsync.kafka.local_broker import BrokerError
+from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, topic_name
 from contactsync.settings import Settings
 from tests.kafka_fixtures import SecuredKafka
 from tests.pipeline.test_end_to_end import ANNA, BEN, eventually, running_system
@@ -88,3 +96,54 @@ def test_without_the_ca_the_broker_certificate_is_refused_in_one_sentence(
     assert result.returncode == 1
     [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "TLS handshake" in error and "CONTACTSYNC_KAFKA_SSL_CAFILE" in error
+
+
+def _b64(claims: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+
+
+class _UnsignedTokens:
+    """azure-identity's credential interface, handing out unsigned JWTs: the test broker's
+    default OAUTHBEARER validator takes them (there is no tenant here to sign real ones)."""
+
+    def __init__(self, lifetime_s: int) -> None:
+        self.lifetime_s = lifetime_s
+        self.scopes: list[str] = []
+
+    def get_token(self, *scopes: str, **_: Any) -> AccessToken:
+        self.scopes.extend(scopes)
+        now = int(time.time())
+        claims = {"sub": "contactsync", "iat": now - 120, "exp": now + self.lifetime_s}
+        return AccessToken(f"{_b64({'alg': 'none'})}.{_b64(claims)}.", claims["exp"])
+
+
+SCOPE = "https://contoso-kafka.servicebus.windows.net/.default"
+
+
+def _oauth(secured: SecuredKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+           credential: _UnsignedTokens) -> Settings:
+    monkeypatch.setattr("contactsync.kafka.security.kafka_credential", lambda: credential)
+    return _settings(secured, tmp_path).model_copy(update={
+        "kafka_sasl_mechanism": "OAUTHBEARER", "kafka_sasl_username": "",
+        "kafka_sasl_password": None, "kafka_oauth_scope": SCOPE, "topic_prefix": "oauth."})
+
+
+def test_oauthbearer_logs_in_with_the_azure_identity_token(
+        secured_kafka: SecuredKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    credential = _UnsignedTokens(lifetime_s=3600)
+    settings = _oauth(secured_kafka, tmp_path, monkeypatch, credential)
+    ensure_topics_at(settings, settings)
+    producer = make_producer(settings)
+    try:
+        sent = producer.send(topic_name(settings, SYNC_COMMANDS), b"{}", key=b"u")
+        assert sent.get(timeout=30).topic == "oauth.sync.commands"
+    finally:
+        producer.close()
+    assert set(credential.scopes) == {SCOPE}
+
+
+def test_an_oauth_token_the_broker_refuses_is_one_sentence(
+        secured_kafka: SecuredKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    settings = _oauth(secured_kafka, tmp_path, monkeypatch, _UnsignedTokens(lifetime_s=-60))
+    with pytest.raises(BrokerError, match=f"refused the OAUTHBEARER login .* for {SCOPE}"):
+        ensure_topics_at(settings, settings)
