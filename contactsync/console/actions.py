@@ -110,7 +110,7 @@ def dead_letters(settings: Settings) -> list[DeadLetterGroup]:
     """The dead letters (as `contactsync dlq list` reads them), grouped by reason."""
     from contactsync.cli.dlq_cmds import _load
 
-    _, _, entries, ledger = _load(settings)
+    _, entries, ledger = _load(settings)
     ledger.close()
     groups: dict[str, list[dict[str, object]]] = {}
     for entry in sorted(entries, key=lambda e: e.timestamp_ms, reverse=True):
@@ -128,14 +128,14 @@ def replay(settings: Settings, store: Store, by: str, *, reason: str = "",
     from contactsync.kafka.deadletter import replay_entries
     from contactsync.kafka.io import make_producer
 
-    bootstrap, _, entries, ledger = _load(settings)
+    _, entries, ledger = _load(settings)
     try:
         chosen = [e for e in entries
                   if (where and f"{e.partition}:{e.offset}" == where)
                   or (not where and e.summary()["reason"] == reason)]
         if not chosen:
             return "no such dead letter (it may have been replayed meanwhile)"
-        producer = make_producer(bootstrap, client_id="contactsync-console-replay")
+        producer = make_producer(settings, client_id="contactsync-console-replay")
         try:
             outcomes = replay_entries(chosen, ledger, producer)
         finally:

@@ -69,12 +69,12 @@ def store_check(store: Store) -> Check:
     return Check("Store", True, f"{store!r}: reachable, {users} user setup(s)")
 
 
-def _our_topics(bootstrap: str, prefix: str) -> list[str]:
-    from kafka import KafkaConsumer
+def _our_topics(settings: Settings) -> list[str]:
+    from contactsync.kafka.io import make_consumer
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="contactsync-console-health")
+    consumer = make_consumer(settings, None, client_id="contactsync-console-health")
     try:
-        return sorted(t for t in consumer.topics() if t.startswith(prefix))
+        return sorted(t for t in consumer.topics() if t.startswith(settings.topic_prefix))
     finally:
         consumer.close()
 
@@ -86,7 +86,7 @@ def broker_check(settings: Settings) -> Check:
     bootstrap = "?"
     try:
         bootstrap = kafka_bootstrap(settings)  # no broker: the CLI's sentence, in seconds
-        mine = bounded(lambda: _our_topics(bootstrap, settings.topic_prefix),
+        mine = bounded(lambda: _our_topics(settings),
                        f"the Kafka broker at {bootstrap}")
     except (BrokerError, NoAnswer) as exc:  # each says what to do
         return Check("Kafka broker", False, sentence(exc))

@@ -80,15 +80,14 @@ class ResultsFeed:
             self._stop.wait(RETRY_S)
 
     def _follow(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
-        from contactsync.kafka.io import resolve_bootstrap
+        from contactsync.kafka.io import make_consumer
         from contactsync.kafka.topics import SYNC_RESULTS, topic_name
         from schemas.envelope import MessageError, decode
 
         topic = topic_name(self.settings, SYNC_RESULTS)
-        consumer = KafkaConsumer(bootstrap_servers=resolve_bootstrap(self.settings),
-                                 enable_auto_commit=False, client_id="contactsync-console")
+        consumer = make_consumer(self.settings, None, client_id="contactsync-console")
         try:
             partitions = consumer.partitions_for_topic(topic)
             if not partitions:
