@@ -1,4 +1,5 @@
-"""consumers/applier: one user at a time, in order (DESIGN.md "Flow", decisions 1, 2, 7, 9).
+"""consumers/applier: one user at a time, in order (docs/architecture.md "Flow", decisions 1, 2, 7,
+9).
 
     sync.commands (key user id) --> Applier --> Graph / BC writes, links
                                         +--> sync.results (key user id)

@@ -1,4 +1,4 @@
-"""consumers/router: which users does this concern? (DESIGN.md "Flow", decisions 1, 8, 9)
+"""consumers/router: which users does this concern? (docs/architecture.md "Flow", decisions 1, 8, 9)
 
     bc.contact.changes (key BC contact id)  ----+
                                                 +--> Router --> sync.commands (key user id)
@@ -12,7 +12,8 @@
 - A Graph change notification becomes a `graph_hint` for its (enabled) user; one per user per
   poll group, since one delta read answers them all (decision 2). A notification whose
   changeKey is the one our own last write recorded in the link is that write's echo and asks
-  for nothing (DESIGN.md 5): skipping the delta read leaves the delta link where it was, so a
+  for nothing (docs/architecture.md 5): skipping the delta read leaves the delta link where it was,
+  so a
   later read still returns everything since (a forged echo can only delay a read). A `missed`
   lifecycle event becomes a `sync` command; the other lifecycle events belong to the
   subscription keeper.

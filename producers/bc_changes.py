@@ -1,4 +1,5 @@
-"""producers/bc_changes: BC hints in, full contact snapshots out (DESIGN.md "Flow", 1, 2, 9).
+"""producers/bc_changes: BC hints in, full contact snapshots out (docs/architecture.md "Flow", 1,
+2, 9).
 
     bc.notifications (hints, key company id) --+
     polling timer ------------------------------+--> one `lastModifiedDateTime gt W - overlap`

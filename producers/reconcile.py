@@ -1,4 +1,4 @@
-"""producers/reconcile: the full-reconcile job's commands (DESIGN.md "Flow"; issue 6).
+"""producers/reconcile: the full-reconcile job's commands (docs/architecture.md "Flow"; issue 6).
 
     schedule (nightly, every N, cron)  --+
     `contactsync reconcile` (on demand) -+--> sync.commands (key user id): full_sync, run_id

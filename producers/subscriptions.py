@@ -1,5 +1,5 @@
-"""producers/subscriptions: the webhook subscriptions we hold, kept alive (reference/graph.md 3,
-reference/bc.md c.4, DESIGN.md "Flow").
+"""producers/subscriptions: the webhook subscriptions we hold, kept alive (Graph docs: change
+notifications; BC docs: working with webhooks; docs/architecture.md "Flow").
 
 What `SubscriptionKeeper.run_once()` makes true, each time it runs (every `interval`, 5 min):
 

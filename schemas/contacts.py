@@ -2,7 +2,8 @@
 
 Wire models (`BcContact`, `GraphContact`) use the services' own camelCase names as aliases and
 keep unknown fields (`extra="allow"`), so a newer service version never breaks parsing. The
-canonical contact is the set of fields we synchronize (reference/bc.md section b); the field map
+canonical contact is the set of fields we synchronize (BC's Contact Sync field mapping); the field
+map
 between the three lives in `contactsync.engine.mapping`.
 """
 
@@ -106,7 +107,7 @@ class GraphContact(_Wire):
 
 
 class CanonicalContact(BaseModel):
-    """The fields we synchronize, in one shape for both sides (reference/bc.md section b).
+    """The fields we synchronize, in one shape for both sides (BC's Contact Sync field mapping).
 
     Empty string means "no value". Names follow BC's fields; `street` holds the address lines
     joined by a line feed, as Graph's businessAddress.street does.

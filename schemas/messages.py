@@ -1,4 +1,4 @@
-"""The payload of every message on the topics (DESIGN.md "Flow").
+"""The payload of every message on the topics (docs/architecture.md "Flow").
 
 | topic               | key                | message types                          |
 |---------------------|--------------------|----------------------------------------|
@@ -9,7 +9,8 @@
 | sync.results        | user id            | sync.result                            |
 | deadletter          | the original key   | deadletter                             |
 
-Notifications are hints, never data (DESIGN.md 1): they carry what the service said, nothing a
+Notifications are hints, never data (docs/architecture.md 1): they carry what the service said,
+nothing a
 worker would write from. Only `bc.contact.changed` carries a snapshot, read from BC itself.
 """
 
@@ -29,7 +30,7 @@ class _Payload(BaseModel):
 
 
 class BcNotification(_Payload):
-    """One item of a BC webhook notification, as received (reference/bc.md c.4)."""
+    """One item of a BC webhook notification, as received (BC docs: working with webhooks)."""
 
     subscription_id: str
     company_id: str = ""
@@ -40,7 +41,8 @@ class BcNotification(_Payload):
 
 
 class GraphNotification(_Payload):
-    """One basic Graph change notification (reference/graph.md 3.4): ids, never contact data."""
+    """One basic Graph change notification (Graph docs: change notifications): ids, never contact
+    data."""
 
     subscription_id: str
     user_id: str = Field(description="Our user, resolved from the subscription by the webhook")

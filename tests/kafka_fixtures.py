@@ -1,6 +1,7 @@
 """The one real Kafka broker of a test session.
 
-Order (reference/kafka.md 3): KAFKA_BOOTSTRAP_SERVERS if set; else testcontainers' Kafka where a
+Order (testcontainers where Docker runs): KAFKA_BOOTSTRAP_SERVERS if set; else testcontainers'
+Kafka where a
 Docker engine answers (and has the image locally); else the local KRaft broker from the cached
 Maven jars. Every test gets its own topic prefix, so tests never see each other's messages.
 """

@@ -1,9 +1,10 @@
-"""Business Central API v2.0 client: contacts and webhook subscriptions (reference/bc.md §c).
+"""Business Central API v2.0 client: contacts and webhook subscriptions (Microsoft's BC API v2.0
+reference: contact, subscription).
 
 Data are plain dicts in BC's wire shape (camelCase, `@odata.etag` kept), so the engine maps
 fields without a model layer in between.
 
-Resilience (DESIGN.md decisions 9 and 10):
+Resilience (docs/architecture.md decisions 9 and 10):
 * every request passes a per-principal client-side budget (5 concurrent, 6,000 per 5 minutes
   by default), so we stay under BC's limits instead of discovering them;
 * 429 honours Retry-After (and pauses the whole principal); 5xx, 408 and transport failures are
@@ -412,7 +413,8 @@ class BcClient:
         extra_filter: str | None = None, page_size: int | None = None,
     ) -> list[Contact]:
         """Contacts modified after `watermark - overlap` (the overlap absorbs clock rounding
-        and commits that land out of order; duplicates are harmless, DESIGN.md decision 1)."""
+        and commits that land out of order; duplicates are harmless, docs/architecture.md decision
+        1)."""
         return await self.list_contacts(
             self.changed_since_filter(watermark, overlap, extra_filter), page_size
         )

@@ -8,7 +8,8 @@ group's create returned, and an empty `bc_etag` / `graph_change_key` is the vers
 write returned (the executor fills them in). A `SaveLink` replaces any link of the user with
 the same BC id or the same Graph id. `Audit` and `Skip` are records for the log, not writes.
 
-Creates are never blind (DESIGN.md 10): before `CreateInOutlook` the executor looks the folder
+Creates are never blind (docs/architecture.md 10): before `CreateInOutlook` the executor looks the
+folder
 up by our BC-id property and then by email; before `CreateInBc` it looks BC up by email. If
 something is found, it creates nothing and plans that pair again with what it found.
 """
@@ -28,7 +29,7 @@ from contactsync.engine.mapping import FieldIssue
 class Reason(StrEnum):
     """Why a contact is skipped, removed from the folder, or audited."""
 
-    # BC contacts outside the sync (DESIGN.md 6)
+    # BC contacts outside the sync (docs/architecture.md 6)
     NOT_PERSON = "not_person"
     NO_NAME = "no_name"
     NO_EMAIL = "no_email"
@@ -104,7 +105,7 @@ class DropLink:
 
 @dataclass(frozen=True, slots=True)
 class Audit:
-    """The Outlook version that lost to BC (DESIGN.md 6): kept in the audit log."""
+    """The Outlook version that lost to BC (docs/architecture.md 6): kept in the audit log."""
 
     bc_id: str
     graph_id: str

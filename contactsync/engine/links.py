@@ -2,7 +2,8 @@
 
 It is the third input of the planner (with the two sides' states) and what the link store
 persists. Versions and the hash of the fields as last synced make echo suppression possible: a
-side whose version or content equals what we last wrote has not changed (DESIGN.md 4 and 5).
+side whose version or content equals what we last wrote has not changed (docs/architecture.md 4 and
+5).
 """
 
 from __future__ import annotations

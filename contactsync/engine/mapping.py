@@ -4,7 +4,7 @@ Plain functions on wire-shaped dicts (camelCase, `@odata.etag` kept), no pydanti
 path: a run maps 100,000 contacts. The pydantic models in `schemas.contacts` document the shapes;
 `Canonical` mirrors `CanonicalContact` field for field (`to_model` converts).
 
-Mapping (reference/bc.md section b):
+Mapping (BC's Contact Sync with Office 365 field mapping):
 
     BC API v2.0             canonical        Graph v1.0
     displayName (100)       display_name     displayName
@@ -89,7 +89,7 @@ _BC_SIMPLE: Final = {
     "country": "country",
     "website": "website",
 }
-# BC Contact table 5050 sizes of the API properties we write (reference/bc.md b).
+# BC Contact table 5050 sizes of the API properties we write (BC's table 5050 field lengths).
 # What the mapping and the planner read of each side: listings ask for these fields only
 # ($select), which keeps 100,000-contact listings small in bytes and in memory. Keep them in
 # step with the functions below.
@@ -208,7 +208,8 @@ def canonical_from_bc(bc: Mapping[str, Any]) -> Canonical:
 
 
 def graph_email(graph: Mapping[str, Any]) -> str:
-    """The first email address; falls back to `primaryEmailAddress` (reference/bc.md a.9)."""
+    """The first email address; falls back to `primaryEmailAddress` (as BC's Graph-based contact
+    sync does)."""
     addresses = graph.get("emailAddresses") or ()
     for entry in addresses[:1]:
         if isinstance(entry, Mapping):

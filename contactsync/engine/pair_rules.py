@@ -138,7 +138,8 @@ class _Context:
         self.setup, self.mode, self.filter, self.since = setup, mode, flt, since
 
     def is_recent(self, modified: Any) -> bool:
-        """Sync mode picks up unlinked contacts changed after the last sync (bc.md a.5)."""
+        """Sync mode picks up unlinked contacts changed after the last sync (as BC's Contact Sync
+        does)."""
         if self.mode is SyncMode.FULL or self.since is None:
             return True
         when = parse_time(modified)

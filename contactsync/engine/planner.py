@@ -1,4 +1,5 @@
-"""The pure planner (DESIGN.md 3): what to write, given both sides, the links and the setup.
+"""The pure planner (docs/architecture.md 3): what to write, given both sides, the links and the
+setup.
 
 Two levels, no I/O:
 - `plan_contact(bc, outlook, link, setup, mode)`: the actions for one pair (rules in
@@ -14,16 +15,16 @@ Pairing, in order: by link; by our BC-id tag on the Outlook contact (a lost link
 create is found again; several carriers of one BC id: keep the linked one, else the oldest,
 delete the others); by normalized email (trimmed, case-insensitive), as BC does. One Outlook
 contact per email is matched (the oldest; others are skipped as duplicates); a BC contact
-prefers an eligible match, then one that is not privacy-blocked (bc.md a.4).
+prefers an eligible match, then one that is not privacy-blocked (as BC's Contact Sync does).
 
 Mass-delete rail: if the plan would remove (delete, or react to Outlook contacts that vanished
 from a listing) more than `max_delete_share` of the folder AND more than `max_delete_floor`
 contacts, those groups are withheld and `stopped_reason` says why, unless `force=True`.
 
-"Changed" compares a side with its link (DESIGN.md 5): a side whose version (BC ETag or
+"Changed" compares a side with its link (docs/architecture.md 5): a side whose version (BC ETag or
 modified time, Graph changeKey) or content hash equals the link's is unchanged; that is how
 our own writes echo back without costing a write. BC contacts sync only when eligible: Type
-Person, a name, an email, not privacy-blocked, inside the user's filter (DESIGN.md 6).
+Person, a name, an email, not privacy-blocked, inside the user's filter (docs/architecture.md 6).
 
 Case table (link = we created or linked the pair):
 

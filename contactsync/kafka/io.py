@@ -3,7 +3,7 @@
 
 Producers: idempotent, acks=all, so a send that returned is on the broker, once, even across
 retries and a broker restart. Consumers: no auto-commit; the caller commits past finished work
-(at-least-once, DESIGN.md 9).
+(at-least-once, docs/architecture.md 9).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A real, single-node Apache Kafka 4.x broker (KRaft) run from Maven Central jars, without Docker.
 
-`contactsync kafka up|status|down` and the test fixtures use it (reference/kafka.md 1):
+`contactsync kafka up|status|down` and the test fixtures use it (Kafka's KRaft quickstart, from
+Maven Central jars):
 1. resolve `kafka_2.13` and a log4j2 runtime with Maven into a cache shared by every checkout
    (`~/.cache/contactsync/kafka-<version>/libs`); Kafka's POM leaves logging out, and without a
    binding the broker would fail silently, so log4j-slf4j-impl + log4j-core are added;

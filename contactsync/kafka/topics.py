@@ -1,4 +1,4 @@
-"""The topics of the pipeline (DESIGN.md "Flow") and their idempotent creation."""
+"""The topics of the pipeline (docs/architecture.md "Flow") and their idempotent creation."""
 
 from __future__ import annotations
 

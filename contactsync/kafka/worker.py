@@ -1,4 +1,4 @@
-"""The at-least-once consumer loop the router and the applier share (DESIGN.md 9).
+"""The at-least-once consumer loop the router and the applier share (docs/architecture.md 9).
 
     poll a batch -> decode envelopes -> group (by record, by key, ...) -> handler(group)
       -> commit, per partition, up to the first record not finished

@@ -5,7 +5,8 @@ one that fails is reported with its reason and the others go on. Creates in Outl
 groups go out together through `$batch` (20 per request); everything else runs group by group,
 a few groups at a time (the clients' request budgets pace the services).
 
-Idempotent when stopped at any point and run again (DESIGN.md 9): an Outlook contact we created
+Idempotent when stopped at any point and run again (docs/architecture.md 9): an Outlook contact we
+created
 carries our BC-id tag, so the next run finds it instead of creating it twice; a BC contact
 created from Outlook is found again by email. Link and audit rows are written in one
 transaction per chunk of groups, after the writes they describe.

@@ -1,4 +1,5 @@
-"""Settings of the Graph emulator. Defaults are Graph's documented values (reference/graph.md);
+"""Settings of the Graph emulator. Defaults are Graph's documented values (Graph docs: throttling,
+paging, subscriptions);
 tests shrink the delays so a whole suite runs in seconds."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
     POST     /webhooks/bc                                    BC {"value": [...]}
     GET      /healthz  /readyz  /metrics  /openapi.json
 
-Answers (reference/graph.md 3.5, bc.md c.4):
+Answers (Graph docs: receive change notifications; BC docs: working with webhooks):
 - 202 once every accepted item is acknowledged by the broker (acks=all); the body counts the
   accepted and refused items. A mixed batch publishes the good items and answers 202: the
   refused ones are dropped (and counted), as Graph asks for a clientState mismatch.

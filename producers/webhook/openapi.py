@@ -71,7 +71,8 @@ def _notification_path(summary: str, body_schema: str) -> dict[str, Any]:
             "parameters": [{**_HANDSHAKE_PARAM, "required": False}],
             "requestBody": {
                 # Not required: Graph's validation handshake is a POST with an empty
-                # text/plain body (reference/graph.md 3.3); schemathesis caught the document
+                # text/plain body (Graph docs: notification endpoint validation); schemathesis
+                # caught the document
                 # claiming a body was required while the handshake is answered 200 without.
                 "required": False,
                 "content": {

@@ -1,4 +1,5 @@
-"""The bodies the webhook accepts, as pydantic models (reference/graph.md 3.4, 3.6; bc.md c.4).
+"""The bodies the webhook accepts, as pydantic models (Graph docs: change and lifecycle
+notifications; BC webhooks).
 
 Unknown fields are allowed (the services add fields over time); the fields we rely on are typed
 and bounded. `parse_*` take the raw bytes and raise `BodyError` with a message naming the field
@@ -97,7 +98,8 @@ class GraphLifecycleCollection(_Open):
 
 class BcItem(_Open):
     subscription_id: Id = Field(alias="subscriptionId")
-    # created | updated | deleted | collection; other values pass: a hint is a hint (DESIGN 1)
+    # created | updated | deleted | collection; other values pass: a hint is a hint
+    # (docs/architecture.md 1)
     change_type: Annotated[str, Field(alias="changeType", min_length=1, max_length=64)]
     resource: Resource
     client_state: ClientState = Field(default=None, alias="clientState", repr=False)

@@ -8,7 +8,7 @@ requests share the producer's batches (linger_ms), so acks are batched for free.
 
 A request that is not acked within `timeout` seconds gets `PublishUnavailable`; the app answers
 503 and the sender retries. Messages already handed over may still be delivered later: that is
-a duplicate hint, which the pipeline tolerates (DESIGN.md 1, 9); losing one would not be.
+a duplicate hint, which the pipeline tolerates (docs/architecture.md 1, 9); losing one would not be.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Conformance of the Graph emulator to reference/graph.md, driven with plain httpx."""
+"""Conformance of the Graph emulator to Graph's documentation, driven with plain httpx."""
 
 from __future__ import annotations
 

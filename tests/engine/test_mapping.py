@@ -1,4 +1,4 @@
-"""Field mapping BC <-> canonical <-> Graph (reference/bc.md b)."""
+"""Field mapping BC <-> canonical <-> Graph (BC's Contact Sync field mapping)."""
 
 from __future__ import annotations
 

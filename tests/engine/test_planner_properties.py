@@ -253,7 +253,7 @@ def test_a_second_plan_writes_nothing(world: World, setup: UserSetup, mode: Sync
     first = plan(world, setup, mode)
     apply(world, first)
     again = plan(world, setup, mode, since=WATERMARK)
-    # Policy "unlink" forgets a contact deleted in Outlook; as in BC (bc.md a.6) it may come
+    # Policy "unlink" forgets a contact deleted in Outlook; as in BC (its Contact Sync) it may come
     # back later (a Full sync recreates it; any sync matches it to a same-email contact).
     # Those are the only writes a second plan may make.
     unlinked = {

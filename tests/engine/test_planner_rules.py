@@ -1,4 +1,5 @@
-"""The sync rules as a table: each row is a behaviour a user would notice (DESIGN.md 4-7)."""
+"""The sync rules as a table: each row is a behaviour a user would notice (docs/architecture.md
+4-7)."""
 
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ CITIES = ("Seattle", "Redmond", "London")
 
 
 def graph_config_retrying() -> GraphEmulatorConfig:
-    """Graph retries a failed delivery for hours (reference/graph.md 3.5); the test config keeps
+    """Graph retries a failed delivery for hours (Graph docs: receive change notifications); the
+    test config keeps
     the shape (exponential backoff) over about a minute, so a restarted webhook is retried."""
     return GraphEmulatorConfig.fast(delivery_backoff_base_seconds=0.5, delivery_max_attempts=8)
 
