@@ -166,15 +166,22 @@ def build_credential(settings: Settings, *,
     """The credential the settings ask for, or None for emulators that take no token."""
     if not needs_credential(settings):
         return None
+    names = {settings.graph_scope: "graph", settings.bc_scope: "bc"}
+    return SharedCredential(build_sync_credential(settings), credential_kind(settings), names,
+                            health=health)
+
+
+def build_sync_credential(settings: Settings) -> TokenCredential:
+    """The azure-identity credential the settings name, as the sync object azure-identity
+    builds: the Graph and BC clients wrap it (SharedCredential), Kafka's OAUTHBEARER token
+    provider calls it directly, so all three authenticate as one identity."""
     kind = credential_kind(settings)
     check_environment(kind)
     try:
-        inner = _build_inner(kind)
+        return _build_inner(kind)
     except ValueError as exc:  # azure-identity's own checks: a bad certificate, authority...
         raise CredentialSetupError(
             f"{SETTING}={kind} cannot be used: {_first_line(str(exc))} ({GUIDE})") from None
-    names = {settings.graph_scope: "graph", settings.bc_scope: "bc"}
-    return SharedCredential(inner, kind, names, health=health)
 
 
 # ---- token failures -> the error tree ---------------------------------------------------------

@@ -39,7 +39,7 @@ def security_config(settings: Settings) -> dict[str, Any]:
     config["sasl_mechanism"] = mechanism
     if mechanism == "OAUTHBEARER":
         config["sasl_oauth_token_provider"] = AzureTokenProvider(
-            kafka_credential(), oauth_scope(settings)
+            kafka_credential(settings), oauth_scope(settings)
         )
     else:
         config["sasl_plain_username"] = settings.kafka_sasl_username
@@ -121,15 +121,12 @@ def connect_failure(settings: Settings, bootstrap: str) -> str:
             "listener: check KAFKA_BOOTSTRAP_SERVERS and CONTACTSYNC_KAFKA_SECURITY_PROTOCOL")
 
 
-def kafka_credential() -> Any:
-    """The azure-identity credential for Kafka tokens.
+def kafka_credential(settings: Settings) -> Any:
+    """The azure-identity credential for Kafka tokens: the one CONTACTSYNC_AZURE_CREDENTIAL
+    names for Graph and BC (contactsync.credentials), so Event Hubs sees the same identity."""
+    from contactsync.credentials import build_sync_credential
 
-    DefaultAzureCredential reads the same AZURE_* variables as Graph and BC (and workload or
-    managed identity where those are absent). TODO(i12-creds-doctor): use the shared credential
-    builder once it lands, so all three share one credential object."""
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
+    return build_sync_credential(settings)
 
 
 class AzureTokenProvider(AbstractTokenProvider):  # type: ignore[misc]

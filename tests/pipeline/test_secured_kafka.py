@@ -122,7 +122,8 @@ SCOPE = "https://contoso-kafka.servicebus.windows.net/.default"
 
 def _oauth(secured: SecuredKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
            credential: _UnsignedTokens) -> Settings:
-    monkeypatch.setattr("contactsync.kafka.security.kafka_credential", lambda: credential)
+    monkeypatch.setattr("contactsync.kafka.security.kafka_credential",
+                        lambda _settings: credential)
     return _settings(secured, tmp_path).model_copy(update={
         "kafka_sasl_mechanism": "OAUTHBEARER", "kafka_sasl_username": "",
         "kafka_sasl_password": None, "kafka_oauth_scope": SCOPE, "topic_prefix": "oauth."})
