@@ -35,10 +35,14 @@ class Pipeline:
     webhook_port: int = 0
     metrics_port: int | None = None  # /healthz, /readyz, /metrics once for every role
     metrics_host: str = "0.0.0.0"
+    console_port: int | None = None  # the admin console; 0: a free port
+    console_host: str = "127.0.0.1"  # open without sign-in, so loopback unless one is set
     stop_event: threading.Event = field(default_factory=threading.Event)
     _roles: list[_Role] = field(default_factory=list)
     _webhook: Any = None
     _health: Any = None
+    _console: Any = None
+    _console_feed: Any = None
 
     @property
     def webhook_url(self) -> str:
@@ -47,6 +51,10 @@ class Pipeline:
     @property
     def health_url(self) -> str:
         return self._health.url if self._health is not None else ""
+
+    @property
+    def console_url(self) -> str:
+        return f"{self._console.url}/" if self._console is not None else ""
 
     def start(self) -> None:
         """Start every role, once the topics' partitions have leaders serving them."""
@@ -60,6 +68,8 @@ class Pipeline:
             await_topics(self.settings, ALL_TOPICS)
         if "webhook" in self.roles:
             self._start_webhook()
+        if self.console_port is not None:
+            self._start_console()
         for name in self.roles:
             if name == "webhook":
                 continue
@@ -76,6 +86,19 @@ class Pipeline:
         app = create_webhook_app(self.settings, StoreRegistry(self.store))
         self._webhook = BackgroundServer(app, host=self.webhook_host,
                                          port=self.webhook_port).start()
+
+    def _start_console(self) -> None:
+        from contactsync.console.app import create_console_app
+        from contactsync.console.results import ResultsFeed
+        from contactsync.console.signin import SignInSettings
+        from emulators.common.server import BackgroundServer
+
+        self._console_feed = ResultsFeed(self.settings)
+        self._console_feed.start()
+        app = create_console_app(self.settings, self.store, self._console_feed.view(),
+                                 SignInSettings())
+        self._console = BackgroundServer(app, host=self.console_host,
+                                         port=self.console_port or 0).start()
 
     def _runner(self, name: str) -> Callable[[threading.Event], None]:
         if name == "router":
@@ -122,6 +145,10 @@ class Pipeline:
             self._webhook.stop()
         if self._health is not None:
             self._health.stop()
+        if self._console is not None:
+            self._console.stop()
+        if self._console_feed is not None:
+            self._console_feed.stop()
         from contactsync.health import READINESS
 
         READINESS.clear()

@@ -19,6 +19,12 @@ def run(
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The webhook's port")] = 8080,
     metrics_port: MetricsPort = None,
+    console_port: Annotated[int | None, typer.Option(
+        "--console-port", min=1, max=65535,
+        help="Serve the admin console on this port (off unless given)")] = None,
+    console_host: Annotated[str, typer.Option(
+        "--console-host", help="The console's interface (loopback unless sign-in is set)")]
+    = "127.0.0.1",
 ) -> None:
     """Run the pipeline's roles (webhook, subscriptions, bc-changes, router, applier, reconcile)."""
     from contactsync.credentials import check_credential_settings
@@ -35,6 +41,8 @@ def run(
         unknown = sorted(set(chosen) - set(ALL_ROLES))
         if unknown:
             raise ConfigError(f"unknown roles {unknown}; roles: {', '.join(ALL_ROLES)}")
+        if console_port is not None:
+            _check_console_access(console_host)
         if "reconcile" in chosen:  # a bad schedule is one sentence now, not a failed role
             from producers.reconcile import parse_schedule
 
@@ -49,11 +57,14 @@ def run(
         ensure_topics_at(settings, settings)
         store = Store.open(settings.database_url)
     pipeline = Pipeline(settings, store, roles=chosen, webhook_host=host, webhook_port=port,
-                        metrics_port=metrics_port)
+                        metrics_port=metrics_port, console_port=console_port,
+                        console_host=console_host)
     try:
         with user_errors():
             pipeline.start()
         typer.echo(f"running {', '.join(chosen)}; Ctrl-C stops them")
+        if pipeline.console_url:
+            typer.echo(f"console on {pipeline.console_url}")
         while not stop.wait(0.5) and not pipeline.stop_event.is_set():
             pass
     finally:
@@ -63,3 +74,16 @@ def run(
         typer.echo(f"role {name} failed: {type(error).__name__}: {error}", err=True)
     if pipeline.failed_roles:
         raise typer.Exit(1)
+
+
+def _check_console_access(host: str) -> None:
+    """The same rule as `contactsync console`: without sign-in, loopback only."""
+    from contactsync.console.access import refuse_reason
+    from contactsync.console.signin import SignInSettings
+    from contactsync.sync.services import ConfigError
+
+    sign_in = SignInSettings()
+    reason = sign_in.problem() or refuse_reason(host, identity_configured=sign_in.configured,
+                                                   option="--console-host")
+    if reason:
+        raise ConfigError(reason)

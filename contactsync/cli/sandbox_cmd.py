@@ -226,7 +226,7 @@ def sandbox(
     })
     _fresh_topics(settings)
     store = Store.open(settings.database_url)
-    pipeline = Pipeline(settings, store, webhook_port=webhook_port)
+    pipeline = Pipeline(settings, store, webhook_port=webhook_port, console_port=0)
     live_state = LiveState()
     helpers: list[threading.Thread] = []
     try:
@@ -243,6 +243,7 @@ def sandbox(
         _queue_full_syncs(settings, setups)
         typer.echo(f"kafka {bootstrap} | graph {emulators.graph_base_url} | "
                    f"bc {emulators.bc_base_url} | webhook {pipeline.webhook_url}")
+        typer.echo(f"console {pipeline.console_url} (open: loopback, no sign-in)")
         deadline = time.monotonic() + duration if duration > 0 else None
         console = Console()
         with Live(_view(live_state), console=console, refresh_per_second=2,

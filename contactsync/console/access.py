@@ -30,12 +30,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def refuse_reason(host: str, identity_configured: bool) -> str | None:
+def refuse_reason(host: str, identity_configured: bool, option: str = "--host") -> str | None:
     """Why the console must not listen on `host`, in one sentence; None when it may."""
     if is_loopback(host) or identity_configured:
         return None
     return (f"the console has no sign-in configured, so it only listens on loopback: "
-            f"use --host 127.0.0.1 (and an SSH tunnel or a proxy) instead of {host}")
+            f"use {option} 127.0.0.1 (and an SSH tunnel or a proxy) instead of {host}")
 
 
 def who(request: Request) -> str:

@@ -20,12 +20,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_refuses_a_non_loopback_host_without_sign_in(tmp_path: Path):
-    run = subprocess.run([EXE, "console", "--host", "0.0.0.0", "--port", "8099"],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+def _assert_refused(tmp_path: Path, args: list[str], host_option: str) -> None:
+    run = subprocess.run([EXE, *args, host_option, "0.0.0.0"], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path, check=False)
     assert run.returncode == 1
     assert run.stderr.strip().count("\n") == 0  # one sentence, no traceback
-    assert "only listens on loopback: use --host 127.0.0.1" in run.stderr
+    assert f"only listens on loopback: use {host_option} 127.0.0.1" in run.stderr
+
+
+def test_refuses_a_non_loopback_host_without_sign_in(tmp_path: Path):
+    _assert_refused(tmp_path, ["console", "--port", "8099"], "--host")
+
+
+def test_run_refuses_a_console_on_a_non_loopback_host_without_sign_in(tmp_path: Path):
+    _assert_refused(tmp_path, ["run", "--console-port", "8099"], "--console-host")
 
 
 def test_serves_the_users_page_on_loopback(tmp_path: Path):
