@@ -62,6 +62,10 @@ class _OldestUnapplied(Collector):
         """`occurred_at` (epoch seconds) of the oldest change not finished; None when caught up."""
         self._since[group] = occurred_at
 
+    def clear(self) -> None:
+        """Forget every group (a test starting over in the same process)."""
+        self._since.clear()
+
     def age(self, group: str) -> float:
         since = self._since.get(group)
         return 0.0 if since is None else max(0.0, time.time() - since)

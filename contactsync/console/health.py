@@ -119,5 +119,66 @@ def subscriptions_check(store: Store) -> Check:
     return Check("Subscriptions", unhealthy == 0, detail)
 
 
+# As the ContactsyncChangesNotApplied alert (deploy/prometheus/alerts.yaml): older is failing.
+NOT_APPLIED_ALERT_S = 900.0
+ROLES_ONLY = ("not known in this process: the roles report it where they run "
+              "(`contactsync run --console-port P` shows it here)")
+
+
+def samples(name: str) -> list[tuple[dict[str, str], float]]:
+    """The series `name` as this process's /metrics shows it: (labels, value) per sample."""
+    from contactsync.metrics import REGISTRY
+
+    return [(dict(s.labels), s.value) for family in REGISTRY.collect()
+            for s in family.samples if s.name == name]
+
+
+def oldest_unapplied_age() -> float | None:
+    """Seconds since the oldest change the pipeline has not applied; None outside `run`."""
+    ages = [value for _labels, value in samples(
+        "contactsync_oldest_unapplied_change_age_seconds")]
+    return max(ages) if ages else None
+
+
+def credentials_check() -> Check:
+    """As /readyz: each service's `<scope>_credentials` component, and any refused now."""
+    from contactsync.credential_health import HEALTH
+
+    refused = HEALTH.refused()
+    if refused:
+        return Check("Credentials", False, "; ".join(
+            f"{scope}: {why}" for scope, why in sorted(refused.items())))
+    seen = sorted(labels["component"].removesuffix("_credentials")
+                  for labels, value in samples("contactsync_component_ready")
+                  if labels.get("component", "").endswith("_credentials") and value == 1)
+    if not seen:
+        return Check("Credentials", True, ROLES_ONLY)
+    return Check("Credentials", True, f"tokens issued for {', '.join(seen)}")
+
+
+def lag_checks() -> list[Check]:
+    """Consumer lag per role (its consumer group), as contactsync_consumer_lag and
+    contactsync_oldest_unapplied_change_age_seconds show it."""
+    lag: dict[str, float] = {}
+    for labels, value in samples("contactsync_consumer_lag"):
+        lag[labels["group"]] = lag.get(labels["group"], 0.0) + value
+    ages = {labels["group"]: value for labels, value in samples(
+        "contactsync_oldest_unapplied_change_age_seconds")}
+    if not lag and not ages:
+        return [Check("Consumer lag", True, ROLES_ONLY)]
+    found = []
+    for group in sorted(set(lag) | set(ages)):
+        age = ages.get(group, 0.0)
+        detail = (f"{lag.get(group, 0.0):.0f} record(s) not yet consumed; oldest change not "
+                  f"finished {age:.0f} s ago" if age else
+                  f"{lag.get(group, 0.0):.0f} record(s) not yet consumed; caught up")
+        if age > NOT_APPLIED_ALERT_S:
+            detail += ": is the role stuck? Its log names the record it waits on"
+        found.append(Check(f"Consumer lag: {group.removeprefix('contactsync-')}",
+                           age <= NOT_APPLIED_ALERT_S, detail))
+    return found
+
+
 def checks(settings: Settings, store: Store) -> list[Check]:
-    return [broker_check(settings), store_check(store), subscriptions_check(store)]
+    return [broker_check(settings), store_check(store), subscriptions_check(store),
+            credentials_check(), *lag_checks()]

@@ -1,0 +1,85 @@
+"""The Health page's credentials and consumer lag per role: read from what /readyz and /metrics
+read in this process (the readiness registry, the credential state, the metrics registry), as
+the roles of `contactsync run` write them."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from contactsync import metrics
+from contactsync.clients.errors import CredentialRejected
+from contactsync.credential_health import HEALTH
+from contactsync.health import READINESS, store_check
+
+
+@pytest.fixture(autouse=True)
+def nothing_reported() -> Iterator[None]:
+    """Each test starts, and leaves, a process where no role reported yet."""
+
+    def forget() -> None:
+        HEALTH.reset()
+        READINESS.clear()
+        for series in (metrics.CONSUMER_LAG, metrics.COMPONENT_READY, metrics.OLDEST_UNAPPLIED):
+            series.clear()
+
+    forget()
+    yield
+    forget()
+
+
+def _row(page: str, name: str) -> str:
+    found = re.search(rf"<tr[^>]*><th>{re.escape(name)}</th>.*?</tr>", page, re.S)
+    assert found, f"no {name} row on the Health page"
+    return found.group(0)
+
+
+def test_without_roles_in_the_process_credentials_and_lag_say_where_to_look(
+        client: TestClient):
+    page = html.unescape(client.get("/health").text)
+    for name in ("Credentials", "Consumer lag"):
+        assert "contactsync run --console-port P" in _row(page, name)
+
+
+def test_a_refused_credential_and_a_stuck_role_stand_out(client: TestClient, store):
+    READINESS.add_check("store", store_check(store))  # a role watches, as in `run`
+    graph_refused = CredentialRejected("Graph refused the client secret", service="graph")
+    HEALTH.failed("graph", graph_refused)
+    HEALTH.succeeded("graph")  # fixed: the readiness component is back at 1
+    HEALTH.failed("bc", CredentialRejected(
+        "Entra ID refused the client secret: set AZURE_CLIENT_SECRET to a current one",
+        service="bc"))
+    # The applier's worker measured its lag and holds a change observed 20 minutes ago;
+    # the router is caught up.
+    metrics.CONSUMER_LAG.labels("contactsync-applier", "sync.commands", "0").set(3)
+    metrics.CONSUMER_LAG.labels("contactsync-applier", "sync.commands", "1").set(4)
+    metrics.OLDEST_UNAPPLIED.set_oldest("contactsync-applier", time.time() - 1200)
+    metrics.CONSUMER_LAG.labels("contactsync-router", "graph.notifications", "0").set(0)
+    metrics.OLDEST_UNAPPLIED.set_oldest("contactsync-router", None)
+
+    page = html.unescape(client.get("/health").text)
+    credentials = _row(page, "Credentials")
+    assert credentials.startswith('<tr class="attention">')
+    assert "bc: Entra ID refused the client secret: set AZURE_CLIENT_SECRET" in credentials
+    assert "graph:" not in credentials
+    applier = _row(page, "Consumer lag: applier")
+    assert applier.startswith('<tr class="attention">')
+    assert re.search(r"7 record\(s\) not yet consumed; oldest change not finished 1\d{3} s ago",
+                     applier)
+    router = _row(page, "Consumer lag: router")
+    assert router.startswith('<tr class="">')
+    assert "0 record(s) not yet consumed; caught up" in router
+
+
+def test_credentials_in_use_are_named(client: TestClient, store):
+    READINESS.add_check("store", store_check(store))
+    HEALTH.failed("graph", CredentialRejected("refused", service="graph"))
+    HEALTH.succeeded("graph")
+    page = html.unescape(client.get("/health").text)
+    row = _row(page, "Credentials")
+    assert row.startswith('<tr class="">') and "tokens issued for graph" in row
