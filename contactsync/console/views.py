@@ -52,6 +52,22 @@ class UserRow:
     last_apply: LastRun
     failures: int
     subscription: SubscriptionState
+    skipped: dict[str, int] = field(default_factory=dict)  # of the last kept report
+    freshness: float | None = None  # oldest change not yet applied, s; None: not known here
+
+    @property
+    def in_folder(self) -> int:
+        """Contacts in the user's folder: the store keeps no count of the folder itself, and
+        every contact the sync put there is linked, so the links are that count."""
+        return self.links
+
+    @property
+    def skipped_text(self) -> str:
+        return ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()) if n)
+
+    @property
+    def freshness_text(self) -> str:
+        return age_text(self.freshness)
 
     @property
     def filter_text(self) -> str:
@@ -73,6 +89,17 @@ class UserRow:
         return ""
 
 
+def age_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 1:
+        return "caught up"
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def subscription_state(subs: Sequence[Subscription], now: datetime) -> SubscriptionState:
     graph = [s for s in subs if s.service is SubscriptionService.GRAPH]
     if not graph:
@@ -89,7 +116,7 @@ def _last_report(store: Store, user_id: str) -> AuditRecord | None:
 
 
 def user_row(store: Store, setup: UserSetup, company: str, results: ResultsView,
-             now: datetime) -> UserRow:
+             now: datetime, freshness: float | None = None) -> UserRow:
     state = store.state.get(setup.user_id)
     report = _last_report(store, setup.user_id)
     full = results.last(setup.user_id, "full_sync")
@@ -101,12 +128,14 @@ def user_row(store: Store, setup: UserSetup, company: str, results: ResultsView,
     if sync.at is None:
         sync = LastRun(state.last_sync_at)
     failures = int(report.details.get("failed", 0)) if report is not None else 0
+    skipped = report.details.get("skipped", {}) if report is not None else {}
     return UserRow(
         setup=setup, company=company, links=store.links.count(setup.user_id),
         last_sync=sync, last_full_sync=full, last_apply=results.last_apply(setup.user_id),
         failures=failures,
         subscription=subscription_state(store.subscriptions.list_all(user_id=setup.user_id),
                                         now),
+        skipped={str(k): int(v) for k, v in (skipped or {}).items()}, freshness=freshness,
     )
 
 
@@ -139,6 +168,7 @@ SORT_KEYS: dict[str, Callable[[UserRow], Any]] = {
     "last_sync": lambda r: r.last_sync.at or _EPOCH,
     "last_full_sync": lambda r: r.last_full_sync.at or _EPOCH,
     "links": lambda r: r.links,
+    "in_folder": lambda r: r.in_folder,
     "failures": lambda r: r.failures,
     "subscription": lambda r: r.subscription.expiration or _EPOCH,
     "attention": lambda r: r.attention == "",
@@ -156,9 +186,11 @@ class UsersPage:
 
 def users_page(store: Store, company: str, results: ResultsView, *, query: str = "",
                sort: str = "user", descending: bool = False) -> UsersPage:
-    now = datetime.now(UTC)
+    from contactsync.console.health import oldest_unapplied_age
+
+    now, freshness = datetime.now(UTC), oldest_unapplied_age()
     setups = store.setups.list_all()
-    rows = [user_row(store, s, company, results, now) for s in setups]
+    rows = [user_row(store, s, company, results, now, freshness) for s in setups]
     needle = query.strip().lower()
     if needle:
         rows = [r for r in rows if needle in " ".join(

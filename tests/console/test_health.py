@@ -1,6 +1,6 @@
-"""The Health page's credentials and consumer lag per role: read from what /readyz and /metrics
-read in this process (the readiness registry, the credential state, the metrics registry), as
-the roles of `contactsync run` write them."""
+"""The Health page's credentials and consumer lag per role, and the Users page's freshness:
+read from what /readyz and /metrics read in this process (the readiness registry, the
+credential state, the metrics registry), as the roles of `contactsync run` write them."""
 
 from __future__ import annotations
 
@@ -83,3 +83,30 @@ def test_credentials_in_use_are_named(client: TestClient, store):
     page = html.unescape(client.get("/health").text)
     row = _row(page, "Credentials")
     assert row.startswith('<tr class="">') and "tokens issued for graph" in row
+
+
+def _users_row(page: str, user: str) -> str:
+    found = re.search(rf'<tr class="[^"]*" data-user="{re.escape(user)}">.*?</tr>', page, re.S)
+    assert found, f"no row for {user}"
+    return found.group(0)
+
+
+def test_users_page_shows_folder_skips_and_freshness_unknown_outside_run(client: TestClient):
+    page = html.unescape(client.get("/users").text)
+    alice = _users_row(page, "alice@contoso.com")
+    assert 'class="num in-folder" title="linked contacts: the sync\'s contacts in the ' \
+           'folder">2<' in alice
+    assert '<td class="skipped">no_email 4, not_a_person 1</td>' in alice  # its last report
+    assert '<td class="freshness">n/a</td>' in alice
+    assert '<td class="skipped">none</td>' in _users_row(page, "bob@contoso.com")
+
+
+def test_users_page_freshness_is_the_oldest_change_not_yet_applied(client: TestClient):
+    metrics.OLDEST_UNAPPLIED.set_oldest("contactsync-applier", time.time() - 300)
+    metrics.OLDEST_UNAPPLIED.set_oldest("contactsync-router", None)
+    page = html.unescape(client.get("/users").text)
+    for user in ("alice@contoso.com", "bob@contoso.com"):
+        assert '<td class="freshness">5 min</td>' in _users_row(page, user)
+    metrics.OLDEST_UNAPPLIED.set_oldest("contactsync-applier", None)
+    caught_up = html.unescape(client.get("/users").text)
+    assert '<td class="freshness">caught up</td>' in _users_row(caught_up, "alice@contoso.com")
