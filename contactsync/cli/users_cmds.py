@@ -184,11 +184,10 @@ def set_(
     outlook_delete: OutlookDeletePolicy | None = None,
 ) -> None:
     """Change a user's setup (only the options given), checked as `users add` checks."""
-    from contactsync.sync.setup_checks import count_selected, selected_sentence
+    from contactsync.sync.setup_checks import selected_sentence
 
     settings = settings_and_logging()
     changes: dict[str, object] = {}
-    selected: int | None = None
     with user_errors():
         if folder is not None:
             changes["folder_name"] = folder_name(folder)
@@ -201,18 +200,28 @@ def set_(
         if outlook_delete is not None:
             changes["outlook_delete_policy"] = outlook_delete
         with open_store(settings) as store:
-            store.setups.require(user)
-            if "contact_filter" in changes:
-                new_filter = dict(changes["contact_filter"])  # type: ignore[call-overload]
-
-                async def check(services: Services) -> int:
-                    return await count_selected(services.bc, new_filter)
-
-                selected = _with_services(settings, store, check)
-            setup = store.setups.update(user, **changes)
+            setup, selected = set_checked(settings, store, user, changes)
     typer.echo(f"updated {_describe(setup)}")
     if selected is not None:
         typer.echo(selected_sentence(selected))
+
+
+def set_checked(settings: Settings, store: Store, user: str,
+                changes: dict[str, object]) -> tuple[UserSetup, int | None]:
+    """Change a setup as `users set` does: a new filter is first counted against BC (how many
+    contacts it selects, returned; None when the filter is not changed), then the store
+    refuses a folder another setup holds. The admin console edits setups with this too."""
+    from contactsync.sync.setup_checks import count_selected
+
+    store.setups.require(user)
+    if "contact_filter" in changes:
+        new_filter = dict(changes["contact_filter"])  # type: ignore[call-overload]
+
+        async def check(services: Services) -> int:
+            return await count_selected(services.bc, new_filter)
+
+        selected = _with_services(settings, store, check)
+    return store.setups.update(user, **changes), selected
 
 
 @users_app.command("enable")

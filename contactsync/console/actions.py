@@ -15,7 +15,7 @@ from contactsync.engine.bcfilter import ContactFilter, FilterError
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import AuditRecord
-from schemas.setup import UserSetup
+from schemas.setup import OutlookDeletePolicy, UserSetup
 
 RUN_KINDS = {"sync": "Sync", "full_sync": "Full sync"}
 
@@ -76,21 +76,91 @@ def filter_problem(field: str, expression: str) -> str:
     return ""
 
 
-def add_user(settings: Settings, store: Store, form: dict[str, str], by: str) -> str:
-    """Add a setup from the form with the checks of `contactsync users add` (Graph knows the
-    mailbox, the folder is free, the filter parses); an exception says why not."""
-    from contactsync.cli.users_cmds import add_checked
+def _folder_of(form: dict[str, str]) -> str:
     from contactsync.sync.services import ConfigError
-    from contactsync.sync.setup_checks import selected_sentence
 
-    mailbox = form.get("mailbox", "").strip()
     folder = form.get("folder", "")
     if not folder.strip():
         raise ConfigError("the folder name is blank: name the Outlook folder, e.g. "
                           "'Business Central'")
+    return folder
+
+
+def _filter_of(form: dict[str, str]) -> dict[str, str]:
+    """The form's one filter field (none: all contacts); FilterError (with its caret) if bad."""
     field, expression = form.get("filter_field", "").strip(), form.get("filter_expression", "")
     filters = {field: expression} if field else {}
     ContactFilter.parse(filters)
+    return filters
+
+
+def setup_changes(setup: UserSetup, form: dict[str, str]) -> dict[str, object]:
+    """What the edit form changes in `setup` (as `users set` options would); raises with the
+    CLI's sentence when a value is refused (a blank folder, a filter that does not parse)."""
+    from contactsync.sync.services import ConfigError
+
+    try:
+        policy = OutlookDeletePolicy(form.get("outlook_delete", ""))
+    except ValueError:
+        raise ConfigError("pick what a deletion in Outlook does: "
+                          f"{' or '.join(p.value for p in OutlookDeletePolicy)}") from None
+    wanted: dict[str, object] = {
+        "folder_name": _folder_of(form), "contact_filter": _filter_of(form),
+        "create_in_bc": form.get("create_in_bc") == "on", "outlook_delete_policy": policy}
+    return {name: value for name, value in wanted.items() if getattr(setup, name) != value}
+
+
+SETUP_LABELS = {"folder_name": "Outlook folder", "contact_filter": "Filter",
+                "create_in_bc": "Create in BC", "outlook_delete_policy": "Deleted in Outlook"}
+
+
+def shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "all contacts"
+    return str(value)
+
+
+def change_rows(setup: UserSetup, changes: dict[str, object]) -> list[tuple[str, str, str]]:
+    """(setting, now, after) for the confirmation page."""
+    return [(SETUP_LABELS[name], shown(getattr(setup, name)), shown(value))
+            for name, value in changes.items()]
+
+
+def edit_form(setup: UserSetup) -> dict[str, str]:
+    """The edit form's fields as the setup has them now."""
+    field, expression = next(iter(setup.contact_filter.items()), ("", ""))
+    return {"folder": setup.folder_name, "filter_field": field, "filter_expression": expression,
+            "create_in_bc": "on" if setup.create_in_bc else "",
+            "outlook_delete": setup.outlook_delete_policy.value}
+
+
+def edit_user(settings: Settings, store: Store, user_id: str, changes: dict[str, object],
+              by: str) -> str:
+    """Apply confirmed `changes` with `users set`'s checks (a new filter is counted in BC,
+    a folder another setup holds is refused); an exception says why not."""
+    from contactsync.cli.users_cmds import set_checked
+    from contactsync.sync.setup_checks import selected_sentence
+
+    _, selected = set_checked(settings, store, user_id, changes)
+    audit(store, user_id, by, "edit", changes=_jsonable(changes))
+    counted = "" if selected is None else f" {selected_sentence(selected)}"
+    return f"updated {user_id}: {', '.join(sorted(changes))}.{counted}"
+
+
+def _jsonable(changes: dict[str, object]) -> dict[str, object]:
+    return {k: str(v) if isinstance(v, OutlookDeletePolicy) else v for k, v in changes.items()}
+
+
+def add_user(settings: Settings, store: Store, form: dict[str, str], by: str) -> str:
+    """Add a setup from the form with the checks of `contactsync users add` (Graph knows the
+    mailbox, the folder is free, the filter parses); an exception says why not."""
+    from contactsync.cli.users_cmds import add_checked
+    from contactsync.sync.setup_checks import selected_sentence
+
+    mailbox = form.get("mailbox", "").strip()
+    folder, filters = _folder_of(form), _filter_of(form)
     setup = UserSetup(user_id=form.get("user_id", "").strip() or mailbox, mailbox=mailbox,
                       folder_name=folder, contact_filter=filters,
                       enabled=form.get("enable") == "on")

@@ -24,6 +24,7 @@ from contactsync.console.signin import RequireSignIn, SignIn, SignInSettings
 from contactsync.engine.bcfilter import FILTERABLE_FIELDS
 from contactsync.settings import Settings
 from contactsync.store import Store
+from schemas.setup import OutlookDeletePolicy, UserSetup
 
 HERE = Path(__file__).parent
 USER_ACTIONS = {
@@ -147,6 +148,49 @@ class Console:
         user_id = form.get("user_id", "").strip() or form.get("mailbox", "").strip()
         return self.back(request.url_for("user", user_id=user_id).path, message)
 
+    def _edit_page(self, request: Request, setup: UserSetup, form: dict[str, str],
+                   status: int = 200, error: str = "") -> Response:
+        several = (actions.shown(setup.contact_filter)
+                   if len(setup.contact_filter) > 1 else "")
+        return self.page(request, "edit_user.html", status, user_id=setup.user_id, form=form,
+                         fields=sorted(FILTERABLE_FIELDS), policies=list(OutlookDeletePolicy),
+                         several_filters=several, error=error)
+
+    def edit_user(self, request: Request) -> Response:
+        setup = self.store.setups.get(request.path_params["user_id"])
+        if setup is None:
+            return self.page(request, "message.html", 404,
+                             message="There is no such user: pick one from the Users page.")
+        return self._edit_page(request, setup, actions.edit_form(setup))
+
+    async def save_user(self, request: Request) -> Response:
+        """The edit form: checked, then shown for confirmation, then applied and audited."""
+        form = await self.posted(request)
+        if isinstance(form, Response):
+            return form
+        setup = self.store.setups.get(request.path_params["user_id"])
+        if setup is None:
+            return self.page(request, "message.html", 404,
+                             message="There is no such user: pick one from the Users page.")
+        url = request.url_for("user", user_id=setup.user_id).path
+        try:
+            changes = actions.setup_changes(setup, form)
+        except Exception as exc:  # one sentence (and the filter's caret) on the form
+            return self._edit_page(request, setup, form, 400, health.sentence(exc))
+        if not changes:
+            return self.back(url, "Nothing changed: the setup already reads like that.")
+        if form.get("confirmed") != "yes":
+            return self.page(request, "edit_confirm.html", user_id=setup.user_id, form=form,
+                             changes=actions.change_rows(setup, changes))
+        from starlette.concurrency import run_in_threadpool
+
+        try:  # BC counts a new filter: off the event loop
+            message = await run_in_threadpool(actions.edit_user, self.settings, self.store,
+                                              setup.user_id, changes, access.who(request))
+        except Exception as exc:
+            return self._edit_page(request, setup, form, 400, health.sentence(exc))
+        return self.back(url, message)
+
     def filter_check(self, request: Request) -> Response:
         q = request.query_params
         problem = actions.filter_problem(q.get("field", ""), q.get("expression", ""))
@@ -193,6 +237,8 @@ def create_console_app(settings: Settings, store: Store,
         Route("/users/new", c.new_user, name="new_user"),
         Route("/users", c.add_user, methods=["POST"], name="add_user"),
         Route("/users/{user_id}", c.user, name="user"),
+        Route("/users/{user_id}/edit", c.edit_user, name="edit_user"),
+        Route("/users/{user_id}/edit", c.save_user, methods=["POST"], name="save_user"),
         Route("/users/{user_id}/confirm", c.confirm, name="confirm"),
         Route("/users/{user_id}/act", c.act, methods=["POST"], name="act"),
         Route("/filter-check", c.filter_check, name="filter_check"),

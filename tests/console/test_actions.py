@@ -16,6 +16,7 @@ from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at
 from contactsync.settings import Settings
 from contactsync.store import Store
 from schemas.envelope import decode
+from schemas.setup import UserSetup
 from tests.admin.test_setup_safety import USER1, seeded
 from tests.kafka_fixtures import read_topic
 
@@ -124,6 +125,60 @@ def test_add_user_checks_like_users_add(emulated_client: TestClient, store: Stor
     assert f"enabled {USER1}." in enabled.text  # then what the first sync will do, as the CLI
     assert store.setups.require(USER1).enabled is True
     assert [a["action"] for a in _console_actions(store, USER1)] == ["enable", "add"]
+
+
+def test_edit_user_checks_like_users_set_confirms_and_audits(emulated_client: TestClient,
+                                                              store: Store):
+    client = emulated_client
+    store.setups.add(UserSetup(user_id=USER1, mailbox=USER1))
+    store.setups.add(UserSetup(user_id="user1-archive", mailbox=USER1, folder_name="Archive"))
+    edit = html.unescape(client.get(f"/users/{USER1}/edit").text)
+    assert 'name="folder" value="Business Central"' in edit
+    assert '<option value="recreate" selected>' in edit
+    form = {"csrf": _csrf(edit), "folder": "Business Central", "filter_field": "city",
+            "filter_expression": "Seattle|(Redm", "outlook_delete": "recreate"}
+
+    bad = client.post(f"/users/{USER1}/edit", data=form)
+    assert bad.status_code == 400
+    assert "\n  Seattle|(Redm\n" in html.unescape(bad.text)  # the CLI's caret follows
+    blank = client.post(f"/users/{USER1}/edit", data={**form, "folder": " ",
+                                                      "filter_field": ""})
+    assert blank.status_code == 400 and "the folder name is blank" in blank.text
+    forged = client.post(f"/users/{USER1}/edit", data={**form, "csrf": "guess"})
+    assert forged.status_code == 403
+
+    # The box left unticked: contacts made in Outlook are no longer created in BC.
+    wanted = {**form, "filter_expression": "Seattle", "outlook_delete": "unlink"}
+    review = html.unescape(client.post(f"/users/{USER1}/edit", data=wanted).text)
+    assert "<tr><th>Filter</th><td>all contacts</td><td>city=Seattle</td></tr>" in review
+    assert "<tr><th>Deleted in Outlook</th><td>recreate</td><td>unlink</td></tr>" in review
+    assert "<tr><th>Create in BC</th><td>yes</td><td>no</td></tr>" in review
+    assert "Outlook folder" not in review  # unchanged settings are not listed
+    assert store.setups.require(USER1).contact_filter == {}  # nothing before the confirmation
+    assert _console_actions(store, USER1) == []
+
+    confirmed = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', review))
+    assert confirmed["confirmed"] == "yes"
+    done = client.post(f"/users/{USER1}/edit", data=confirmed)
+    assert done.status_code == 200
+    shown = html.unescape(done.text)
+    assert f"updated {USER1}: contact_filter, create_in_bc, outlook_delete_policy." in shown
+    assert re.search(r"the filter selects \d+ BC contacts? now", shown)  # counted, as the CLI
+    setup = store.setups.require(USER1)
+    assert (setup.contact_filter, setup.create_in_bc, setup.outlook_delete_policy) == (
+        {"city": "Seattle"}, False, "unlink")
+    assert _console_actions(store, USER1) == [{
+        "action": "edit", "by": OPEN_ADMIN,
+        "changes": {"contact_filter": {"city": "Seattle"}, "create_in_bc": False,
+                    "outlook_delete_policy": "unlink"}}]
+
+    taken = client.post(f"/users/{USER1}/edit",
+                        data={**wanted, "folder": "Archive", "confirmed": "yes"})
+    assert taken.status_code == 400
+    assert "already belongs to setup 'user1-archive'" in html.unescape(taken.text)
+    assert store.setups.require(USER1).folder_name == "Business Central"
+    unchanged = client.post(f"/users/{USER1}/edit", data={**wanted, "confirmed": "yes"})
+    assert "Nothing changed" in unchanged.text
 
 
 @pytest.fixture
