@@ -67,6 +67,40 @@ def run(settings: Settings, store: Store, user_id: str, kind: str, by: str, *,
     return f"{what} for {user_id} published as run {run_id}; its result appears here"
 
 
+@dataclass(frozen=True)
+class ForcePreview:
+    """What a Full sync past the mass-delete rail would do, from a dry run made just now."""
+
+    removals: list[str]  # "remove from Outlook (reason)  Jane Doe <j***@contoso.com>  [ids]"
+    totals: dict[str, int]
+
+
+def force_preview(settings: Settings, store: Store, user_id: str) -> ForcePreview:
+    """`contactsync sync USER --full --dry-run --force`'s own run (nothing is written)."""
+    import asyncio
+
+    from contactsync.engine.actions import DeleteFromOutlook
+    from contactsync.engine.links import SyncMode
+    from contactsync.sync.runner import SyncReport, sync_user
+    from contactsync.sync.services import open_services
+
+    setup = store.setups.require(user_id)
+
+    async def dry_run() -> SyncReport:
+        async with open_services(settings, store) as services:
+            return await sync_user(setup, SyncMode.FULL, graph=services.graph, bc=services.bc,
+                                   store=store, dry_run=True, force=True)
+
+    report = asyncio.run(dry_run())
+    s = report.summary
+    removals = [line for write, line in zip(report.planned_writes, report.plan, strict=True)
+                if isinstance(write, DeleteFromOutlook)]
+    totals = {"create in Outlook": s.created_in_outlook, "update in Outlook": s.updated_outlook,
+              "remove from Outlook": s.deleted_from_outlook, "create in BC": s.created_in_bc,
+              "update in BC": s.updated_bc}
+    return ForcePreview(removals, totals)
+
+
 def filter_problem(field: str, expression: str) -> str:
     """The CLI's error for one field's filter (with the caret under the bad character), or ""."""
     try:

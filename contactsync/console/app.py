@@ -99,8 +99,15 @@ class Console:
         if action not in USER_ACTIONS or self.store.setups.get(user_id) is None:
             return self.page(request, "message.html", 404,
                              message="Unknown user or action: go back to the Users page.")
+        preview, preview_error = None, ""
+        if action.startswith("force_"):  # what it would remove, before anyone confirms
+            try:
+                preview = actions.force_preview(self.settings, self.store, user_id)
+            except Exception as exc:  # the button stays away: nobody forces blind
+                preview_error = health.sentence(exc)
         return self.page(request, "confirm.html", user_id=user_id, action=action,
-                         label=USER_ACTIONS[action], dry_run=self.results.last_dry_run(user_id))
+                         label=USER_ACTIONS[action], dry_run=self.results.last_dry_run(user_id),
+                         preview=preview, preview_error=preview_error)
 
     async def act(self, request: Request) -> Response:
         form = await self.posted(request)

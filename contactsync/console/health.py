@@ -19,7 +19,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Check:
     name: str
-    ok: bool
+    ok: bool | None  # None: not known in this process (shown as n/a, not as ok)
     detail: str
 
 
@@ -152,7 +152,7 @@ def credentials_check() -> Check:
                   for labels, value in samples("contactsync_component_ready")
                   if labels.get("component", "").endswith("_credentials") and value == 1)
     if not seen:
-        return Check("Credentials", True, ROLES_ONLY)
+        return Check("Credentials", None, ROLES_ONLY)
     return Check("Credentials", True, f"tokens issued for {', '.join(seen)}")
 
 
@@ -165,7 +165,7 @@ def lag_checks() -> list[Check]:
     ages = {labels["group"]: value for labels, value in samples(
         "contactsync_oldest_unapplied_change_age_seconds")}
     if not lag and not ages:
-        return [Check("Consumer lag", True, ROLES_ONLY)]
+        return [Check("Consumer lag", None, ROLES_ONLY)]
     found = []
     for group in sorted(set(lag) | set(ages)):
         age = ages.get(group, 0.0)

@@ -3,6 +3,7 @@ as the same `sync.commands` the CLI publishes (read back from the real broker)."
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from collections.abc import Iterator
@@ -80,17 +81,22 @@ def test_filter_is_checked_as_typed_with_the_clis_caret(client: TestClient):
 
 
 @pytest.fixture
-def emulated_client(store: Store) -> Iterator[TestClient]:
-    """The console pointed at the Graph and BC emulators, seeded as `emulate --seed 200`."""
+def emulated_settings(store: Store) -> Iterator[Settings]:
+    """Settings pointing at the Graph and BC emulators, seeded as `emulate --seed 200`."""
     running = seeded()
-    settings = Settings(database_url=str(store.engine.url),
-                        graph_base_url=running.graph_base_url, bc_base_url=running.bc_base_url,
-                        bc_company=running.bc.company_id)
     try:
-        with TestClient(create_console_app(settings, store)) as test_client:
-            yield test_client
+        yield Settings(database_url=str(store.engine.url),
+                       graph_base_url=running.graph_base_url,
+                       bc_base_url=running.bc_base_url, bc_company=running.bc.company_id)
     finally:
         running.stop()
+
+
+@pytest.fixture
+def emulated_client(emulated_settings: Settings, store: Store) -> Iterator[TestClient]:
+    """The console over the emulators."""
+    with TestClient(create_console_app(emulated_settings, store)) as test_client:
+        yield test_client
 
 
 def test_add_user_checks_like_users_add(emulated_client: TestClient, store: Store):
@@ -179,6 +185,45 @@ def test_edit_user_checks_like_users_set_confirms_and_audits(emulated_client: Te
     assert store.setups.require(USER1).folder_name == "Business Central"
     unchanged = client.post(f"/users/{USER1}/edit", data={**wanted, "confirmed": "yes"})
     assert "Nothing changed" in unchanged.text
+
+
+def test_forcing_a_full_sync_shows_what_it_would_remove_first(
+        emulated_client: TestClient, emulated_settings: Settings, store: Store):
+    """A user narrowed to one city: a forced Full sync would remove the others from Outlook.
+    The confirmation lists them by name (email masked) from a dry run, writing nothing."""
+    from contactsync.engine.links import SyncMode
+    from contactsync.sync.runner import sync_user
+    from contactsync.sync.services import open_services
+
+    store.setups.add(UserSetup(user_id=USER1, mailbox=USER1))
+
+    async def full_sync() -> None:
+        async with open_services(emulated_settings, store) as services:
+            await sync_user(store.setups.require(USER1), SyncMode.FULL, graph=services.graph,
+                            bc=services.bc, store=store)
+
+    asyncio.run(full_sync())
+    store.setups.update(USER1, contact_filter={"city": "Seattle"})
+    links = store.links.count(USER1)
+
+    page = html.unescape(emulated_client.get(
+        f"/users/{USER1}/confirm", params={"action": "force_full_sync"}).text)
+    removals = re.findall(r"<li>(remove from Outlook.*?)</li>", page)
+    assert removals, page[-3000:]
+    for line in removals:  # a name, the email masked as the logs mask it, the ids
+        assert re.search(r"\S+ \S+ <\w\*\*\*@[\w.]+>  \[bc=\S+ outlook=\S+\]", line), line
+    assert f"remove from Outlook {len(removals)}" in page
+    assert "Yes, full sync past the mass-delete safety rail" in page
+    assert store.links.count(USER1) == links  # the preview wrote nothing
+    assert _console_actions(store, USER1) == []
+
+
+def test_forcing_without_a_preview_cannot_be_confirmed(client: TestClient):
+    """No tenant reachable: the page says why, and offers no button to force blind."""
+    page = html.unescape(client.get("/users/alice@contoso.com/confirm",
+                                    params={"action": "force_full_sync"}).text)
+    assert "Cannot show what it would remove, so it cannot be confirmed here:" in page
+    assert "Yes, full sync past" not in page
 
 
 @pytest.fixture

@@ -43,7 +43,9 @@ def test_without_roles_in_the_process_credentials_and_lag_say_where_to_look(
         client: TestClient):
     page = html.unescape(client.get("/health").text)
     for name in ("Credentials", "Consumer lag"):
-        assert "contactsync run --console-port P" in _row(page, name)
+        row = _row(page, name)
+        assert '<td class="status unknown">n/a</td>' in row  # not "ok": nobody knows here
+        assert "contactsync run --console-port P" in row
 
 
 def test_a_refused_credential_and_a_stuck_role_stand_out(client: TestClient, store):
