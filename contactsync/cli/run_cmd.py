@@ -42,7 +42,7 @@ def run(
         if unknown:
             raise ConfigError(f"unknown roles {unknown}; roles: {', '.join(ALL_ROLES)}")
         if console_port is not None:
-            _check_console_access(console_host)
+            _check_console_access(console_host, console_port)
         if "reconcile" in chosen:  # a bad schedule is one sentence now, not a failed role
             from producers.reconcile import parse_schedule
 
@@ -76,8 +76,11 @@ def run(
         raise typer.Exit(1)
 
 
-def _check_console_access(host: str) -> None:
-    """The same rule as `contactsync console`: without sign-in, loopback only."""
+def _check_console_access(host: str, port: int) -> None:
+    """The same rule as `contactsync console` (without sign-in, loopback only), and a port
+    another program holds is one sentence now, not a failed start of every role."""
+    import socket
+
     from contactsync.console.access import refuse_reason
     from contactsync.console.signin import SignInSettings
     from contactsync.sync.services import ConfigError
@@ -87,3 +90,9 @@ def _check_console_access(host: str) -> None:
                                                    option="--console-host")
     if reason:
         raise ConfigError(reason)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ConfigError(f"the console cannot listen on {host}:{port} ({exc.strerror}): "
+                              "choose another --console-port") from None

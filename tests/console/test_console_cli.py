@@ -36,6 +36,18 @@ def test_run_refuses_a_console_on_a_non_loopback_host_without_sign_in(tmp_path: 
     _assert_refused(tmp_path, ["run", "--console-port", "8099"], "--console-host")
 
 
+def test_run_refuses_a_console_port_in_use_in_one_sentence(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([EXE, "run", "--console-port", str(port)], capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path, check=False)
+    assert run.returncode == 1 and run.stderr.strip().count("\n") == 0, run.stderr
+    assert f"the console cannot listen on 127.0.0.1:{port}" in run.stderr
+    assert "choose another --console-port" in run.stderr
+
+
 def test_serves_the_users_page_on_loopback(tmp_path: Path):
     from contactsync.store import Store
     from tests.console.conftest import seed
