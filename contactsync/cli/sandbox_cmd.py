@@ -243,7 +243,7 @@ def sandbox(
         _queue_full_syncs(settings, setups)
         typer.echo(f"kafka {bootstrap} | graph {emulators.graph_base_url} | "
                    f"bc {emulators.bc_base_url} | webhook {pipeline.webhook_url}")
-        typer.echo(f"console {pipeline.console_url} (open: loopback, no sign-in)")
+        typer.echo(f"console {pipeline.console_url}")
         deadline = time.monotonic() + duration if duration > 0 else None
         console = Console()
         with Live(_view(live_state), console=console, refresh_per_second=2,
