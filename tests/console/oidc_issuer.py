@@ -97,7 +97,7 @@ def serve(client_id: str) -> tuple[Issuer, uvicorn.Server, threading.Thread]:
     issuer = Issuer(f"http://127.0.0.1:{port}", client_id, Account(),
                     rsa.generate_private_key(public_exponent=65537, key_size=2048))
     server = uvicorn.Server(uvicorn.Config(issuer.app(), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+                                           log_level="warning", log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:  # bounded by the test's timeout
