@@ -13,8 +13,7 @@
   poll group, since one delta read answers them all (decision 2). A notification whose
   changeKey is the one our own last write recorded in the link is that write's echo and asks
   for nothing (docs/architecture.md 5): skipping the delta read leaves the delta link where it was,
-  so a
-  later read still returns everything since (a forged echo can only delay a read). A `missed`
+  so a later read still returns everything since (a forged echo can only delay a read). A `missed`
   lifecycle event becomes a `sync` command; the other lifecycle events belong to the
   subscription keeper.
 

@@ -5,8 +5,7 @@ Three pieces, usable on their own:
 * `RequestBudget`: a per-principal *client-side* budget (max concurrent requests and max requests
   per sliding window). It awaits instead of failing, so we stay under the service's limits
   instead of discovering them through 429s (docs/architecture.md decision 10). `pause()` lets a
-  429's
-  Retry-After hold back every request of that principal, not just the one that got it.
+  429's Retry-After hold back every request of that principal, not just the one that got it.
 * `RetryPolicy` + `backoff_delay()` / `retry_delay()`: jittered exponential backoff as pure
   functions (the random source is a parameter), so they are tested without sleeping.
 * `retrying()`: runs an async call, retries `RetryableError`s per the policy, honours

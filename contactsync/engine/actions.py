@@ -9,8 +9,7 @@ write returned (the executor fills them in). A `SaveLink` replaces any link of t
 the same BC id or the same Graph id. `Audit` and `Skip` are records for the log, not writes.
 
 Creates are never blind (docs/architecture.md 10): before `CreateInOutlook` the executor looks the
-folder
-up by our BC-id property and then by email; before `CreateInBc` it looks BC up by email. If
+folder up by our BC-id property and then by email; before `CreateInBc` it looks BC up by email. If
 something is found, it creates nothing and plans that pair again with what it found.
 """
 

@@ -6,8 +6,7 @@ groups go out together through `$batch` (20 per request); everything else runs g
 a few groups at a time (the clients' request budgets pace the services).
 
 Idempotent when stopped at any point and run again (docs/architecture.md 9): an Outlook contact we
-created
-carries our BC-id tag, so the next run finds it instead of creating it twice; a BC contact
+created carries our BC-id tag, so the next run finds it instead of creating it twice; a BC contact
 created from Outlook is found again by email. Link and audit rows are written in one
 transaction per chunk of groups, after the writes they describe.
 """

@@ -1,6 +1,5 @@
 """Knobs of the BC emulator. Defaults are BC online's numbers (BC docs: API limits and webhooks);
-tests shrink
-the delays so a webhook round trip takes milliseconds instead of 30 seconds."""
+tests shrink the delays so a webhook round trip takes milliseconds instead of 30 seconds."""
 
 from __future__ import annotations
 

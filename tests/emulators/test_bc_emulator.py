@@ -1,6 +1,5 @@
 """Conformance of the BC emulator's contacts API with BC's API v2.0 documentation, driven by the
-product's
-BcClient and, where the wire matters, by plain httpx."""
+product's BcClient and, where the wire matters, by plain httpx."""
 
 from __future__ import annotations
 
