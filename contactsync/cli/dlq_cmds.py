@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic: list and replay.")
 
 
-def _load(settings: Settings) -> tuple[str, list[DeadLetterEntry], ReplayLedger]:
+def load_dead_letters(settings: Settings) -> tuple[str, list[DeadLetterEntry], ReplayLedger]:
     from contactsync.kafka.deadletter import (
         ReplayLedger,
         mark_replayed,
@@ -59,7 +59,7 @@ def list_letters(
     """Dead letters: when, where from (topic, partition, offset), key, reason, replayed?"""
     settings = settings_and_logging()
     with user_errors():
-        _, entries, ledger = _load(settings)
+        _, entries, ledger = load_dead_letters(settings)
         ledger.close()
     newest = sorted(entries, key=lambda e: (e.timestamp_ms, e.partition, e.offset))[-limit:]
     if as_json:
@@ -117,7 +117,7 @@ def replay(
         raise typer.BadParameter("give either --all or one or more --offset")
     settings = settings_and_logging()
     with user_errors():
-        _, entries, ledger = _load(settings)
+        _, entries, ledger = load_dead_letters(settings)
         try:
             chosen = list(entries) if replay_all else _select(entries, offsets or [])
             producer = make_producer(settings, client_id="contactsync-dlq-replay")

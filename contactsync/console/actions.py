@@ -212,9 +212,9 @@ class DeadLetterGroup:
 
 def dead_letters(settings: Settings) -> list[DeadLetterGroup]:
     """The dead letters (as `contactsync dlq list` reads them), grouped by reason."""
-    from contactsync.cli.dlq_cmds import _load
+    from contactsync.cli.dlq_cmds import load_dead_letters
 
-    _, entries, ledger = _load(settings)
+    _, entries, ledger = load_dead_letters(settings)
     ledger.close()
     groups: dict[str, list[dict[str, object]]] = {}
     for entry in sorted(entries, key=lambda e: e.timestamp_ms, reverse=True):
@@ -228,11 +228,11 @@ def replay(settings: Settings, store: Store, by: str, *, reason: str = "",
            where: str = "") -> str:
     """Replay one dead letter (`where` = PARTITION:OFFSET) or every one of `reason` not yet
     replayed, with `contactsync dlq replay`'s code; returns what happened."""
-    from contactsync.cli.dlq_cmds import _load
+    from contactsync.cli.dlq_cmds import load_dead_letters
     from contactsync.kafka.deadletter import replay_entries
     from contactsync.kafka.io import make_producer
 
-    _, entries, ledger = _load(settings)
+    _, entries, ledger = load_dead_letters(settings)
     try:
         chosen = [e for e in entries
                   if (where and f"{e.partition}:{e.offset}" == where)
