@@ -99,9 +99,9 @@ def _folder(running: RunningEmulators, mailbox: str) -> list[dict[str, Any]]:
 
 def _serve(conn: Connection, fast: bool, mailboxes: list[str]) -> None:
     from contactsync.cli.emulate_cmd import start_emulators
-    from emulators.bc import BcEmulatorConfig
-    from emulators.bc import SeedSpec as BcSeed
-    from emulators.graph import GraphEmulatorConfig
+    from contactsync.emulators.bc import BcEmulatorConfig
+    from contactsync.emulators.bc import SeedSpec as BcSeed
+    from contactsync.emulators.graph import GraphEmulatorConfig
 
     graph_config = (GraphEmulatorConfig.fast(**UNTHROTTLED_GRAPH) if fast
                     else GraphEmulatorConfig(allow_http_notifications=True, **UNTHROTTLED_GRAPH))

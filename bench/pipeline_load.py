@@ -50,10 +50,10 @@ from contactsync.kafka.local_broker import LocalBroker, free_port
 from contactsync.kafka.topics import ensure_topics_at
 from contactsync.logs import configure_logging
 from contactsync.pipeline import ALL_ROLES, Pipeline
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings, default_cache_dir
 from contactsync.store import Store
 from contactsync.sync.runner import sync_user
-from schemas.setup import UserSetup
 
 USERS: dict[str, dict[str, str]] = {
     "anna@contoso.test": {},

@@ -38,11 +38,16 @@ from bench.emulator_process import MAILBOX, EmulatorProcess
 from bench.reconcile_inline import reconcile_in_child
 from contactsync.kafka.local_broker import LocalBroker
 from contactsync.kafka.topics import ensure_topics_at
+from contactsync.producers.reconcile import (
+    CommandPublisher,
+    ResultWaiter,
+    new_run_id,
+    reconcile_command,
+)
+from contactsync.schemas.messages import ResultStatus
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings, default_cache_dir
 from contactsync.store import Store
-from producers.reconcile import CommandPublisher, ResultWaiter, new_run_id, reconcile_command
-from schemas.messages import ResultStatus
-from schemas.setup import UserSetup
 
 WRITE_METHODS = ("POST", "PATCH", "DELETE")
 APPLIER_GROUP = "contactsync-applier"

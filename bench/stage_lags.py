@@ -15,9 +15,9 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from contactsync.kafka.topics import BC_CONTACT_CHANGES, SYNC_COMMANDS, SYNC_RESULTS, topic_name
+from contactsync.schemas.envelope import decode
+from contactsync.schemas.messages import BcContactChanged, CommandKind, SyncCommand, SyncResult
 from contactsync.settings import Settings
-from schemas.envelope import decode
-from schemas.messages import BcContactChanged, CommandKind, SyncCommand, SyncResult
 
 
 def _records(bootstrap: str, topic: str) -> list[Any]:

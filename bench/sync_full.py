@@ -32,9 +32,9 @@ from contactsync.clients.graph import GraphClient, GraphClientOptions
 from contactsync.clients.resilience import BudgetLimits
 from contactsync.engine.links import SyncMode
 from contactsync.engine.mapping import BC_ID_PROPERTY, BC_SELECT, GRAPH_SELECT
+from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.sync.runner import sync_user
-from schemas.setup import UserSetup
 
 WRITE_METHODS = ("POST", "PATCH", "DELETE")
 # What the product's Outlook updates send: every mapped field (a push overwrites).

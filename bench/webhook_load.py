@@ -43,14 +43,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from contactsync.emulators.common.server import BackgroundServer
 from contactsync.kafka.local_broker import LocalBroker
 from contactsync.kafka.topics import GRAPH_NOTIFICATIONS, ensure_topics_at, topic_name
+from contactsync.producers.webhook import StoreRegistry, create_webhook_app
+from contactsync.schemas.envelope import decode
 from contactsync.settings import Settings, default_cache_dir
 from contactsync.store import Store
 from contactsync.store.records import Subscription, SubscriptionService
-from emulators.common.server import BackgroundServer
-from producers.webhook import StoreRegistry, create_webhook_app
-from schemas.envelope import decode
 
 PATH = "/webhooks/graph"
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))

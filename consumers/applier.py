@@ -58,20 +58,20 @@ from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
-from contactsync.settings import Settings
-from contactsync.store import Store
-from contactsync.sync.reconcile import UserReport, record_report
-from contactsync.sync.runner import SyncReport, apply_changes, sync_user
-from contactsync.sync.services import Services, open_services
-from schemas.envelope import encode, wrap
-from schemas.messages import (
+from contactsync.schemas.envelope import encode, wrap
+from contactsync.schemas.messages import (
     BcChangeKind,
     CommandKind,
     ResultStatus,
     SyncCommand,
     SyncResult,
 )
-from schemas.setup import UserSetup
+from contactsync.schemas.setup import UserSetup
+from contactsync.settings import Settings
+from contactsync.store import Store
+from contactsync.sync.reconcile import UserReport, record_report
+from contactsync.sync.runner import SyncReport, apply_changes, sync_user
+from contactsync.sync.services import Services, open_services
 
 GROUP_ID = "contactsync-applier"
 APPLY_SPAN = "applier apply"

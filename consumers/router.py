@@ -51,10 +51,8 @@ from contactsync.kafka.topics import (
 )
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
-from contactsync.settings import Settings
-from contactsync.store import Store
-from schemas.envelope import encode, wrap
-from schemas.messages import (
+from contactsync.schemas.envelope import encode, wrap
+from contactsync.schemas.messages import (
     BcChangeKind,
     BcContactChanged,
     CommandKind,
@@ -63,7 +61,9 @@ from schemas.messages import (
     LifecycleEvent,
     SyncCommand,
 )
-from schemas.setup import UserSetup
+from contactsync.schemas.setup import UserSetup
+from contactsync.settings import Settings
+from contactsync.store import Store
 
 GROUP_ID = "contactsync-router"
 TOPICS = (BC_CONTACT_CHANGES, GRAPH_NOTIFICATIONS)

@@ -80,8 +80,8 @@ class Pipeline:
             role.thread.start()
 
     def _start_webhook(self) -> None:
-        from emulators.common.server import BackgroundServer
-        from producers.webhook import StoreRegistry, create_webhook_app
+        from contactsync.emulators.common.server import BackgroundServer
+        from contactsync.producers.webhook import StoreRegistry, create_webhook_app
 
         app = create_webhook_app(self.settings, StoreRegistry(self.store))
         self._webhook = BackgroundServer(app, host=self.webhook_host,
@@ -91,7 +91,7 @@ class Pipeline:
         from contactsync.console.app import create_console_app
         from contactsync.console.results import ResultsFeed
         from contactsync.console.signin import SignInSettings
-        from emulators.common.server import BackgroundServer
+        from contactsync.emulators.common.server import BackgroundServer
 
         self._console_feed = ResultsFeed(self.settings)
         self._console_feed.start()
@@ -102,23 +102,23 @@ class Pipeline:
 
     def _runner(self, name: str) -> Callable[[threading.Event], None]:
         if name == "router":
-            from consumers.router import Router
+            from contactsync.consumers.router import Router
 
             return Router(self.settings, self.store).run
         if name == "applier":
-            from consumers.applier import Applier
+            from contactsync.consumers.applier import Applier
 
             return Applier(self.settings, self.store).run
         if name == "bc-changes":
-            from producers.bc_changes import run_bc_changes
+            from contactsync.producers.bc_changes import run_bc_changes
 
             return lambda stop: run_bc_changes(self.settings, self.store, stop)
         if name == "subscriptions":
-            from producers.subscriptions import run_subscriptions
+            from contactsync.producers.subscriptions import run_subscriptions
 
             return lambda stop: run_subscriptions(self.settings, self.store, stop)
         if name == "reconcile":  # the scheduler; idle between slots
-            from producers.reconcile import run_scheduler
+            from contactsync.producers.reconcile import run_scheduler
 
             return lambda stop: run_scheduler(self.settings, self.store, stop)
         raise ValueError(f"unknown role {name!r}; roles: {', '.join(ALL_ROLES)}")

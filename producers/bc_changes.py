@@ -71,14 +71,14 @@ from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
 from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, DEADLETTER, topic_name
 from contactsync.logs import get_logger
+from contactsync.schemas.contacts import BcContact
+from contactsync.schemas.envelope import MessageError, decode, encode, wrap
+from contactsync.schemas.messages import BcChangeKind, BcContactChanged, BcNotification
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import SubscriptionService
 from contactsync.sync.services import ConfigError, azure_credential
-from schemas.contacts import BcContact
-from schemas.envelope import MessageError, decode, encode, wrap
-from schemas.messages import BcChangeKind, BcContactChanged, BcNotification
-from schemas.setup import UserSetup
 
 GROUP_ID = "contactsync-bc-changes"
 DEFAULT_POLL_INTERVAL = 30.0

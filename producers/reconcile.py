@@ -35,12 +35,12 @@ from contactsync.clients.errors import ServiceUnavailable
 from contactsync.kafka.io import make_consumer, make_producer
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.logs import get_logger
+from contactsync.schemas.envelope import MessageError, decode, encode, wrap
+from contactsync.schemas.messages import CommandKind, SyncCommand, SyncResult
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.sync.run_ids import new_run_id as new_run_id  # where callers found it
 from contactsync.sync.services import ConfigError
-from schemas.envelope import MessageError, decode, encode, wrap
-from schemas.messages import CommandKind, SyncCommand, SyncResult
 
 NIGHTLY = "0 2 * * *"  # 02:00 UTC
 SEND_TIMEOUT_S = 30.0

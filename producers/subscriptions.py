@@ -64,13 +64,13 @@ from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import GRAPH_NOTIFICATIONS, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
+from contactsync.schemas.envelope import encode, wrap
+from contactsync.schemas.messages import CommandKind, GraphLifecycle, LifecycleEvent, SyncCommand
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import Subscription, SubscriptionService
 from contactsync.sync.services import ConfigError, Services, open_services
-from schemas.envelope import encode, wrap
-from schemas.messages import CommandKind, GraphLifecycle, LifecycleEvent, SyncCommand
-from schemas.setup import UserSetup
 
 GROUP_ID = "contactsync-subscriptions"
 GRAPH_LIFETIME = timedelta(minutes=4200)  # under the documented 4,230 (reference 3.2)

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas.messages import MESSAGE_TYPES, type_of
+from contactsync.schemas.messages import MESSAGE_TYPES, type_of
 
 P = TypeVar("P", bound=BaseModel)
 

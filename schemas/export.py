@@ -12,11 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas.contacts import BcContact, CanonicalContact, GraphContact
-from schemas.envelope import Envelope
-from schemas.messages import MESSAGE_TYPES
-from schemas.report import RunReport
-from schemas.setup import UserSetup
+from contactsync.schemas.contacts import BcContact, CanonicalContact, GraphContact
+from contactsync.schemas.envelope import Envelope
+from contactsync.schemas.messages import MESSAGE_TYPES
+from contactsync.schemas.report import RunReport
+from contactsync.schemas.setup import UserSetup
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 

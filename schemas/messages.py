@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.contacts import BcContact
+from contactsync.schemas.contacts import BcContact
 
 
 class _Payload(BaseModel):

@@ -179,9 +179,9 @@ def start_tenant(kafka_settings: Settings, mailbox: str,
     """This test's topics, the emulators (fast configs) with `mailbox` in Graph, and settings
     pointing at both (plus `changes`). The caller stops the emulators."""
     from contactsync.cli.emulate_cmd import start_emulators
+    from contactsync.emulators.bc import BcEmulatorConfig
+    from contactsync.emulators.graph import GraphEmulatorConfig
     from contactsync.kafka.topics import ensure_topics_at
-    from emulators.bc import BcEmulatorConfig
-    from emulators.graph import GraphEmulatorConfig
 
     ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
     emulators = start_emulators(graph_config=GraphEmulatorConfig.fast(),

@@ -20,9 +20,9 @@ import typer
 
 # The emulators (FastAPI/Starlette, uvicorn) load when they start, not at CLI start.
 if TYPE_CHECKING:
-    from emulators.bc import BcEmulator, BcEmulatorConfig
-    from emulators.common.server import BackgroundServer
-    from emulators.graph import GraphEmulator, GraphEmulatorConfig
+    from contactsync.emulators.bc import BcEmulator, BcEmulatorConfig
+    from contactsync.emulators.common.server import BackgroundServer
+    from contactsync.emulators.graph import GraphEmulator, GraphEmulatorConfig
 
 
 @dataclass
@@ -52,9 +52,9 @@ def start_emulators(
     graph_config: GraphEmulatorConfig | None = None,
     bc_config: BcEmulatorConfig | None = None,
 ) -> RunningEmulators:
-    from emulators.bc import BcEmulator
-    from emulators.common.server import BackgroundServer
-    from emulators.graph import GraphEmulator
+    from contactsync.emulators.bc import BcEmulator
+    from contactsync.emulators.common.server import BackgroundServer
+    from contactsync.emulators.graph import GraphEmulator
 
     graph = GraphEmulator(graph_config)
     bc = BcEmulator(bc_config)
@@ -64,7 +64,7 @@ def start_emulators(
 
 
 def seed_emulators(running: RunningEmulators, seed: str) -> str:
-    from emulators.bc import SeedSpec as BcSeed
+    from contactsync.emulators.bc import SeedSpec as BcSeed
 
     if seed.isdigit():
         persons = int(seed)
@@ -107,7 +107,7 @@ def emulate(
         help="let Graph subscriptions notify an http URL (real Graph requires https)")] = False,
 ) -> None:
     """Run the Graph and Business Central emulators and print their base URLs."""
-    from emulators.graph import GraphEmulatorConfig
+    from contactsync.emulators.graph import GraphEmulatorConfig
 
     for option, port in (("--graph-port", graph_port), ("--bc-port", bc_port)):
         _require_free(host, port, option)

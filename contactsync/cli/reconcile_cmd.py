@@ -77,8 +77,8 @@ async def _inline(settings: Settings, store: Store, users: list[str], run_id: st
 
 def _through_kafka(settings: Settings, users: list[str], run_id: str, *, dry_run: bool,
                    force: bool, wait: bool, timeout: float) -> list[UserReport] | None:
+    from contactsync.producers.reconcile import CommandPublisher, ResultWaiter, reconcile_command
     from contactsync.sync.reconcile import PENDING, UserReport
-    from producers.reconcile import CommandPublisher, ResultWaiter, reconcile_command
 
     kafka_bootstrap(settings)  # a broker that is not there: one sentence, in seconds
     if wait:
@@ -110,10 +110,10 @@ def _still_waiting(pending: int, waited: float) -> None:
 def _require_applier(settings: Settings) -> None:
     """`--wait` with nobody to take the commands would wait out --timeout: say so now, and
     publish nothing."""
-    from consumers.applier import GROUP_ID
+    from contactsync.consumers.applier import GROUP_ID
     from contactsync.kafka.topics import SYNC_COMMANDS, topic_name
+    from contactsync.producers.reconcile import consumers_of
     from contactsync.sync.services import ConfigError
-    from producers.reconcile import consumers_of
 
     topic = topic_name(settings, SYNC_COMMANDS)
     if not consumers_of(settings, GROUP_ID, topic, wait=APPLIER_GRACE_S):
@@ -155,7 +155,7 @@ def reconcile(
 ) -> None:
     """Full reconcile: repair drift between BC and Outlook for some or all users."""
     if schedule:
-        from producers.reconcile import run_scheduler
+        from contactsync.producers.reconcile import run_scheduler
 
         run_role("reconcile scheduler", run_scheduler, metrics_port)
         return

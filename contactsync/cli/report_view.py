@@ -93,7 +93,7 @@ def exit_code(lines: list[UserReport]) -> int:
 def show_run(kind: str, lines: list[UserReport], *, dry_run: bool, as_json: bool,
              run_id: str = "") -> None:
     """Print the run (text or JSON) and end with its exit code."""
-    from schemas.report import RunKind, RunReport
+    from contactsync.schemas.report import RunKind, RunReport
 
     lines = sorted(lines, key=lambda line: line.user_id)
     if as_json:

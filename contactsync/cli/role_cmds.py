@@ -18,7 +18,7 @@ def router(
     metrics_port: MetricsPort = None,
 ) -> None:
     """Route BC contact changes and Graph notifications to per-user sync commands."""
-    from consumers.router import Router
+    from contactsync.consumers.router import Router
 
     run_role("router", lambda settings, store, stop: Router(
         settings, store, refresh_seconds=refresh).run(stop), metrics_port)
@@ -26,7 +26,7 @@ def router(
 
 def applier(metrics_port: MetricsPort = None) -> None:
     """Apply per-user sync commands to Outlook and Business Central and publish the results."""
-    from consumers.applier import Applier
+    from contactsync.consumers.applier import Applier
 
     run_role("applier", lambda settings, store, stop: Applier(settings, store).run(stop),
              metrics_port)
@@ -43,7 +43,7 @@ def bc_changes(
     metrics_port: MetricsPort = None,
 ) -> None:
     """Publish BC contact changes (hints and polling, one query per round) to Kafka."""
-    from producers.bc_changes import run_bc_changes
+    from contactsync.producers.bc_changes import run_bc_changes
 
     run_role("bc-changes", lambda settings, store, stop: run_bc_changes(
         settings, store, stop, poll_interval=poll_interval,
@@ -57,7 +57,7 @@ def subscriptions(
     metrics_port: MetricsPort = None,
 ) -> None:
     """Keep the Graph and BC webhook subscriptions alive (create, renew, recreate, delete)."""
-    from producers.subscriptions import run_subscriptions
+    from contactsync.producers.subscriptions import run_subscriptions
 
     run_role("subscriptions", lambda settings, store, stop: run_subscriptions(
         settings, store, stop, interval=interval), metrics_port)

@@ -44,7 +44,7 @@ def run(
         if console_port is not None:
             _check_console_access(console_host, console_port)
         if "reconcile" in chosen:  # a bad schedule is one sentence now, not a failed role
-            from producers.reconcile import parse_schedule
+            from contactsync.producers.reconcile import parse_schedule
 
             parse_schedule(settings.reconcile_schedule)
         if settings.uses_emulators:

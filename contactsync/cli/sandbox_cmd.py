@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from contactsync.cli.emulate_cmd import RunningEmulators
+    from contactsync.schemas.setup import UserSetup
     from contactsync.settings import Settings
     from contactsync.store import Store
-    from schemas.setup import UserSetup
 
 SANDBOX_PREFIX = "sandbox."
 # Three people with their own filters (BC filter syntax) over the seeded cities.
@@ -69,7 +69,7 @@ def _fresh_topics(settings: Settings) -> None:
 
 
 def _seed_users(store: Store, emulators: RunningEmulators) -> list[UserSetup]:
-    from schemas.setup import UserSetup
+    from contactsync.schemas.setup import UserSetup
 
     setups = []
     for mailbox, contact_filter in SANDBOX_USERS:
@@ -82,8 +82,8 @@ def _seed_users(store: Store, emulators: RunningEmulators) -> list[UserSetup]:
 def _queue_full_syncs(settings: Settings, setups: list[UserSetup]) -> None:
     from contactsync.kafka.io import make_producer
     from contactsync.kafka.topics import SYNC_COMMANDS, topic_name
-    from schemas.envelope import encode, wrap
-    from schemas.messages import CommandKind, SyncCommand
+    from contactsync.schemas.envelope import encode, wrap
+    from contactsync.schemas.messages import CommandKind, SyncCommand
 
     producer = make_producer(settings)
     try:
@@ -101,7 +101,7 @@ def _follow_results(settings: Settings, state: LiveState,
                     stop: threading.Event) -> None:
     from contactsync.kafka.io import make_consumer
     from contactsync.kafka.topics import DEADLETTER, SYNC_RESULTS, topic_name
-    from schemas.envelope import decode
+    from contactsync.schemas.envelope import decode
 
     consumer = make_consumer(settings, f"sandbox-view-{time.time_ns()}",
                              topic_name(settings, SYNC_RESULTS), topic_name(settings, DEADLETTER),
@@ -180,13 +180,13 @@ def sandbox(
     from rich.live import Live
 
     from contactsync.cli.emulate_cmd import start_emulators
+    from contactsync.emulators.bc import BcEmulatorConfig
+    from contactsync.emulators.bc import SeedSpec as BcSeed
+    from contactsync.emulators.graph import GraphEmulatorConfig
     from contactsync.kafka.io import local_broker
     from contactsync.kafka.local_broker import free_port
     from contactsync.pipeline import Pipeline
     from contactsync.store import Store
-    from emulators.bc import BcEmulatorConfig
-    from emulators.bc import SeedSpec as BcSeed
-    from emulators.graph import GraphEmulatorConfig
 
     base = settings_and_logging(one_shot=False)
     stop = threading.Event()

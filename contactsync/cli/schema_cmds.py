@@ -10,7 +10,7 @@ schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of the topic 
 @schemas_app.command()
 def export() -> None:
     """Regenerate schemas/json/*.schema.json from the pydantic models."""
-    from schemas.export import SCHEMA_DIR, write_all
+    from contactsync.schemas.export import SCHEMA_DIR, write_all
 
     for name in write_all():
         typer.echo(f"wrote {SCHEMA_DIR.name}/{name}")
@@ -19,7 +19,7 @@ def export() -> None:
 @schemas_app.command()
 def check() -> None:
     """Exit 1 when the schema files differ from the models."""
-    from schemas.export import stale_files
+    from contactsync.schemas.export import stale_files
 
     stale = stale_files()
     if stale:

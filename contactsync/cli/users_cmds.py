@@ -11,7 +11,10 @@ import typer
 
 from contactsync.cli.common import settings_and_logging, user_errors
 from contactsync.engine.bcfilter import ContactFilter
-from schemas.setup import OutlookDeletePolicy, UserSetup  # typer reads OutlookDeletePolicy
+from contactsync.schemas.setup import (  # typer reads OutlookDeletePolicy
+    OutlookDeletePolicy,
+    UserSetup,
+)
 
 if TYPE_CHECKING:
     from contactsync.settings import Settings

@@ -29,8 +29,8 @@ def webhook(
     import uvicorn
 
     from contactsync.health import register_role_checks
+    from contactsync.producers.webhook import StoreRegistry, create_webhook_app
     from contactsync.store import Store
-    from producers.webhook import StoreRegistry, create_webhook_app
 
     with user_errors():
         store = Store.open(settings.database_url)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from contactsync.console.views import CONSOLE_ACTION
 from contactsync.engine.bcfilter import ContactFilter, FilterError
+from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import AuditRecord
-from schemas.setup import OutlookDeletePolicy, UserSetup
 
 RUN_KINDS = {"sync": "Sync", "full_sync": "Full sync"}
 
@@ -44,9 +44,9 @@ def disable(store: Store, user_id: str, by: str) -> str:
 def run(settings: Settings, store: Store, user_id: str, kind: str, by: str, *,
         dry_run: bool = False, force: bool = False) -> str:
     """Publish one Sync or Full sync command for the user; the applier runs it."""
+    from contactsync.producers.reconcile import CommandPublisher, reconcile_command
+    from contactsync.schemas.messages import CommandKind, SyncCommand
     from contactsync.sync.run_ids import new_run_id
-    from producers.reconcile import CommandPublisher, reconcile_command
-    from schemas.messages import CommandKind, SyncCommand
 
     if not store.setups.require(user_id).enabled:
         return f"sync is disabled for {user_id}: enable it first"

@@ -22,9 +22,9 @@ from starlette.templating import Jinja2Templates
 from contactsync.console import access, actions, health, views
 from contactsync.console.signin import RequireSignIn, SignIn, SignInSettings
 from contactsync.engine.bcfilter import FILTERABLE_FIELDS
+from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
-from schemas.setup import OutlookDeletePolicy, UserSetup
 
 HERE = Path(__file__).parent
 USER_ACTIONS = {

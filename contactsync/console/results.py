@@ -53,7 +53,7 @@ class ResultsFeed:
 
     def take(self, payload: Any, timestamp_ms: int) -> None:
         """Remember one `SyncResult` (anything else on the topic is ignored)."""
-        from schemas.messages import SyncResult
+        from contactsync.schemas.messages import SyncResult
 
         if not isinstance(payload, SyncResult):
             return
@@ -84,7 +84,7 @@ class ResultsFeed:
 
         from contactsync.kafka.io import make_consumer
         from contactsync.kafka.topics import SYNC_RESULTS, topic_name
-        from schemas.envelope import MessageError, decode
+        from contactsync.schemas.envelope import MessageError, decode
 
         topic = topic_name(self.settings, SYNC_RESULTS)
         consumer = make_consumer(self.settings, None, client_id="contactsync-console")

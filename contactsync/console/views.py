@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord, Subscription, SubscriptionService
-from schemas.setup import UserSetup
 
 CONSOLE_ACTION = "console_action"  # the audit kind of what an admin did in the console
 EXPIRING_SOON = timedelta(hours=1)  # the subscription service renews well before this

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypedDict, cast
 
 from contactsync.engine.links import canon_bc_id
-from schemas.contacts import CanonicalContact
+from contactsync.schemas.contacts import CanonicalContact
 
 BC_ID_PROPERTY: Final = "String {f4c1a0e2-5b7d-4c8e-9a3f-2d6b8e1c7a90} Name BcContactId"
 SYNC_CATEGORY: Final = "Business Central"

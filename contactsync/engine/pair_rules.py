@@ -31,7 +31,7 @@ from contactsync.engine.actions import (
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.compact import is_stub
 from contactsync.engine.links import Link, LinkOrigin, SyncMode, canon_bc_id
-from schemas.setup import OutlookDeletePolicy, UserSetup
+from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
 
 
 class Unread(Enum):

@@ -96,7 +96,7 @@ from contactsync.engine.pair_rules import (
     plan_contact,
     unchanged_pair,
 )
-from schemas.setup import UserSetup
+from contactsync.schemas.setup import UserSetup
 
 __all__ = [
     "UNREAD",

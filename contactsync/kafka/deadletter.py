@@ -30,9 +30,9 @@ from contactsync import metrics
 from contactsync.kafka.io import KafkaTarget, make_consumer
 from contactsync.kafka.topics import group_name
 from contactsync.logs import redact_text
+from contactsync.schemas.envelope import MessageError, decode, encode, wrap
+from contactsync.schemas.messages import DeadLetter
 from contactsync.settings import Settings
-from schemas.envelope import MessageError, decode, encode, wrap
-from schemas.messages import DeadLetter
 
 RAW_VALUE_HEADER = "contactsync.dlq.raw-value-b64"
 REPLAYED_FROM_HEADER = "contactsync.replayed-from"

@@ -52,8 +52,8 @@ from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
 from contactsync.kafka.topics import DEADLETTER, await_topics, topic_name
 from contactsync.logs import get_logger
+from contactsync.schemas.envelope import Envelope, MessageError, decode
 from contactsync.settings import Settings
-from schemas.envelope import Envelope, MessageError, decode
 
 LAG_EVERY_SECONDS = 5.0  # how often a worker measures its lag (one ListOffsets request)
 

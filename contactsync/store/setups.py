@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import Connection, exc, func, or_, select
 
+from contactsync.schemas.setup import UserSetup
 from contactsync.store.base import Repository, dialect_insert, utcnow
 from contactsync.store.records import FolderTakenError, SetupExistsError, SetupNotFoundError
 from contactsync.store.tables import user_setups
-from schemas.setup import UserSetup
 
 _FIELDS = list(UserSetup.model_fields)
 _SETUP_COLUMNS = [user_setups.c[name] for name in _FIELDS]

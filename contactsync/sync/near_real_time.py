@@ -32,8 +32,8 @@ from contactsync.engine import mapping as m
 from contactsync.engine.links import Link, canon_bc_id
 from contactsync.engine.pair_rules import parse_time
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan
+from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
-from schemas.setup import UserSetup
 
 Contact = Mapping[str, Any]
 KNOWN_MAX = 5000  # contacts held per side: a few MB, the hot set of a busy tenant

@@ -21,12 +21,12 @@ from contactsync.clients.errors import ServiceError
 from contactsync.clients.graph import GraphClient
 from contactsync.engine.bcfilter import FilterError
 from contactsync.engine.links import SyncMode
+from contactsync.schemas.messages import ResultStatus, SyncResult
+from contactsync.schemas.report import UserLine
+from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord
 from contactsync.sync.runner import SyncReport, sync_user
-from schemas.messages import ResultStatus, SyncResult
-from schemas.report import UserLine
-from schemas.setup import UserSetup
 
 PENDING = "pending"  # no result arrived in time
 

@@ -34,6 +34,7 @@ from contactsync.engine.links import Link, SyncMode, canon_bc_id
 from contactsync.engine.mapping import BC_SELECT, GRAPH_SELECT
 from contactsync.engine.pair_rules import bc_version_is_links
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, PlanSummary, plan_user
+from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord, SetupStoppedError
 from contactsync.sync import near_real_time as nrt
@@ -41,7 +42,6 @@ from contactsync.sync.bulk_gc import keep_out_of_gc, snapshots_kept_out_of_gc
 from contactsync.sync.executor import ExecutionReport, Executor, WriteHook
 from contactsync.sync.memory import release_free_memory
 from contactsync.sync.plan_names import plan_lines
-from schemas.setup import UserSetup
 
 SINCE_SLACK = timedelta(seconds=2)
 _TURN_EVERY = 200  # contacts converted between two turns of the event loop (~2 ms)

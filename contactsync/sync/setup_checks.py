@@ -21,9 +21,9 @@ from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.links import SyncMode
 from contactsync.engine.mapping import BC_SELECT
 from contactsync.engine.pair_rules import bc_skip_reason
+from contactsync.schemas.setup import UserSetup
 from contactsync.sync.runner import FULL_LISTING_PAGE, sync_user
 from contactsync.sync.services import ConfigError, Services
-from schemas.setup import UserSetup
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from emulators.bc.errors import ODataError, error_response
-from emulators.bc.seed import SeedSpec
-from emulators.common.faults import FaultSpec
+from contactsync.emulators.bc.errors import ODataError, error_response
+from contactsync.emulators.bc.seed import SeedSpec
+from contactsync.emulators.common.faults import FaultSpec
 
 if TYPE_CHECKING:
-    from emulators.bc.app import BcEmulator
+    from contactsync.emulators.bc.app import BcEmulator
 
 
 def admin_routes(emu: BcEmulator) -> list[Route]:

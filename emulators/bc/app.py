@@ -26,16 +26,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from emulators.bc.config import BcEmulatorConfig
-from emulators.bc.errors import ODataError, error_response
-from emulators.bc.metadata import metadata_document
-from emulators.bc.odata_filter import Schema, compile_filter, seek_lower_bound
-from emulators.bc.seed import SeedSpec, seed
-from emulators.bc.state import BcState, Company, StoredContact, contact_fields
-from emulators.bc.webhooks import WebhookHub, running
-from emulators.common.counters import CountingMiddleware, RequestCounters
-from emulators.common.faults import FaultInjector, FaultSpec
-from emulators.common.throttle import Budget, Throttle
+from contactsync.emulators.bc.config import BcEmulatorConfig
+from contactsync.emulators.bc.errors import ODataError, error_response
+from contactsync.emulators.bc.metadata import metadata_document
+from contactsync.emulators.bc.odata_filter import Schema, compile_filter, seek_lower_bound
+from contactsync.emulators.bc.seed import SeedSpec, seed
+from contactsync.emulators.bc.state import BcState, Company, StoredContact, contact_fields
+from contactsync.emulators.bc.webhooks import WebhookHub, running
+from contactsync.emulators.common.counters import CountingMiddleware, RequestCounters
+from contactsync.emulators.common.faults import FaultInjector, FaultSpec
+from contactsync.emulators.common.throttle import Budget, Throttle
 
 
 def contact_schema(fields: tuple[str, ...]) -> Schema:
@@ -494,7 +494,7 @@ class BcEmulator:
         return _json({"value": rows})
 
     def _build_app(self) -> Starlette:
-        from emulators.bc.admin import admin_routes
+        from contactsync.emulators.bc.admin import admin_routes
 
         routes: list[Route] = []
         for prefix in ("/v2.0/{env}", "/v2.0/{tenant}/{env}"):

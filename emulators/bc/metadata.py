@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
 
-from emulators.bc.state import MAX_LENGTH
+from contactsync.emulators.bc.state import MAX_LENGTH
 
 _EDM_TYPES = {
     "id": "Edm.Guid",

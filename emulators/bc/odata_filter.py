@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from emulators.bc.errors import ODataError
-from emulators.bc.state import parse_datetime_us
+from contactsync.emulators.bc.errors import ODataError
+from contactsync.emulators.bc.state import parse_datetime_us
 
 Row = dict[str, Any]
 Predicate = Callable[[Row], bool]

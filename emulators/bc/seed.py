@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from emulators.bc.state import EMPTY_DATE, BcState, Company
+from contactsync.emulators.bc.state import EMPTY_DATE, BcState, Company
 
 FIRST = ["Anna", "Ben", "Chloé", "David", "Eva", "Farid", "Grace", "Hiro", "Ines", "Jonas",
          "Kara", "Liam", "Mia", "Noah", "Olga", "Pedro", "Quinn", "Rosa", "Sven", "Tara"]

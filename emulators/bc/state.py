@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from emulators.bc.errors import ODataError, bad_request
+from contactsync.emulators.bc.errors import ODataError, bad_request
 
 # Wire order of page 30071's properties (reference c.2). No first/middle/surname: the API
 # does not expose them. jobTitle is UNCONFIRMED on the page (BCApps d8f6462 lacks it) but is in

@@ -35,9 +35,9 @@ from urllib.parse import quote
 
 import httpx
 
-from emulators.bc.config import BcEmulatorConfig
-from emulators.bc.errors import ODataError
-from emulators.bc.state import format_ms
+from contactsync.emulators.bc.config import BcEmulatorConfig
+from contactsync.emulators.bc.errors import ODataError
+from contactsync.emulators.bc.state import format_ms
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A local Microsoft Entra ID token endpoint (client credentials), served over TLS on loopback:
 azure-identity accepts only an https authority (AZURE_AUTHORITY_HOST)."""
 
-from emulators.entra.app import EntraEmulator, create_entra_app
-from emulators.entra.tls import LocalCertificate, local_certificate
+from contactsync.emulators.entra.app import EntraEmulator, create_entra_app
+from contactsync.emulators.entra.tls import LocalCertificate, local_certificate
 
 __all__ = ["EntraEmulator", "LocalCertificate", "create_entra_app", "local_certificate"]

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from emulators.common.faults import FaultSpec
+from contactsync.emulators.common.faults import FaultSpec
 
 from .config import SeedSpec
 from .model import GraphError, invalid

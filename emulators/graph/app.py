@@ -21,9 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from emulators.common.counters import CountingMiddleware, RequestCounters
-from emulators.common.faults import FaultInjector, FaultSpec
-from emulators.common.throttle import Budget, Throttle
+from contactsync.emulators.common.counters import CountingMiddleware, RequestCounters
+from contactsync.emulators.common.faults import FaultInjector, FaultSpec
+from contactsync.emulators.common.throttle import Budget, Throttle
 
 from .config import GraphEmulatorConfig, SeedSpec
 from .delta import DeltaTracker

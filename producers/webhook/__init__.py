@@ -1,7 +1,7 @@
 """The webhook producer: Graph and Business Central notifications in, Kafka messages out."""
 
-from producers.webhook.app import create_webhook_app
-from producers.webhook.registry import (
+from contactsync.producers.webhook.app import create_webhook_app
+from contactsync.producers.webhook.registry import (
     CachedRegistry,
     StoreRegistry,
     SubscriptionInfo,

@@ -38,13 +38,21 @@ from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import BC_NOTIFICATIONS, GRAPH_NOTIFICATIONS, topic_name
 from contactsync.logs import get_logger
 from contactsync.metrics import WebhookMetrics
+from contactsync.producers.webhook import parsing
+from contactsync.producers.webhook.health import ReadinessProbe
+from contactsync.producers.webhook.intake import Intake, bc_intake, graph_intake
+from contactsync.producers.webhook.openapi import openapi_document
+from contactsync.producers.webhook.publisher import (
+    KafkaPublisher,
+    ProducerHolder,
+    PublishUnavailable,
+)
+from contactsync.producers.webhook.registry import (
+    CachedRegistry,
+    RegistryUnavailable,
+    SubscriptionRegistry,
+)
 from contactsync.settings import Settings
-from producers.webhook import parsing
-from producers.webhook.health import ReadinessProbe
-from producers.webhook.intake import Intake, bc_intake, graph_intake
-from producers.webhook.openapi import openapi_document
-from producers.webhook.publisher import KafkaPublisher, ProducerHolder, PublishUnavailable
-from producers.webhook.registry import CachedRegistry, RegistryUnavailable, SubscriptionRegistry
 
 
 def _log() -> Any:

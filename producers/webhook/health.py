@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from contactsync.health import READINESS, any_reachable
-from producers.webhook.publisher import KafkaPublisher, ProducerHolder
+from contactsync.producers.webhook.publisher import KafkaPublisher, ProducerHolder
 
 
 class ReadinessProbe:

@@ -19,11 +19,11 @@ from datetime import datetime
 from typing import TypeVar
 
 from contactsync import tracing
-from producers.webhook.parsing import BcItem, GraphChangeItem, GraphLifecycleItem
-from producers.webhook.publisher import OutgoingMessage
-from producers.webhook.registry import CachedRegistry, Service, SubscriptionInfo
-from schemas.envelope import encode, wrap
-from schemas.messages import BcNotification, GraphLifecycle, GraphNotification
+from contactsync.producers.webhook.parsing import BcItem, GraphChangeItem, GraphLifecycleItem
+from contactsync.producers.webhook.publisher import OutgoingMessage
+from contactsync.producers.webhook.registry import CachedRegistry, Service, SubscriptionInfo
+from contactsync.schemas.envelope import encode, wrap
+from contactsync.schemas.messages import BcNotification, GraphLifecycle, GraphNotification
 
 UNKNOWN_SUBSCRIPTION = "unknown_subscription"
 WRONG_SERVICE = "wrong_service"

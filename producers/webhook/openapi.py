@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from producers.webhook.parsing import MAX_CLIENT_STATE, MAX_ID, MAX_RESOURCE
+from contactsync.producers.webhook.parsing import MAX_CLIENT_STATE, MAX_ID, MAX_RESOURCE
 
 _ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID}
 _RESOURCE = {"type": "string", "minLength": 1, "maxLength": MAX_RESOURCE}

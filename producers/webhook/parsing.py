@@ -21,7 +21,7 @@ from pydantic import (
     ValidationError,
 )
 
-from schemas.messages import LifecycleEvent
+from contactsync.schemas.messages import LifecycleEvent
 
 MAX_ID = 512
 MAX_RESOURCE = 4096

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.common.faults import FaultSpec
+from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
-from emulators.bc import BcEmulatorConfig
-from emulators.common.faults import FaultSpec
-from emulators.graph import GraphEmulatorConfig
-from schemas.setup import UserSetup
 
 USER = "user1@contoso.test"
 OFF = "off@contoso.test"

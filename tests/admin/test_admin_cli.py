@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from consumers.applier import GROUP_ID
+from contactsync.consumers.applier import GROUP_ID
+from contactsync.emulators.common.faults import FaultSpec
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, ensure_topics_at, topic_name
+from contactsync.producers.reconcile import CommandPublisher, consumers_of, reconcile_command
+from contactsync.schemas.envelope import decode
+from contactsync.schemas.messages import SyncResult
+from contactsync.schemas.report import RunReport
 from contactsync.settings import Settings
-from emulators.common.faults import FaultSpec
-from producers.reconcile import CommandPublisher, consumers_of, reconcile_command
-from schemas.envelope import decode
-from schemas.messages import SyncResult
-from schemas.report import RunReport
 from tests.admin.cases import CONTACTSYNC, USER, Case, Outcome, World, run, world
 from tests.kafka_fixtures import read_topic, role_env
 

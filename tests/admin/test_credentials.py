@@ -20,9 +20,9 @@ from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.errors import CredentialRejected
 from contactsync.credential_health import HEALTH
 from contactsync.credentials import CredentialSetupError, build_credential
+from contactsync.emulators.entra import local_certificate
 from contactsync.settings import Settings
 from contactsync.sync.services import open_services
-from emulators.entra import local_certificate
 from tests.entra_fixtures import SECRET, Entra, entra
 
 __all__ = ["entra"]

@@ -16,13 +16,13 @@ import httpx
 import pytest
 
 from contactsync.cli.emulate_cmd import RunningEmulators
+from contactsync.emulators.common.server import BackgroundServer
+from contactsync.producers.webhook import StoreRegistry, create_webhook_app
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.db import create_db_engine
 from contactsync.store.migrations import migrate
-from emulators.common.server import BackgroundServer
-from producers.webhook import StoreRegistry, create_webhook_app
-from schemas.setup import UserSetup
 from tests.entra_fixtures import Entra, entra
 from tests.kafka_fixtures import role_env, start_tenant
 from tests.store.legacy import mark_sharing

@@ -23,7 +23,7 @@ from contactsync.clients.errors import (
     Unauthorized,
 )
 from contactsync.clients.resilience import BudgetLimits, RequestBudget, RetryPolicy
-from emulators.bc import BcEmulatorConfig
+from contactsync.emulators.bc import BcEmulatorConfig
 from tests.emulators.bc_fixtures import RunningBc, bc, bc_module, client, make_client, start_bc
 
 __all__ = ["bc", "bc_module", "client"]

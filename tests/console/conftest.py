@@ -11,9 +11,9 @@ from starlette.testclient import TestClient
 
 from contactsync.console.app import create_console_app
 from contactsync.engine.links import Link
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import AuditKind, AuditRecord, Store, Subscription, SubscriptionService
-from schemas.setup import UserSetup
 
 
 def seed(store: Store) -> None:

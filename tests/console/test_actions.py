@@ -14,10 +14,10 @@ from starlette.testclient import TestClient
 from contactsync.console.access import OPEN_ADMIN
 from contactsync.console.app import create_console_app
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at
+from contactsync.schemas.envelope import decode
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
-from schemas.envelope import decode
-from schemas.setup import UserSetup
 from tests.admin.test_setup_safety import USER1, seeded
 from tests.kafka_fixtures import read_topic
 

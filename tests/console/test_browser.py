@@ -18,9 +18,9 @@ import pytest
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, ensure_topics_at, topic_name
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
-from schemas.setup import UserSetup
 from tests.console.conftest import seed
 from tests.kafka_fixtures import role_env
 from tests.pipeline.test_dlq_cli import Failed

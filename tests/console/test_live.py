@@ -15,10 +15,10 @@ from contactsync.console.app import create_console_app
 from contactsync.console.results import ResultsFeed
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import SYNC_RESULTS, ensure_topics_at, topic_name
+from contactsync.schemas.envelope import encode, wrap
+from contactsync.schemas.messages import CommandKind, ResultStatus, SyncResult
 from contactsync.settings import Settings
 from contactsync.store import Store
-from schemas.envelope import encode, wrap
-from schemas.messages import CommandKind, ResultStatus, SyncResult
 
 pytestmark = pytest.mark.kafka
 

@@ -67,7 +67,7 @@ def test_unknown_user_is_a_sentence_not_a_traceback(client: TestClient):
 
 
 def test_pages_escape_what_users_typed(client: TestClient, store):
-    from schemas.setup import UserSetup
+    from contactsync.schemas.setup import UserSetup
 
     store.setups.add(UserSetup(user_id="x", mailbox="<script>alert(1)</script>"))
     page = client.get("/users").text

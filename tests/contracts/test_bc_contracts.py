@@ -19,12 +19,12 @@ import pytest
 from contactsync.clients.bc import BcClient, error_from_response, parse_bc_datetime
 from contactsync.clients.errors import Conflict, Invalid
 from contactsync.clients.resilience import RetryPolicy
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.bc.app import OTHER_WEBHOOK_RESOURCES
 from contactsync.engine.mapping import canonical_from_bc
-from emulators.bc import BcEmulatorConfig
-from emulators.bc.app import OTHER_WEBHOOK_RESOURCES
-from producers.bc_changes import contact_id_from_resource
-from producers.webhook.parsing import parse_bc
-from schemas.contacts import BcContact
+from contactsync.producers.bc_changes import contact_id_from_resource
+from contactsync.producers.webhook.parsing import parse_bc
+from contactsync.schemas.contacts import BcContact
 from tests.emulators.bc_fixtures import Receiver, RunningBc, receiver, start_bc
 
 __all__ = ["receiver"]

@@ -31,10 +31,14 @@ from starlette.routing import Route
 from contactsync.clients.errors import Invalid, Unauthorized
 from contactsync.clients.graph import GraphClient, bc_id_of
 from contactsync.clients.graph_errors import graph_failure
-from emulators.common.server import BackgroundServer
-from producers.subscriptions import _expiry
-from producers.webhook.parsing import GraphChangeItem, parse_graph, parse_graph_lifecycle
-from schemas.messages import LifecycleEvent
+from contactsync.emulators.common.server import BackgroundServer
+from contactsync.producers.subscriptions import _expiry
+from contactsync.producers.webhook.parsing import (
+    GraphChangeItem,
+    parse_graph,
+    parse_graph_lifecycle,
+)
+from contactsync.schemas.messages import LifecycleEvent
 from tests.emulators.graph_fixtures import (  # noqa: F401
     GraphEnv,
     Receiver,

@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from contactsync.clients.bc import BcClient
 from contactsync.clients.resilience import BudgetLimits, RequestBudget, RetryPolicy
-from emulators.bc import BcEmulator, BcEmulatorConfig
-from emulators.common.server import BackgroundServer
+from contactsync.emulators.bc import BcEmulator, BcEmulatorConfig
+from contactsync.emulators.common.server import BackgroundServer
 
 
 @dataclass

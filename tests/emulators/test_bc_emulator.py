@@ -13,7 +13,7 @@ import pytest
 
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.errors import Conflict, Invalid, NotFound
-from emulators.bc.state import MAX_LENGTH
+from contactsync.emulators.bc.state import MAX_LENGTH
 from tests.emulators.bc_fixtures import RunningBc, bc, bc_module, client
 
 __all__ = ["bc", "bc_module", "client"]

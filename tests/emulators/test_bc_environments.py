@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from contactsync.clients.bc import BcClient, contact_properties
-from emulators.bc import BcEmulatorConfig
+from contactsync.emulators.bc import BcEmulatorConfig
 from tests.emulators.bc_fixtures import RunningBc, bc, bc_module, client, make_client, start_bc
 
 __all__ = ["bc", "bc_module", "client"]

@@ -17,7 +17,7 @@ from contactsync.engine import mapping as m
 from contactsync.engine.compact import Compactor, GraphStub, Record, graph_stub
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, plan_user
-from schemas.setup import UserSetup
+from contactsync.schemas.setup import UserSetup
 from tests.engine.test_planner_properties import World, setups, worlds
 
 CHECK = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from contactsync.engine import mapping as m
-from schemas.contacts import BcContact, CanonicalContact, GraphContact
+from contactsync.schemas.contacts import BcContact, CanonicalContact, GraphContact
 
 BC_WIRE: dict[str, Any] = {
     "@odata.etag": 'W/"JzE5OzEyMzQ1Njc4OTAxMjM0NTY3ODkwMTsn"',

@@ -39,7 +39,7 @@ from contactsync.engine.pair_rules import (
     unchanged_pair,
 )
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, plan_user
-from schemas.setup import UserSetup
+from contactsync.schemas.setup import UserSetup
 
 USER = "u1"
 EMAILS = ["a@x.com", "A@X.com ", "b@x.com", "c@x.com", ""]

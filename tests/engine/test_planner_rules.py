@@ -33,7 +33,7 @@ from contactsync.engine.planner import (
     plan_contact,
     plan_user,
 )
-from schemas.setup import OutlookDeletePolicy, UserSetup
+from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
 
 USER = "anna@contoso.com"
 

@@ -9,8 +9,8 @@ import pytest
 from kafka import KafkaAdminClient
 
 from contactsync.kafka.io import make_consumer, make_producer
-from schemas.contacts import BcContact
-from schemas.envelope import (
+from contactsync.schemas.contacts import BcContact
+from contactsync.schemas.envelope import (
     InvalidPayload,
     MalformedMessage,
     MessageError,
@@ -20,7 +20,7 @@ from schemas.envelope import (
     encode,
     wrap,
 )
-from schemas.messages import BcChangeKind, BcContactChanged, CommandKind, SyncCommand
+from contactsync.schemas.messages import BcChangeKind, BcContactChanged, CommandKind, SyncCommand
 from tests.kafka_fixtures import KafkaHandle
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas.export import expected_files, stale_files, write_all
-from schemas.messages import MESSAGE_TYPES
+from contactsync.schemas.export import expected_files, stale_files, write_all
+from contactsync.schemas.messages import MESSAGE_TYPES
 
 
 def test_published_schema_files_are_up_to_date():

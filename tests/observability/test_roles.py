@@ -19,17 +19,17 @@ from kafka import KafkaProducer
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.errors import Unauthorized
 from contactsync.clients.graph import GraphClient
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.graph import GraphEmulatorConfig
 from contactsync.kafka.local_broker import free_port
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, topic_name
 from contactsync.metrics import user_label
 from contactsync.pipeline import Pipeline
+from contactsync.schemas.envelope import encode, wrap
+from contactsync.schemas.messages import CommandKind, SyncCommand
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
-from emulators.bc import BcEmulatorConfig
-from emulators.graph import GraphEmulatorConfig
-from schemas.envelope import encode, wrap
-from schemas.messages import CommandKind, SyncCommand
-from schemas.setup import UserSetup
 from tests.kafka_fixtures import role_env
 from tests.observability.scrape import samples, scrape
 from tests.pipeline.test_end_to_end import eventually

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from contactsync import tracing
 from contactsync.kafka.topics import SYNC_COMMANDS
-from schemas.envelope import decode
+from contactsync.schemas.envelope import decode
 from tests.kafka_fixtures import read_topic
 from tests.pipeline.test_end_to_end import ANNA, System, bc_webhooks, eventually, system
 

@@ -11,18 +11,16 @@ from typing import Any
 import httpx
 import pytest
 
-from consumers.applier import UNKNOWN_USER, Applier
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
+from contactsync.consumers.applier import UNKNOWN_USER, Applier
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.graph import GraphEmulatorConfig
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, ensure_topics_at, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker
-from contactsync.settings import Settings
-from contactsync.store import Store
-from emulators.bc import BcEmulatorConfig
-from emulators.graph import GraphEmulatorConfig
-from schemas.contacts import BcContact
-from schemas.envelope import decode, encode, wrap
-from schemas.messages import (
+from contactsync.schemas.contacts import BcContact
+from contactsync.schemas.envelope import decode, encode, wrap
+from contactsync.schemas.messages import (
     BcChangeKind,
     BcContactChanged,
     CommandKind,
@@ -30,7 +28,9 @@ from schemas.messages import (
     SyncCommand,
     SyncResult,
 )
-from schemas.setup import UserSetup
+from contactsync.schemas.setup import UserSetup
+from contactsync.settings import Settings
+from contactsync.store import Store
 from tests.kafka_fixtures import read_topic
 from tests.store.legacy import mark_sharing
 

@@ -15,6 +15,8 @@ from kafka import KafkaProducer
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.errors import ServiceUnavailable
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.common.server import free_port
 from contactsync.engine.links import Link
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
@@ -23,16 +25,14 @@ from contactsync.kafka.topics import (
     ensure_topics_at,
     topic_name,
 )
+from contactsync.producers.bc_changes import BcChangeFeed, contact_id_from_resource
+from contactsync.schemas.contacts import BcContact
+from contactsync.schemas.envelope import decode, encode, wrap
+from contactsync.schemas.messages import BcChangeKind, BcContactChanged, BcNotification
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import Subscription, SubscriptionService
-from emulators.bc import BcEmulatorConfig
-from emulators.common.server import free_port
-from producers.bc_changes import BcChangeFeed, contact_id_from_resource
-from schemas.contacts import BcContact
-from schemas.envelope import decode, encode, wrap
-from schemas.messages import BcChangeKind, BcContactChanged, BcNotification
-from schemas.setup import UserSetup
 from tests.kafka_fixtures import read_topic
 
 pytestmark = pytest.mark.kafka

@@ -19,18 +19,18 @@ import httpx
 import pytest
 from kafka import TopicPartition
 
-from consumers.applier import Applier
 from contactsync.cli.emulate_cmd import RunningEmulators
+from contactsync.consumers.applier import Applier
 from contactsync.credential_health import HEALTH
 from contactsync.health import READINESS, create_health_app, register_role_checks
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker
+from contactsync.schemas.envelope import encode, wrap
+from contactsync.schemas.messages import CommandKind, ResultStatus, SyncCommand
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
-from schemas.envelope import encode, wrap
-from schemas.messages import CommandKind, ResultStatus, SyncCommand
-from schemas.setup import UserSetup
 from tests.entra_fixtures import Entra, entra
 from tests.kafka_fixtures import read_topic, start_tenant
 from tests.pipeline.test_applier import read_results

@@ -17,17 +17,17 @@ import pytest
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.graph import GraphEmulatorConfig
 from contactsync.engine.links import SyncMode
 from contactsync.kafka.local_broker import free_port
 from contactsync.kafka.topics import ensure_topics_at
 from contactsync.pipeline import Pipeline
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import SubscriptionService
 from contactsync.sync.runner import sync_user
-from emulators.bc import BcEmulatorConfig
-from emulators.graph import GraphEmulatorConfig
-from schemas.setup import UserSetup
 
 pytestmark = pytest.mark.kafka
 

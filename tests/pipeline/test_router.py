@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from consumers.router import MISSED_REASON, Router
+from contactsync.consumers.router import MISSED_REASON, Router
 from contactsync.engine.links import Link, LinkOrigin
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
@@ -22,11 +22,9 @@ from contactsync.kafka.topics import (
     topic_name,
 )
 from contactsync.kafka.worker import RetryPolicy, Worker
-from contactsync.settings import Settings
-from contactsync.store import Store
-from schemas.contacts import BcContact
-from schemas.envelope import Envelope, decode, encode, wrap
-from schemas.messages import (
+from contactsync.schemas.contacts import BcContact
+from contactsync.schemas.envelope import Envelope, decode, encode, wrap
+from contactsync.schemas.messages import (
     BcChangeKind,
     BcContactChanged,
     CommandKind,
@@ -35,7 +33,9 @@ from schemas.messages import (
     LifecycleEvent,
     SyncCommand,
 )
-from schemas.setup import UserSetup
+from contactsync.schemas.setup import UserSetup
+from contactsync.settings import Settings
+from contactsync.store import Store
 from tests.kafka_fixtures import read_topic
 from tests.store.legacy import mark_sharing
 

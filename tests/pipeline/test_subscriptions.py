@@ -16,6 +16,9 @@ from kafka import KafkaProducer
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.graph import GraphClient
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.common.server import BackgroundServer
+from contactsync.emulators.graph import GraphEmulatorConfig
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,
@@ -24,22 +27,19 @@ from contactsync.kafka.topics import (
     ensure_topics_at,
 )
 from contactsync.kafka.worker import RetryPolicy
-from contactsync.settings import Settings
-from contactsync.store import Store
-from contactsync.store.records import Subscription, SubscriptionService
-from emulators.bc import BcEmulatorConfig
-from emulators.common.server import BackgroundServer
-from emulators.graph import GraphEmulatorConfig
-from producers.bc_changes import BcChangeFeed
-from producers.subscriptions import (
+from contactsync.producers.bc_changes import BcChangeFeed
+from contactsync.producers.subscriptions import (
     CREATED_REASON,
     RECREATED_REASON,
     SubscriptionKeeper,
 )
-from producers.webhook import StoreRegistry, create_webhook_app
-from schemas.envelope import Envelope, decode
-from schemas.messages import CommandKind, SyncCommand
-from schemas.setup import UserSetup
+from contactsync.producers.webhook import StoreRegistry, create_webhook_app
+from contactsync.schemas.envelope import Envelope, decode
+from contactsync.schemas.messages import CommandKind, SyncCommand
+from contactsync.schemas.setup import UserSetup
+from contactsync.settings import Settings
+from contactsync.store import Store
+from contactsync.store.records import Subscription, SubscriptionService
 from tests.kafka_fixtures import read_topic
 
 pytestmark = pytest.mark.kafka

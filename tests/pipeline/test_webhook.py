@@ -14,6 +14,7 @@ import httpx
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from contactsync.emulators.common.server import BackgroundServer, free_port
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,
@@ -22,10 +23,9 @@ from contactsync.kafka.topics import (
     topic_name,
 )
 from contactsync.logs import configure_logging
+from contactsync.producers.webhook import StoreRegistry, SubscriptionInfo, create_webhook_app
+from contactsync.schemas.envelope import decode
 from contactsync.settings import Settings
-from emulators.common.server import BackgroundServer, free_port
-from producers.webhook import StoreRegistry, SubscriptionInfo, create_webhook_app
-from schemas.envelope import decode
 
 pytestmark = pytest.mark.kafka
 

@@ -28,9 +28,9 @@ from contactsync.kafka.worker import (
     build_worker,
     by_key,
 )
+from contactsync.schemas.envelope import encode, wrap
+from contactsync.schemas.messages import CommandKind, SyncCommand
 from contactsync.settings import Settings
-from schemas.envelope import encode, wrap
-from schemas.messages import CommandKind, SyncCommand
 
 pytestmark = pytest.mark.kafka
 

@@ -17,16 +17,16 @@ from typer.testing import CliRunner
 
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.cli.main import app
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.graph import GraphEmulatorConfig
 from contactsync.kafka.local_broker import free_port
 from contactsync.kafka.topics import ensure_topics_at
 from contactsync.logs import configure_logging
 from contactsync.pipeline import Pipeline
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import SubscriptionService
-from emulators.bc import BcEmulatorConfig
-from emulators.graph import GraphEmulatorConfig
-from schemas.setup import UserSetup
 from tests.kafka_fixtures import role_env
 
 pytestmark = pytest.mark.kafka

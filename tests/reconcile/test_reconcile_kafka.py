@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from consumers.applier import Applier
-from consumers.router import Router
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.cli.main import app
+from contactsync.consumers.applier import Applier
+from contactsync.consumers.router import Router
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.graph import GraphEmulatorConfig
 from contactsync.engine.mapping import BC_ID_PROPERTY
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
@@ -31,14 +33,12 @@ from contactsync.kafka.topics import (
 )
 from contactsync.kafka.worker import RetryPolicy
 from contactsync.logs import configure_logging
+from contactsync.producers.reconcile import CommandPublisher, Scheduler, reconcile_command
+from contactsync.schemas.envelope import decode, encode, wrap
+from contactsync.schemas.messages import CommandKind, GraphNotification, SyncCommand
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
-from emulators.bc import BcEmulatorConfig
-from emulators.graph import GraphEmulatorConfig
-from producers.reconcile import CommandPublisher, Scheduler, reconcile_command
-from schemas.envelope import decode, encode, wrap
-from schemas.messages import CommandKind, GraphNotification, SyncCommand
-from schemas.setup import UserSetup
 from tests.kafka_fixtures import read_topic, role_env
 from tests.store.legacy import mark_sharing
 

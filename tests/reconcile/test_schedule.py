@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from contactsync.producers.reconcile import ScheduleError, parse_schedule, spread
 from contactsync.settings import Settings
-from producers.reconcile import ScheduleError, parse_schedule, spread
 
 NOW = datetime(2026, 11, 26, 1, 30, 15, tzinfo=UTC)  # a Thursday
 

@@ -30,17 +30,17 @@ from kafka import KafkaConsumer, TopicPartition
 from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.graph import GraphEmulatorConfig
 from contactsync.engine.links import SyncMode
 from contactsync.engine.mapping import BC_ID_PROPERTY
 from contactsync.kafka.local_broker import free_port
 from contactsync.kafka.topics import DEADLETTER, ensure_topics_at, topic_name
+from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import SubscriptionService
 from contactsync.sync.runner import sync_user
-from emulators.bc import BcEmulatorConfig
-from emulators.graph import GraphEmulatorConfig
-from schemas.setup import UserSetup
 from tests.kafka_fixtures import role_env
 
 ROOT = Path(__file__).resolve().parents[2]

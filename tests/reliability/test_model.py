@@ -28,13 +28,13 @@ from contactsync.cli.emulate_cmd import start_emulators
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient, GraphClientOptions
 from contactsync.clients.resilience import RetryPolicy
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.graph import GraphEmulatorConfig
 from contactsync.engine.links import SyncMode
 from contactsync.engine.mapping import BC_ID_PROPERTY
+from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.sync.runner import sync_user
-from emulators.bc import BcEmulatorConfig
-from emulators.graph import GraphEmulatorConfig
-from schemas.setup import UserSetup
 from tests.reliability.harness import email_of, syncable
 
 MAILBOX = "model@contoso.test"

@@ -25,8 +25,8 @@ import typer
 
 from contactsync.clients.graph import new_client_state
 from contactsync.logs import configure_logging, get_logger
+from contactsync.producers.webhook import intake
 from contactsync.store.records import SubscriptionService
-from producers.webhook import intake
 from tests.kafka_fixtures import KafkaHandle
 from tests.reliability.harness import Deployment, Ledger, email_of, eventually
 

@@ -24,18 +24,18 @@ from kafka import KafkaConsumer, TopicPartition
 from schemathesis.core import NOT_SET
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
+from contactsync.emulators.common.server import BackgroundServer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,
     GRAPH_NOTIFICATIONS,
     ensure_topics_at,
     topic_name,
 )
+from contactsync.producers.webhook import StoreRegistry, create_webhook_app
+from contactsync.producers.webhook.openapi import openapi_document
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.store.records import Subscription, SubscriptionService
-from emulators.common.server import BackgroundServer
-from producers.webhook import StoreRegistry, create_webhook_app
-from producers.webhook.openapi import openapi_document
 from tests.kafka_fixtures import KafkaHandle
 
 pytestmark = pytest.mark.kafka

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from contactsync.engine.links import Link, LinkOrigin
+from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
 from contactsync.store import (
     AuditKind,
     AuditRecord,
@@ -20,7 +21,6 @@ from contactsync.store import (
     Subscription,
     SubscriptionService,
 )
-from schemas.setup import OutlookDeletePolicy, UserSetup
 from tests.store.legacy import write_v2_setups
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)

@@ -13,12 +13,12 @@ from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient, GraphClientOptions
 from contactsync.clients.resilience import RetryPolicy
+from contactsync.emulators.bc import BcEmulatorConfig
+from contactsync.emulators.graph import GraphEmulatorConfig
 from contactsync.engine.links import SyncMode
+from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.sync.runner import SyncReport, sync_user
-from emulators.bc import BcEmulatorConfig
-from emulators.graph import GraphEmulatorConfig
-from schemas.setup import UserSetup
 
 MAILBOX = "user1@contoso.test"
 
