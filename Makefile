@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 		{ echo "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[sandbox,dev]'  # the emulators' and the tests' needs too
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +31,7 @@ sandbox: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python deploy/validate.py
 
 # The image's dependencies, pinned with hashes from pyproject.toml with the extras the image

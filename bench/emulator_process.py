@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 # The emulators load in the child only: a benchmark's own process (whose memory is measured)
 # carries the product's modules, not the emulators'.
 if TYPE_CHECKING:
-    from contactsync.cli.emulate_cmd import RunningEmulators
+    from contactsync.emulators.running import RunningEmulators
 
 MAILBOX = "bench@contoso.test"
 # Graph's per-mailbox request budget would stretch a 100,000-contact load over hours; the
@@ -98,10 +98,10 @@ def _folder(running: RunningEmulators, mailbox: str) -> list[dict[str, Any]]:
 
 
 def _serve(conn: Connection, fast: bool, mailboxes: list[str]) -> None:
-    from contactsync.cli.emulate_cmd import start_emulators
     from contactsync.emulators.bc import BcEmulatorConfig
     from contactsync.emulators.bc import SeedSpec as BcSeed
     from contactsync.emulators.graph import GraphEmulatorConfig
+    from contactsync.emulators.running import start_emulators
 
     graph_config = (GraphEmulatorConfig.fast(**UNTHROTTLED_GRAPH) if fast
                     else GraphEmulatorConfig(allow_http_notifications=True, **UNTHROTTLED_GRAPH))

@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from contactsync.emulators.common.server import BackgroundServer
+from contactsync.http_server import BackgroundServer
 from contactsync.kafka.local_broker import LocalBroker
 from contactsync.kafka.topics import GRAPH_NOTIFICATIONS, ensure_topics_at, topic_name
 from contactsync.producers.webhook import StoreRegistry, create_webhook_app

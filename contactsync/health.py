@@ -190,6 +190,6 @@ def create_health_app() -> Starlette:
 
 def serve_health(port: int, host: str = "0.0.0.0") -> Any:
     """The health app on `port` in a background thread; `.stop()` it when the role ends."""
-    from contactsync.emulators.common.server import BackgroundServer
+    from contactsync.http_server import BackgroundServer
 
     return BackgroundServer(create_health_app(), host=host, port=port).start()

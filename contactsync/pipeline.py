@@ -80,7 +80,7 @@ class Pipeline:
             role.thread.start()
 
     def _start_webhook(self) -> None:
-        from contactsync.emulators.common.server import BackgroundServer
+        from contactsync.http_server import BackgroundServer
         from contactsync.producers.webhook import StoreRegistry, create_webhook_app
 
         app = create_webhook_app(self.settings, StoreRegistry(self.store))
@@ -91,7 +91,7 @@ class Pipeline:
         from contactsync.console.app import create_console_app
         from contactsync.console.results import ResultsFeed
         from contactsync.console.signin import SignInSettings
-        from contactsync.emulators.common.server import BackgroundServer
+        from contactsync.http_server import BackgroundServer
 
         self._console_feed = ResultsFeed(self.settings)
         self._console_feed.start()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from contactsync.credential_health import HEALTH
-from contactsync.emulators.common.server import BackgroundServer
 from contactsync.emulators.entra import EntraEmulator, create_entra_app, local_certificate
+from contactsync.http_server import BackgroundServer
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

@@ -26,7 +26,7 @@ from contactsync.settings import Settings, default_cache_dir
 from tests.kafka_tls import make_pki
 
 if TYPE_CHECKING:
-    from contactsync.cli.emulate_cmd import RunningEmulators
+    from contactsync.emulators.running import RunningEmulators
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 
@@ -178,9 +178,9 @@ def start_tenant(kafka_settings: Settings, mailbox: str,
                  **changes: Any) -> tuple[Settings, RunningEmulators]:
     """This test's topics, the emulators (fast configs) with `mailbox` in Graph, and settings
     pointing at both (plus `changes`). The caller stops the emulators."""
-    from contactsync.cli.emulate_cmd import start_emulators
     from contactsync.emulators.bc import BcEmulatorConfig
     from contactsync.emulators.graph import GraphEmulatorConfig
+    from contactsync.emulators.running import start_emulators
     from contactsync.kafka.topics import ensure_topics_at
 
     ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)

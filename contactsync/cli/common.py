@@ -170,7 +170,7 @@ def _known_failure(exc: Exception) -> str | None:
     that define them (the store, the clients, the local broker) are heavy to load."""
     from contactsync.clients.errors import ServiceError
     from contactsync.engine.bcfilter import FilterError
-    from contactsync.kafka.local_broker import BrokerError  # loads no kafka-python
+    from contactsync.kafka.errors import BrokerError  # loads no kafka-python
     from contactsync.settings import SettingsError
     from contactsync.store.records import SetupNotFoundError, StoreError
     from contactsync.sync.services import ConfigError
@@ -256,10 +256,46 @@ def kafka_bootstrap(settings: Settings, timeout: float = 5.0) -> str:
                 return bootstrap
         except (OSError, ValueError):
             continue
-    from contactsync.kafka.local_broker import BrokerError
+    from contactsync.kafka.errors import BrokerError
 
     sentence = _unreachable_sentence("kafka", "no broker answers", bootstrap)
     raise BrokerError(sentence or f"Kafka is not reachable at {bootstrap}")
+
+
+SANDBOX_EXTRA = "pip install 'contactsync[sandbox]'"
+
+
+def load_sandbox_tooling(command: str) -> None:
+    """The emulators and the local broker are development tooling: what they need beyond the
+    product is the optional `sandbox` extra. Without it, `contactsync <command>` says so in one
+    sentence instead of failing on an import deep inside an emulator."""
+    import importlib
+
+    missing = []
+    for module in _extra_modules("sandbox"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        from contactsync.sync.services import ConfigError
+
+        raise ConfigError(f"`contactsync {command}` needs the development tooling "
+                          f"({', '.join(missing)} is not installed): {SANDBOX_EXTRA}")
+
+
+def _extra_modules(extra: str) -> list[str]:
+    """The modules of the distributions an extra of the installed contactsync requires."""
+    import re
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("contactsync") or []
+    except metadata.PackageNotFoundError:  # run from a checkout without installing it
+        return []
+    marker = re.compile(rf"""extra\s*==\s*["']{extra}["']""")
+    names = (re.match(r"[A-Za-z0-9._-]+", r) for r in requires if marker.search(r))
+    return [name.group(0).lower().replace("-", "_") for name in names if name]
 
 
 def stop_on_signals() -> threading.Event:
@@ -285,7 +321,7 @@ def health_endpoint(port: int | None, settings: Settings, store: Store) -> Itera
     """While the block runs: the readiness checks of the broker and the store registered and,
     with a port, /healthz, /readyz and /metrics served on it."""
     from contactsync.health import READINESS, register_role_checks, serve_health
-    from contactsync.kafka.local_broker import BrokerError
+    from contactsync.kafka.errors import BrokerError
 
     try:
         from contactsync.kafka.io import resolve_bootstrap

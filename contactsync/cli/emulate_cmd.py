@@ -12,74 +12,11 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-# The emulators (FastAPI/Starlette, uvicorn) load when they start, not at CLI start.
-if TYPE_CHECKING:
-    from contactsync.emulators.bc import BcEmulator, BcEmulatorConfig
-    from contactsync.emulators.common.server import BackgroundServer
-    from contactsync.emulators.graph import GraphEmulator, GraphEmulatorConfig
-
-
-@dataclass
-class RunningEmulators:
-    graph: GraphEmulator
-    bc: BcEmulator
-    graph_server: BackgroundServer
-    bc_server: BackgroundServer
-
-    @property
-    def graph_base_url(self) -> str:
-        return f"{self.graph_server.url}/v1.0"
-
-    @property
-    def bc_base_url(self) -> str:
-        return f"{self.bc_server.url}/v2.0/{self.bc.config.environment}/api/v2.0"
-
-    def stop(self) -> None:
-        self.graph_server.stop()
-        self.bc_server.stop()
-
-
-def start_emulators(
-    host: str = "127.0.0.1",
-    graph_port: int = 0,
-    bc_port: int = 0,
-    graph_config: GraphEmulatorConfig | None = None,
-    bc_config: BcEmulatorConfig | None = None,
-) -> RunningEmulators:
-    from contactsync.emulators.bc import BcEmulator
-    from contactsync.emulators.common.server import BackgroundServer
-    from contactsync.emulators.graph import GraphEmulator
-
-    graph = GraphEmulator(graph_config)
-    bc = BcEmulator(bc_config)
-    graph_server = BackgroundServer(graph.app, host=host, port=graph_port).start()
-    bc_server = BackgroundServer(bc.app, host=host, port=bc_port).start()
-    return RunningEmulators(graph, bc, graph_server, bc_server)
-
-
-def seed_emulators(running: RunningEmulators, seed: str) -> str:
-    from contactsync.emulators.bc import SeedSpec as BcSeed
-
-    if seed.isdigit():
-        persons = int(seed)
-        running.bc.seed(BcSeed(persons=persons, companies=max(1, persons // 20),
-                               without_email=max(0, persons // 50),
-                               duplicate_emails=max(0, persons // 100),
-                               privacy_blocked=max(0, persons // 100)))
-        running.graph.seed(users=3, contacts_per_user=min(25, persons))
-        return f"seeded BC with {persons} persons and Graph with 3 mailboxes"
-    path = Path(seed)
-    if not path.exists():
-        raise typer.BadParameter(f"{seed} is neither a number nor an existing snapshot file")
-    target = running.graph if "graph" in path.name.lower() else running.bc
-    target.load_snapshot(str(path))
-    return f"loaded {path} into the {'Graph' if target is running.graph else 'BC'} emulator"
+from contactsync.cli.common import load_sandbox_tooling
 
 
 def _require_free(host: str, port: int, option: str) -> None:
@@ -107,7 +44,9 @@ def emulate(
         help="let Graph subscriptions notify an http URL (real Graph requires https)")] = False,
 ) -> None:
     """Run the Graph and Business Central emulators and print their base URLs."""
+    load_sandbox_tooling("emulate")  # the emulators (FastAPI/Starlette, uvicorn) load now
     from contactsync.emulators.graph import GraphEmulatorConfig
+    from contactsync.emulators.running import seed_emulators, start_emulators
 
     for option, port in (("--graph-port", graph_port), ("--bc-port", bc_port)):
         _require_free(host, port, option)
@@ -117,7 +56,10 @@ def emulate(
         allow_http_notifications=allow_http_notifications))
     try:
         if seed:
-            typer.echo(seed_emulators(running, seed))
+            try:
+                typer.echo(seed_emulators(running, seed))
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
         typer.echo(f"CONTACTSYNC_GRAPH_BASE_URL={running.graph_base_url}")
         typer.echo(f"CONTACTSYNC_BC_BASE_URL={running.bc_base_url}")
         typer.echo(f"CONTACTSYNC_BC_COMPANY={running.bc.company_id}")

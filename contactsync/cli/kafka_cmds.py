@@ -26,11 +26,11 @@ DataDir = Annotated[
 
 
 def _broker(settings: Settings, data_dir: Path | None) -> LocalBroker:
-    from contactsync.kafka.io import local_broker
+    from contactsync.kafka.local_broker import LocalBroker
 
     if data_dir is not None:
         settings = settings.model_copy(update={"kafka_data_dir": data_dir})
-    return local_broker(settings)
+    return LocalBroker.for_settings(settings)
 
 
 def _to_stderr(message: str) -> None:

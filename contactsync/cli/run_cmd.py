@@ -1,7 +1,8 @@
 """`contactsync run`: every role of the pipeline in one process, against the configured tenant.
 
-Embedded defaults: the local Kafka broker (started if KAFKA_BOOTSTRAP_SERVERS names none) and
-the SQLite store. For the whole thing against the emulators, use `contactsync sandbox`.
+Kafka is the one KAFKA_BOOTSTRAP_SERVERS names (the Maven-jar local broker is development tooling:
+`contactsync kafka up` starts one and prints its address); the store defaults to SQLite. For the
+whole thing against the emulators, use `contactsync sandbox`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def run(
 ) -> None:
     """Run the pipeline's roles (webhook, subscriptions, bc-changes, router, applier, reconcile)."""
     from contactsync.credentials import check_credential_settings
-    from contactsync.kafka.io import local_broker
+    from contactsync.kafka.io import resolve_bootstrap
     from contactsync.kafka.topics import ensure_topics_at
     from contactsync.pipeline import Pipeline
     from contactsync.store import Store
@@ -51,9 +52,7 @@ def run(
             raise ConfigError("no tenant configured: set CONTACTSYNC_GRAPH_BASE_URL and "
                               "CONTACTSYNC_BC_BASE_URL, or run `contactsync sandbox`")
         check_credential_settings(settings)  # one sentence now, not a failed role per role
-        bootstrap = settings.kafka_bootstrap_servers or local_broker(settings).up(
-            progress=lambda message: typer.echo(message, err=True))
-        settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+        resolve_bootstrap(settings)  # none configured: one sentence now, not a failed role
         ensure_topics_at(settings, settings)
         store = Store.open(settings.database_url)
     pipeline = Pipeline(settings, store, roles=chosen, webhook_host=host, webhook_port=port,

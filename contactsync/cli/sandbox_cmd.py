@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from contactsync.cli.common import settings_and_logging, user_errors
+from contactsync.cli.common import load_sandbox_tooling, settings_and_logging, user_errors
 
 # Kafka, the emulators, the pipeline and the store load when the sandbox runs, not at CLI start.
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from contactsync.cli.emulate_cmd import RunningEmulators
+    from contactsync.emulators.running import RunningEmulators
     from contactsync.schemas.setup import UserSetup
     from contactsync.settings import Settings
     from contactsync.store import Store
@@ -179,12 +179,13 @@ def sandbox(
     from rich.console import Console
     from rich.live import Live
 
-    from contactsync.cli.emulate_cmd import start_emulators
+    load_sandbox_tooling("sandbox")  # the emulators and the local broker load now
     from contactsync.emulators.bc import BcEmulatorConfig
     from contactsync.emulators.bc import SeedSpec as BcSeed
     from contactsync.emulators.graph import GraphEmulatorConfig
-    from contactsync.kafka.io import local_broker
-    from contactsync.kafka.local_broker import free_port
+    from contactsync.emulators.running import start_emulators
+    from contactsync.http_server import free_port
+    from contactsync.kafka.local_broker import LocalBroker
     from contactsync.pipeline import Pipeline
     from contactsync.store import Store
 
@@ -196,7 +197,7 @@ def sandbox(
         if base.kafka_bootstrap_servers:
             bootstrap = base.kafka_bootstrap_servers
         else:
-            local = local_broker(base)
+            local = LocalBroker.for_settings(base)
             if local.status().running:  # an admin's own `kafka up`: used, and left running
                 typer.echo("using the local Kafka broker already running (left running)")
             else:

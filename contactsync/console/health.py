@@ -81,7 +81,7 @@ def _our_topics(settings: Settings) -> list[str]:
 
 def broker_check(settings: Settings) -> Check:
     from contactsync.cli.common import kafka_bootstrap
-    from contactsync.kafka.local_broker import BrokerError
+    from contactsync.kafka.errors import BrokerError
 
     bootstrap = "?"
     try:

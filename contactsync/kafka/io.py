@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
-from contactsync.kafka.local_broker import BrokerError, LocalBroker
+from contactsync.kafka.errors import BrokerError
 from contactsync.kafka.topics import group_name
 from contactsync.settings import Settings
 
@@ -22,6 +22,8 @@ from contactsync.settings import Settings
 # of a PLAINTEXT broker (the local broker's own checks, tests).
 KafkaTarget = Settings | str
 Client = TypeVar("Client")
+NO_BROKER = ("no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS (on this machine, "
+             "`contactsync kafka up` starts a local one and prints its address)")
 BOOTSTRAP_TIMEOUT_MS = 8000  # a broker that is away or refuses us: told in seconds, not 30
 
 
@@ -33,23 +35,12 @@ class KafkaConnectError(BrokerError, KafkaError):  # type: ignore[misc]
         return str(self.args[0])  # the sentence alone, without KafkaError's class-name prefix
 
 
-def local_broker(settings: Settings) -> LocalBroker:
-    return LocalBroker(
-        settings.kafka_data_dir, version=settings.kafka_version, cache_dir=settings.cache_dir
-    )
-
-
 def resolve_bootstrap(settings: Settings) -> str:
-    """KAFKA_BOOTSTRAP_SERVERS if set, else the running local broker; else a clear error."""
+    """KAFKA_BOOTSTRAP_SERVERS, else a clear error. The Maven-jar local broker is development
+    tooling (the sandbox, `contactsync kafka up`, the tests): no role falls back to it."""
     if settings.kafka_bootstrap_servers:
         return settings.kafka_bootstrap_servers
-    status = local_broker(settings).status()
-    if status.running and status.bootstrap:
-        return status.bootstrap
-    raise BrokerError(
-        "no Kafka broker: start the local one with `contactsync kafka up` "
-        "or set KAFKA_BOOTSTRAP_SERVERS."
-    )
+    raise BrokerError(NO_BROKER)
 
 
 def client_config(target: KafkaTarget) -> dict[str, Any]:

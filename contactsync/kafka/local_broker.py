@@ -33,14 +33,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from contactsync.kafka.errors import BrokerError
+
+if TYPE_CHECKING:
+    from contactsync.settings import Settings
 
 LOG4J_VERSION = "2.24.3"
 READY_LINE = "Kafka Server started"
-
-
-class BrokerError(RuntimeError):
-    """The local broker could not be fetched, started or stopped; the message says what to do."""
-
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -255,6 +256,12 @@ class LocalBroker:
         self.cache_dir = cache_dir
         self.heap_mb = heap_mb
         self.security = security
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> LocalBroker:
+        """The broker whose files live in CONTACTSYNC_KAFKA_DATA_DIR (the sandbox, `kafka up`)."""
+        return cls(settings.kafka_data_dir, version=settings.kafka_version,
+                   cache_dir=settings.cache_dir)
 
     # --- files -------------------------------------------------------------------------------
     @property

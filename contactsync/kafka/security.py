@@ -17,7 +17,7 @@ from typing import Any
 
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
-from contactsync.kafka.local_broker import BrokerError
+from contactsync.kafka.errors import BrokerError
 from contactsync.logs import register_secret
 from contactsync.settings import Settings
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from contactsync.kafka.local_broker import BrokerError
+from contactsync.kafka.errors import BrokerError
 from contactsync.settings import Settings
 
 if TYPE_CHECKING:

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.common.faults import FaultSpec
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 

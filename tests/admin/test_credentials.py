@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from contactsync import metrics
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.errors import CredentialRejected
 from contactsync.credential_health import HEALTH
 from contactsync.credentials import CredentialSetupError, build_credential
 from contactsync.emulators.entra import local_certificate
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.settings import Settings
 from contactsync.sync.services import open_services
 from tests.entra_fixtures import SECRET, Entra, entra

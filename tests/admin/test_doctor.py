@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contactsync.cli.emulate_cmd import RunningEmulators
-from contactsync.emulators.common.server import BackgroundServer
+from contactsync.emulators.running import RunningEmulators
+from contactsync.http_server import BackgroundServer
 from contactsync.producers.webhook import StoreRegistry, create_webhook_app
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings

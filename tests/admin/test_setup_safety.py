@@ -25,10 +25,10 @@ import pytest
 import typer
 from sqlalchemy import inspect, text
 
-from contactsync.cli.emulate_cmd import RunningEmulators, seed_emulators, start_emulators
 from contactsync.cli.main import app
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, seed_emulators, start_emulators
 from contactsync.engine.bcfilter import FILTERABLE_FIELDS, ContactFilter
 from contactsync.engine.pair_rules import bc_skip_reason
 from contactsync.store import create_db_engine

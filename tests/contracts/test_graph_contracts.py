@@ -31,7 +31,7 @@ from starlette.routing import Route
 from contactsync.clients.errors import Invalid, Unauthorized
 from contactsync.clients.graph import GraphClient, bc_id_of
 from contactsync.clients.graph_errors import graph_failure
-from contactsync.emulators.common.server import BackgroundServer
+from contactsync.http_server import BackgroundServer
 from contactsync.producers.subscriptions import _expiry
 from contactsync.producers.webhook.parsing import (
     GraphChangeItem,

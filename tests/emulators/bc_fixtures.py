@@ -19,7 +19,7 @@ from starlette.routing import Route
 from contactsync.clients.bc import BcClient
 from contactsync.clients.resilience import BudgetLimits, RequestBudget, RetryPolicy
 from contactsync.emulators.bc import BcEmulator, BcEmulatorConfig
-from contactsync.emulators.common.server import BackgroundServer
+from contactsync.http_server import BackgroundServer
 
 
 @dataclass

@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from contactsync.clients.graph import GraphClient, GraphClientOptions
 from contactsync.clients.resilience import BudgetLimits, RetryPolicy
-from contactsync.emulators.common.server import BackgroundServer
 from contactsync.emulators.graph import GraphEmulator, GraphEmulatorConfig
+from contactsync.http_server import BackgroundServer
 
 
 @dataclass

@@ -392,8 +392,8 @@ def test_two_id_forms_per_request(graph: GraphEnv, receiver: Receiver) -> None:
 def test_http_notification_url_is_refused_unless_allowed(receiver: Receiver) -> None:
     """Graph requires https for notificationUrl (400 InvalidRequest); the emulator allows http
     only when started with allow_http_notifications (the sandbox and tests)."""
-    from contactsync.emulators.common.server import BackgroundServer
     from contactsync.emulators.graph import GraphEmulator, GraphEmulatorConfig
+    from contactsync.http_server import BackgroundServer
 
     strict = GraphEmulator(GraphEmulatorConfig())
     server = BackgroundServer(strict.app).start()

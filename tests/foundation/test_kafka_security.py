@@ -15,8 +15,8 @@ import pytest
 from azure.core.credentials import AccessToken
 from pydantic import ValidationError
 
+from contactsync.kafka.errors import BrokerError
 from contactsync.kafka.io import client_config
-from contactsync.kafka.local_broker import BrokerError
 from contactsync.kafka.security import AzureTokenProvider, oauth_scope
 from contactsync.logs import configure_logging
 from contactsync.settings import Settings

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.errors import Unauthorized
 from contactsync.clients.graph import GraphClient
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.kafka.local_broker import free_port
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, topic_name
 from contactsync.metrics import user_label

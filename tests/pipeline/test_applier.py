@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.consumers.applier import UNKNOWN_USER, Applier
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, ensure_topics_at, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.errors import ServiceUnavailable
 from contactsync.emulators.bc import BcEmulatorConfig
-from contactsync.emulators.common.server import free_port
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.engine.links import Link
+from contactsync.http_server import free_port
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_CONTACT_CHANGES,

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from kafka import TopicPartition
 
-from contactsync.cli.emulate_cmd import RunningEmulators
 from contactsync.consumers.applier import Applier
 from contactsync.credential_health import HEALTH
+from contactsync.emulators.running import RunningEmulators
 from contactsync.health import READINESS, create_health_app, register_role_checks
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, topic_name

@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.engine.links import SyncMode
 from contactsync.kafka.local_broker import free_port
 from contactsync.kafka.topics import ensure_topics_at

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from contactsync.kafka.errors import BrokerError
 from contactsync.kafka.io import make_producer
-from contactsync.kafka.local_broker import BrokerError
 from contactsync.kafka.topics import ALL_TOPICS, await_topics, ensure_topics_at, topic_name
 from contactsync.settings import Settings
 from tests.kafka_fixtures import KafkaHandle

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken
 
+from contactsync.kafka.errors import BrokerError
 from contactsync.kafka.io import make_producer
-from contactsync.kafka.local_broker import BrokerError
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, topic_name
 from contactsync.settings import Settings
 from tests.kafka_fixtures import SecuredKafka

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.graph import GraphClient
 from contactsync.emulators.bc import BcEmulatorConfig
-from contactsync.emulators.common.server import BackgroundServer
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
+from contactsync.http_server import BackgroundServer
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,

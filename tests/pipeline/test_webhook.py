@@ -14,7 +14,7 @@ import httpx
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from contactsync.emulators.common.server import BackgroundServer, free_port
+from contactsync.http_server import BackgroundServer, free_port
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,

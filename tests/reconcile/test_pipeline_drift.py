@@ -15,10 +15,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.cli.main import app
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.kafka.local_broker import free_port
 from contactsync.kafka.topics import ensure_topics_at
 from contactsync.logs import configure_logging

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.cli.main import app
 from contactsync.consumers.applier import Applier
 from contactsync.consumers.router import Router
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.engine.mapping import BC_ID_PROPERTY
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (

@@ -27,11 +27,11 @@ from typing import Any
 import httpx
 from kafka import KafkaConsumer, TopicPartition
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.engine.links import SyncMode
 from contactsync.engine.mapping import BC_ID_PROPERTY
 from contactsync.kafka.local_broker import free_port

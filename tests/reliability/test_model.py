@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from contactsync.cli.emulate_cmd import start_emulators
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient, GraphClientOptions
 from contactsync.clients.resilience import RetryPolicy
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import start_emulators
 from contactsync.engine.links import SyncMode
 from contactsync.engine.mapping import BC_ID_PROPERTY
 from contactsync.schemas.setup import UserSetup

@@ -24,7 +24,7 @@ from kafka import KafkaConsumer, TopicPartition
 from schemathesis.core import NOT_SET
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from contactsync.emulators.common.server import BackgroundServer
+from contactsync.http_server import BackgroundServer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,
     GRAPH_NOTIFICATIONS,

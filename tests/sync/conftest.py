@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient, GraphClientOptions
 from contactsync.clients.resilience import RetryPolicy
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.engine.links import SyncMode
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from contactsync.cli.emulate_cmd import RunningEmulators
 from contactsync.cli.main import app
+from contactsync.emulators.running import RunningEmulators
 from tests.sync.conftest import MAILBOX
 
 runner = CliRunner()

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from contactsync.cli.emulate_cmd import RunningEmulators
 from contactsync.cli.main import app
+from contactsync.emulators.running import RunningEmulators
 from contactsync.logs import configure_logging
 from tests.sync.conftest import MAILBOX
 from tests.sync.test_cli import env

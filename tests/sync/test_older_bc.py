@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from contactsync.cli.emulate_cmd import RunningEmulators, start_emulators
 from contactsync.emulators.bc import BcEmulatorConfig
 from contactsync.emulators.graph import GraphEmulatorConfig
+from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.engine.links import SyncMode
 from tests.sync.conftest import MAILBOX, World
 

@@ -1,7 +1,7 @@
-"""Run an ASGI app under uvicorn on a loopback port, in a background thread or in the foreground.
+"""Run an ASGI app under uvicorn in a background thread: a real HTTP server on a real socket.
 
-Tests start the emulators in-process on free ports; `contactsync emulate` runs them in the
-foreground. Either way it is a real HTTP server on a real socket.
+The product serves its webhook, console and health endpoints on it; the emulators and the tests
+use it too (the emulators import the product, never the other way round).
 """
 
 from __future__ import annotations
