@@ -484,11 +484,13 @@ def _normalized(name: str) -> str:
 # The optional extras of pyproject.toml the image carries (Makefile `lock`: --extra): traces
 # can be switched on in a running deployment.
 IMAGE_EXTRAS = ("otel",)
+# What only the tests and the development tooling need: never in the image.
+NOT_IN_IMAGE = ("testcontainers",)
 
 
 def check_lock(lock: Path, pyproject: Path) -> list[str]:
     """Every runtime dependency of pyproject.toml (and of IMAGE_EXTRAS) is pinned, with hashes,
-    in the lock file."""
+    in the lock file, and nothing of NOT_IN_IMAGE is."""
     text = lock.read_text()
     pinned = {_normalized(m.group(1)) for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==", text, re.M)}
     project = tomllib.loads(pyproject.read_text())["project"]
@@ -497,6 +499,8 @@ def check_lock(lock: Path, pyproject: Path) -> list[str]:
     problems = [f"{lock}: {dep!r} of pyproject.toml is not pinned: run `make lock`"
                 for dep in wanted
                 if _normalized(re.split(r"[\[<>=!~; ]", dep, maxsplit=1)[0]) not in pinned]
+    problems += [f"{lock}: {name} is for the tests only, not the image: run `make lock`"
+                 for name in NOT_IN_IMAGE if name in pinned]
     if "--hash=sha256:" not in text:
         problems.append(f"{lock}: no hashes: run `make lock`")
     return problems

@@ -203,6 +203,14 @@ def test_a_lock_file_missing_a_dependency_is_refused(tmp_path: Path):
     assert validate.check_lock(DEPLOY / "requirements.lock", ROOT / "pyproject.toml") == []
 
 
+def test_a_lock_file_carrying_testcontainers_into_the_image_is_refused(tmp_path: Path):
+    lock = tmp_path / "requirements.lock"
+    lock.write_text((DEPLOY / "requirements.lock").read_text()
+                    + "testcontainers==4.15.0 \\\n    --hash=sha256:00\n")
+    assert validate.check_lock(lock, ROOT / "pyproject.toml") == [
+        f"{lock}: testcontainers is for the tests only, not the image: run `make lock`"]
+
+
 def test_an_alert_on_a_series_the_product_does_not_export_is_refused(tmp_path: Path):
     broken = _edited_copy(DEPLOY / "prometheus" / "alerts.yaml", tmp_path,
                           "contactsync_deadletter_messages_total",
