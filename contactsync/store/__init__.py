@@ -1,5 +1,5 @@
 """The state store (docs/architecture.md 4 and 11): setups, links, sync state, subscriptions,
-audit, dedupe.
+audit.
 
 SQLAlchemy 2 Core over SQLite (embedded default) or PostgreSQL (several workers). Every function
 returns our own types (UserSetup, Link, the dataclasses in `records`), never database rows.

@@ -195,10 +195,17 @@ def _v3_one_setup_per_folder(conn: Connection) -> None:
           postgresql_where=text("shares_folder_with IS NULL")).create(conn)
 
 
+def _v4_drop_processed_events(conn: Connection) -> None:
+    """Processed event ids were written by nothing and read by nothing: every effect of the
+    pipeline is idempotent by itself (docs/architecture.md, decision 9)."""
+    conn.execute(text("DROP TABLE IF EXISTS processed_events"))  # its index goes with it
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "user setups, links, sync state, company watermarks", _v1_core),
     Migration(2, "subscriptions, audit records, processed events", _v2_subscriptions_audit_dedupe),
     Migration(3, "one setup per Outlook folder of a mailbox", _v3_one_setup_per_folder),
+    Migration(4, "no processed events table (never read)", _v4_drop_processed_events),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

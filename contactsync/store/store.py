@@ -6,7 +6,6 @@ store.setups.add(setup)                        # each call is its own transactio
 with store.transaction() as tx:                # a unit of work: all or nothing
     tx.links.upsert_many(links)
     tx.audit.append_many(records)
-    tx.events.check_and_remember(group, event_id)
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from sqlalchemy.pool import StaticPool
 from contactsync.store.audit import AuditRepository
 from contactsync.store.base import ConnectionSource
 from contactsync.store.db import READ_ONLY, create_db_engine
-from contactsync.store.dedupe import ProcessedEventRepository
 from contactsync.store.links import LinkRepository
 from contactsync.store.migrations import migrate
 from contactsync.store.setups import SetupRepository
@@ -39,7 +37,6 @@ class Repositories:
         self.state = SyncStateRepository(source)
         self.subscriptions = SubscriptionRepository(source)
         self.audit = AuditRepository(source)
-        self.events = ProcessedEventRepository(source)
 
 
 class Transaction(Repositories):

@@ -151,11 +151,3 @@ audit_records = Table(
     Index(None, "kind", "at"),
 )
 
-processed_events = Table(
-    "processed_events",
-    metadata,
-    Column("consumer_group", String, primary_key=True),
-    Column("event_id", String, primary_key=True),
-    Column("processed_at", UtcDateTime, nullable=False),
-    Index(None, "processed_at"),
-)

@@ -20,6 +20,9 @@ from contactsync.store import (
     normalize_url,
 )
 from contactsync.store.tables import metadata, schema_version
+from tests.store.legacy import write_v2_setups
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def schema_of(engine: Engine) -> dict[str, tuple[set[str], set[str]]]:
@@ -79,6 +82,22 @@ def test_an_older_database_is_upgraded(db_url: str) -> None:
     engine.dispose()
 
 
+def test_a_store_with_the_processed_events_table_upgrades_without_it(db_url: str) -> None:
+    """Version 3 still had the never-read dedupe table; the upgrade drops it, keeps the rest."""
+    write_v2_setups(db_url, [("anna", "anna@contoso.test")])
+    engine = create_db_engine(db_url)
+    assert migrate(engine, target=3) == [3]
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO processed_events (consumer_group, event_id, processed_at)"
+                          " VALUES ('router', 'evt-1', :at)"), {"at": T0})
+    with Store.open(db_url) as store:
+        assert versions(store.engine) == list(range(1, LATEST_VERSION + 1))
+        assert "processed_events" not in inspect(store.engine).get_table_names()
+        assert store.setups.require("anna").mailbox == "anna@contoso.test"
+        assert schema_of(store.engine) == expected_schema()
+    engine.dispose()
+
+
 def test_a_newer_database_is_refused(db_url: str) -> None:
     engine = create_db_engine(db_url)
     migrate(engine)
@@ -135,8 +154,8 @@ def test_sqlite_engine_settings(tmp_path: Path) -> None:
 
 def test_in_memory_sqlite_is_one_database() -> None:
     with Store.open("sqlite://") as store:
-        store.events.check_and_remember("g", "e")
-        assert store.events.seen("g", "e")  # same database across checkouts
+        store.state.set_watermark("c", T0)
+        assert store.state.get_watermark("c") == T0  # same database across checkouts
 
 
 def test_url_normalisation() -> None:
@@ -163,14 +182,14 @@ def test_postgres_sessions_run_in_utc(db_url: str) -> None:
 
 def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
     with Store.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
-        store.events.check_and_remember("g", "committed")
+        store.state.set_watermark("committed", T0)
         with store.transaction() as tx:  # holds SQLite's write lock until the block ends
-            tx.events.check_and_remember("g", "pending")
+            tx.state.set_watermark("pending", T0)
             started = time.monotonic()
-            assert store.events.seen("g", "committed")  # another connection, deferred BEGIN
-            assert not store.events.seen("g", "pending")
+            assert store.state.get_watermark("committed") == T0  # another connection, deferred
+            assert store.state.get_watermark("pending") is None
             assert time.monotonic() - started < 5
-        assert store.events.seen("g", "pending")
+        assert store.state.get_watermark("pending") == T0
 
 
 def test_errors_do_not_carry_bound_values(store: Store) -> None:

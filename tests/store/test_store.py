@@ -244,20 +244,20 @@ def test_unit_of_work_commits_links_and_audit_together_or_not_at_all(store: Stor
     with pytest.raises(RuntimeError), store.transaction() as tx:
         tx.links.upsert_many([link_for("bob", n) for n in range(10)])
         tx.audit.append(conflict)
-        tx.events.check_and_remember("applier", "evt-1")
+        tx.state.set_watermark("cronus", T0)
         raise RuntimeError("crash before commit")
     assert store.links.count("bob") == 0
     assert store.audit.list_records() == []
-    assert not store.events.seen("applier", "evt-1")
+    assert store.state.get_watermark("cronus") is None
 
     with store.transaction() as tx:
         tx.links.upsert_many([link_for("bob", n) for n in range(10)])
         tx.audit.append_many([conflict, conflict])
-        assert tx.events.check_and_remember("applier", "evt-1")
+        tx.state.set_watermark("cronus", T0)
         assert tx.links.count("bob") == 10  # reads inside see the transaction's own writes
     assert store.links.count("bob") == 10
     assert len(store.audit.list_records(user_id="bob")) == 2
-    assert store.events.seen("applier", "evt-1")
+    assert store.state.get_watermark("cronus") == T0
 
 
 # --- sync state --------------------------------------------------------------------------------
@@ -379,27 +379,6 @@ def test_audit_append_and_list(store: Store) -> None:
     assert len(store.audit.list_records(since=T0 + timedelta(minutes=2), user_id="bob")) == 2
     alice = store.audit.list_records(user_id="alice")
     assert alice[0].details == {"created": 3} and alice[0].at is not None
-
-
-# --- processed events (dedupe) -----------------------------------------------------------------
-
-
-def test_dedupe_check_and_remember(store: Store) -> None:
-    assert store.events.check_and_remember("router", "evt-1") is True
-    assert store.events.check_and_remember("router", "evt-1") is False
-    assert store.events.check_and_remember("applier", "evt-1") is True  # another group
-    assert store.events.seen("router", "evt-1")
-    assert not store.events.seen("router", "evt-2")
-
-
-def test_dedupe_prune(store: Store) -> None:
-    now = datetime.now(UTC)
-    store.events.check_and_remember("router", "old", at=now - timedelta(days=8))
-    store.events.check_and_remember("router", "recent", at=now - timedelta(days=1))
-    assert store.events.prune(timedelta(days=7)) == 1
-    assert not store.events.seen("router", "old")
-    assert store.events.seen("router", "recent")
-    assert store.events.check_and_remember("router", "old") is True  # forgotten: new again
 
 
 def test_one_outlook_folder_of_one_mailbox_belongs_to_one_setup(store: Store) -> None:
