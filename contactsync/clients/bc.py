@@ -41,7 +41,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -383,14 +383,6 @@ class BcClient:
 
         return prefetched_pages(first, next_page, lambda page: list(page.get("value", [])))
 
-    async def iter_contacts(
-        self, odata_filter: str | None = None, page_size: int | None = None,
-        select: list[str] | None = None,
-    ) -> AsyncIterator[Contact]:
-        async for page in self.iter_contact_pages(odata_filter, page_size, select):
-            for contact in page:
-                yield contact
-
     async def list_contacts(
         self, odata_filter: str | None = None, page_size: int | None = None,
         select: list[str] | None = None,
@@ -421,15 +413,6 @@ class BcClient:
 
     async def get_contact(self, contact_id: str) -> Contact:
         return dict(await self._get_json(f"{self.contacts_url}({contact_id})"))
-
-    async def get_by_resource(self, resource: str) -> Any:
-        """GET a notification's `resource` (relative `api/v2.0/...` or absolute)."""
-        if resource.startswith("http"):
-            url = resource
-        else:
-            root = self.base_url[: self.base_url.rfind("/api/v2.0")]
-            url = f"{root}/{resource.lstrip('/')}"
-        return await self._get_json(url)
 
     # -- contact fields by environment -----------------------------------------------------
 

@@ -239,7 +239,7 @@ async def test_update_after_lost_answer_is_recognised(bc: RunningBc) -> None:
 
 async def test_iterator_and_errors(bc: RunningBc, client: BcClient) -> None:
     bc.emulator.seed(persons=45, companies=0)
-    seen = [c["id"] async for c in client.iter_contacts(page_size=10)]
+    seen = [c["id"] async for page in client.iter_contact_pages(page_size=10) for c in page]
     assert len(seen) == len(set(seen)) == 45
     with pytest.raises(NotFound):
         await client.get_contact("00000000-0000-0000-0000-000000000001")
