@@ -97,7 +97,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(
             "KAFKA_BOOTSTRAP_SERVERS", "CONTACTSYNC_KAFKA_BOOTSTRAP_SERVERS"
         ),
-        description="host:port[,host:port]; empty means the local broker (contactsync kafka up)",
+        description="host:port[,host:port]; required (`contactsync kafka up` prints a local one)",
     )
     topic_prefix: str = Field(default="", description="Prepended to every topic name")
     topic_partitions: int = Field(default=12, ge=1)
@@ -155,9 +155,6 @@ class Settings(BaseSettings):
     otel_traces: bool = Field(
         default=False, description="Export OpenTelemetry traces over OTLP (OTEL_EXPORTER_OTLP_*)"
     )
-
-    # --- Secrets we hold ourselves (never logged: SecretStr hides them in repr) ---
-    admin_token: SecretStr | None = None
 
     @classmethod
     def settings_customise_sources(
