@@ -1,6 +1,6 @@
 # The two commands of the README, plus the pieces they are made of.
 #   make sandbox   the main job: local Kafka, emulators of Graph and BC, the whole pipeline
-#   make test      ruff, mypy and the whole test suite (real Kafka broker, SQLite, PostgreSQL)
+#   make test      ruff, mypy, the layers contract (import-linter) and the whole test suite
 #   make lock      regenerate deploy/requirements.lock (the image's pinned dependencies, hashed)
 # Both create .venv and install the project the first time (and again when pyproject changes).
 
