@@ -167,7 +167,7 @@ def _known_failure(exc: Exception) -> str | None:
     """The one sentence for a known failure, or None for anything else.
 
     The failure classes are imported here, when something failed, not at start: the modules
-    that define them (the store, the clients, the local broker) are heavy to load."""
+    that define them (the store, the clients, Kafka) are heavy to load."""
     from contactsync.clients.errors import ServiceError
     from contactsync.engine.bcfilter import FilterError
     from contactsync.kafka.errors import BrokerError  # loads no kafka-python
