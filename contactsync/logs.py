@@ -14,7 +14,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -75,9 +75,24 @@ def redact_processor(
     return event_dict
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured: a
+    command run inside another (a test's CliRunner, an embedding tool) swaps stderr and closes
+    its copy afterwards, and a handler holding that copy would fail on every later line."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:
     """Configure structlog (and the stdlib loggers it shares a stream with) once per process."""
-    out = stream or sys.stderr
+    out = stream or _CurrentStderr()
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=out.isatty())
@@ -100,7 +115,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, out)),
         cache_logger_on_first_use=False,
     )
     # Libraries (kafka-python, httpx, azure, uvicorn) log through the stdlib: their lines go
