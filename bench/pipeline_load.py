@@ -21,7 +21,12 @@ The webhook's own accept latency has its benchmark: bench/webhook_load.py.
 Knobs (environment): BENCH_RATES=10,50,200, BENCH_SECONDS=15; BENCH_SPLIT=applier,router,...
 runs those roles as processes of their own (scale-out) instead of threads of this one;
 BENCH_STAGES=1 prints where a BC change's time goes (bench/stage_lags.py); BENCH_PROFILE=applier
-profiles roles' threads with pyinstrument; BENCH_LOG_LEVEL=INFO shows the roles' logs.
+profiles roles' threads with pyinstrument (wall time); BENCH_PYSPY=1 samples the CPU with py-spy
+and prints, per role, the frames it went to in ms per propagated change (bench/role_cpu.py);
+BENCH_LOG_LEVEL=INFO shows the roles' logs.
+
+The pipeline's CPU per propagated change is printed per role too (each thread's CPU time from
+/proc, summed by the role it works for), next to the goals of issue 16 (GOALS).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any
 
 import psutil
 
+from bench import role_cpu
 from bench.emulator_process import EmulatorProcess
 from contactsync.clients.bc import BcClient
 from contactsync.clients.graph import GraphClient
@@ -68,6 +74,10 @@ GRAPH_NOTIFY_DELAY = 0.02
 RATES = tuple(int(r) for r in os.environ.get("BENCH_RATES", "10,50,200").split(","))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "15"))
 SEED = 600
+# Issue 16's goals, printed next to the figures.
+GOALS = ("goals: pipeline CPU <= 2.5 ms per propagated change at 50/s; pipeline-added p99 "
+         "< 250 ms at 50/s (one process) and at 100/s (BENCH_SPLIT); <= 1.2 requests per "
+         "change at every rate; 1.00 writes per change; 0 echo writes")
 
 
 def _counts(emu: EmulatorProcess) -> tuple[int, int]:
@@ -164,7 +174,7 @@ def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
 
 def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str, str]],
               filters: dict[str, ContactFilter], start_token: int,
-              pids: dict[str, int | None]) -> dict[str, Any]:
+              pids: dict[str, int | None], webhook_thread: str) -> dict[str, Any]:
     editor_folder: dict[str, str] = emu.call("folder", EDITOR)
     by_email = {email: (cid, city, country) for cid, email, city, country in people}
     seattle = [p for p in people if p[2] == "Seattle"]
@@ -174,6 +184,8 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
     # overtaken by the next edit of the same contact before it lands: not a loss)
     requests0, writes0 = _counts(emu)
     cpu0 = _cpu_seconds(pids)
+    threads0 = role_cpu.thread_cpu()
+    spy = role_cpu.PySpy(f"{rate}") if os.environ.get("BENCH_PYSPY") else None
     started = time.monotonic()
     n = 0
     while (elapsed := time.monotonic() - started) < SECONDS:
@@ -202,6 +214,8 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
     total = time.monotonic() - started
     requests1, writes1 = _counts(emu)
     cpu1 = _cpu_seconds(pids)
+    roles = role_cpu.by_role(threads0, role_cpu.thread_cpu(), webhook_thread)
+    spied = spy.stop() if spy is not None else None
     seen: dict[tuple[str, str], float] = emu.call("seen")
     latencies, added, expected, landed = [], [], 0, 0
     last_tokens = set(latest.values())
@@ -229,6 +243,9 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
         "cores": {name: (cpu1[name] - cpu0[name]) / total for name in pids},
         "pipeline_cpu_ms": (cpu1["pipeline"] - cpu0["pipeline"]) * 1000 / landed
         if landed else float("nan"),
+        "role_ms": {role: used * 1000 / landed if landed else float("nan")
+                    for role, used in sorted(roles.items(), key=lambda kv: -kv[1])},
+        "profile": role_cpu.summarise(spied, landed, webhook_thread) if spied else "",
     }
 
 
@@ -312,12 +329,13 @@ def main() -> None:
                 "broker": broker.status().pid if broker is not None else None,
                 **(roles.pids() if roles is not None else {})}
         print(f"pipeline_load: {len(USERS)} users, {SEED} BC persons, cores {os.cpu_count()}")
+        print(f"  {GOALS}")
         print(f"  baseline: idle pipeline makes {idle_rate:.1f} API requests/s and keeps "
               f"{idle_cores:.2f} cores busy")
         token = 0
         started_at = datetime.now(UTC)
         for rate in RATES:
-            r = _run_rate(emu, rate, people, filters, token, pids)
+            r = _run_rate(emu, rate, people, filters, token, pids, f"http-{port}")
             token += r["changes"]
             print(f"  {rate}/s for {SECONDS:.0f} s: {r['changes']} edits, landed "
                   f"{r['landed']}/{r['expected']} ({r['per_second']:.0f} propagated/s); "
@@ -329,6 +347,10 @@ def main() -> None:
             print("      cores busy: " + ", ".join(f"{name} {used:.2f}" for name, used
                                                   in r["cores"].items())
                   + f"; pipeline CPU {r['pipeline_cpu_ms']:.1f} ms per propagated change")
+            print("      per role, ms per propagated change: " + ", ".join(
+                f"{role} {ms:.2f}" for role, ms in r["role_ms"].items() if ms >= 0.005))
+            if r["profile"]:
+                print(r["profile"])
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if roles is not None:
             print(f"  role processes ({', '.join(split)}) peak RSS, summed: "

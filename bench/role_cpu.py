@@ -1,0 +1,130 @@
+"""Where the pipeline process's CPU goes, per role (pipeline_load).
+
+Every role runs in threads of the one process: its own thread (named after the role), its Kafka
+clients' threads (named after their client id: `contactsync-applier-network-thread`,
+`kafka-io-...contactsync-router`), the webhook's server thread. `thread_cpu` reads each
+thread's CPU time from /proc (user + system), `by_role` adds them up per role, so the figures
+are CPU, not wall time, and need no profiler.
+
+BENCH_PYSPY=1 also samples the process with py-spy (a dev tool: `pip install py-spy`) while
+each rate runs, idle threads left out, and prints per role the frames the CPU went to, in ms
+per propagated change (`summarise`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+ROLES = ("webhook", "router", "applier", "bc-changes", "subscriptions", "reconcile")
+DRIVER = "bench driver"  # this benchmark's own main thread (edits, counters)
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def role_of(thread_name: str, webhook_thread: str = "") -> str:
+    """The role a thread works for, by its name (client ids carry the role's name)."""
+    if thread_name == "MainThread":
+        return DRIVER
+    if thread_name == webhook_thread or "webhook" in thread_name:
+        return "webhook"
+    for role in ROLES:
+        if role in thread_name:
+            return role
+    return "other"
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """Native thread id -> (name, CPU seconds so far) for this process's live threads."""
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat.rsplit(")", 1)[1].split()
+        tid = int(task.name)
+        cpu = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+        name = names.get(tid) or (task / "comm").read_text().strip()
+        out[tid] = (name, cpu)
+    return out
+
+
+def by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+            webhook_thread: str = "") -> dict[str, float]:
+    """CPU seconds per role between two `thread_cpu` readings (a thread that ended between
+    them is lost; one started between them counts from zero)."""
+    out: dict[str, float] = {}
+    for tid, (name, cpu) in after.items():
+        role = role_of(name, webhook_thread)
+        out[role] = out.get(role, 0.0) + cpu - before.get(tid, (name, 0.0))[1]
+    return out
+
+
+class PySpy:
+    """`py-spy record` of this process while one rate runs (BENCH_PYSPY=1)."""
+
+    RATE_HZ = 200
+
+    def __init__(self, label: str) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.out = Path(os.environ.get("TMPDIR", "/tmp")) / f"pipeline-pyspy-{label}.txt"
+        self._proc = subprocess.Popen(
+            [exe, "record", "--pid", str(os.getpid()), "--rate", str(self.RATE_HZ),
+             "--format", "raw", "--threads", "--nonblocking", "-o", str(self.out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> Path:
+        self._proc.send_signal(2)  # py-spy writes its file on SIGINT
+        self._proc.wait(timeout=60)
+        return self.out
+
+
+def summarise(raw: Path, landed: int, webhook_thread: str = "", top: int = 8) -> str:
+    """Per role: CPU ms per propagated change, then the frames it went to (inclusive, ours
+    and the libraries' entry points), from a py-spy raw file."""
+    if not raw.exists() or not landed:
+        return "    (no py-spy samples)"
+    per_sample_ms = 1000.0 / PySpy.RATE_HZ / landed
+    total: Counter[str] = Counter()
+    inclusive: dict[str, Counter[str]] = {}
+    leaf: dict[str, Counter[str]] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        role = role_of(frames[0].split(": ", 1)[-1], webhook_thread)
+        n = int(count)
+        total[role] += n
+        seen: set[str] = set()
+        for frame in frames[1:]:
+            name = _frame(frame)
+            if name not in seen:
+                seen.add(name)
+                inclusive.setdefault(role, Counter())[name] += n
+        leaf.setdefault(role, Counter())[_frame(frames[-1])] += n
+    lines = []
+    for role, samples in total.most_common():
+        lines.append(f"    {role}: {samples * per_sample_ms:.2f} ms/change (sampled)")
+        heavy = [(f, n) for f, n in inclusive[role].most_common()
+                 if n < samples * 0.97 and not f.startswith(_BOILERPLATE)]
+        for name, n in heavy[:top]:
+            lines.append(f"      {n * per_sample_ms:6.2f}  {name}")
+        lines.append("      self: " + ", ".join(
+            f"{name} {n * per_sample_ms:.2f}" for name, n in leaf[role].most_common(4)))
+    return "\n".join(lines)
+
+
+_BOILERPLATE = ("Thread.", "BaseEventLoop.run", "_run_module", "_run_code", "<module>",
+                "Handle._run", "Pipeline._guard")
+
+
+def _frame(frame: str) -> str:
+    """`fn (path/to/module.py:123)` -> `fn (module.py)`: one entry per function."""
+    fn, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    return f"{fn} ({path.rsplit('/', 2)[-2] + '/' if '/' in path else ''}{Path(path).name})"
