@@ -7,8 +7,8 @@ thread's CPU time from /proc (user + system), `by_role` adds them up per role, s
 are CPU, not wall time, and need no profiler.
 
 BENCH_PYSPY=1 also samples the process with py-spy (a dev tool: `pip install py-spy`) while
-each rate runs, idle threads left out, and prints per role the frames the CPU went to, in ms
-per propagated change (`summarise`).
+each rate runs, only threads holding the GIL (running Python), and prints per role where that
+CPU went, in ms per propagated change (`summarise`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class PySpy:
         self.out = Path(os.environ.get("TMPDIR", "/tmp")) / f"pipeline-pyspy-{label}.txt"
         self._proc = subprocess.Popen(
             [exe, "record", "--pid", str(os.getpid()), "--rate", str(self.RATE_HZ),
-             "--format", "raw", "--threads", "--nonblocking", "-o", str(self.out)],
+             "--format", "raw", "--threads", "--gil", "--nonblocking", "-o", str(self.out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> Path:
@@ -86,45 +86,54 @@ class PySpy:
 
 
 def summarise(raw: Path, landed: int, webhook_thread: str = "", top: int = 8) -> str:
-    """Per role: CPU ms per propagated change, then the frames it went to (inclusive, ours
-    and the libraries' entry points), from a py-spy raw file."""
+    """Per role, from a py-spy raw file: CPU ms per propagated change, where it was spent by
+    package (the frame on top of the stack: the code burning it), and the heaviest functions
+    of ours and the libraries' (inclusive: with what they call)."""
     if not raw.exists() or not landed:
         return "    (no py-spy samples)"
     per_sample_ms = 1000.0 / PySpy.RATE_HZ / landed
     total: Counter[str] = Counter()
     inclusive: dict[str, Counter[str]] = {}
-    leaf: dict[str, Counter[str]] = {}
+    package: dict[str, Counter[str]] = {}
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
         role = role_of(frames[0].split(": ", 1)[-1], webhook_thread)
         n = int(count)
         total[role] += n
-        seen: set[str] = set()
-        for frame in frames[1:]:
-            name = _frame(frame)
-            if name not in seen:
-                seen.add(name)
-                inclusive.setdefault(role, Counter())[name] += n
-        leaf.setdefault(role, Counter())[_frame(frames[-1])] += n
+        names = {_frame(frame) for frame in frames[1:]}
+        inclusive.setdefault(role, Counter()).update(dict.fromkeys(names, n))
+        package.setdefault(role, Counter())[_package(frames[-1])] += n
     lines = []
     for role, samples in total.most_common():
-        lines.append(f"    {role}: {samples * per_sample_ms:.2f} ms/change (sampled)")
+        if samples * per_sample_ms < 0.05:
+            continue
+        lines.append(f"    {role}: {samples * per_sample_ms:.2f} ms/change holding the GIL; "
+                     "by package: " + ", ".join(
+                         f"{name} {n * per_sample_ms:.2f}"
+                         for name, n in package[role].most_common(top)))
         heavy = [(f, n) for f, n in inclusive[role].most_common()
-                 if n < samples * 0.97 and not f.startswith(_BOILERPLATE)]
-        for name, n in heavy[:top]:
-            lines.append(f"      {n * per_sample_ms:6.2f}  {name}")
-        lines.append("      self: " + ", ".join(
-            f"{name} {n * per_sample_ms:.2f}" for name, n in leaf[role].most_common(4)))
+                 if n < samples * 0.9 and not f.startswith(_BOILERPLATE)]
+        lines.append("      heaviest: " + ", ".join(
+            f"{name} {n * per_sample_ms:.2f}" for name, n in heavy[:top]))
     return "\n".join(lines)
 
 
-_BOILERPLATE = ("Thread.", "BaseEventLoop.run", "_run_module", "_run_code", "<module>",
-                "Handle._run", "Pipeline._guard")
+_BOILERPLATE = ("Thread.", "BaseEventLoop.", "_run_module", "_run_code", "<module>",
+                "Handle._run", "Pipeline.", "run (", "Runner.run", "Task.", "Worker.run")
 
 
 def _frame(frame: str) -> str:
     """`fn (path/to/module.py:123)` -> `fn (module.py)`: one entry per function."""
     fn, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    return f"{fn} ({path.rsplit('/', 2)[-2] + '/' if '/' in path else ''}{Path(path).name})"
+    return f"{fn} ({Path(path).name})"
+
+
+def _package(frame: str) -> str:
+    """The package (or stdlib module) a frame's code belongs to."""
+    path = frame.partition(" (")[2].rstrip(")").rsplit(":", 1)[0]
+    if path.startswith("<frozen"):
+        return "import machinery"
+    head = path.split("/", 1)[0]
+    return head.removesuffix(".py")

@@ -169,7 +169,6 @@ async def test_subscription_lifecycle(
     assert exp < datetime.now(UTC) + timedelta(minutes=4230)
     renewed = await client.renew_subscription(sub["id"], datetime.now(UTC) + timedelta(hours=2))
     assert renewed["id"] == sub["id"]
-    await client.reauthorize_subscription(sub["id"])
     assert [s["id"] for s in await client.list_subscriptions()] == [sub["id"]]
     graph.emu.person_create_contact(u["id"], u["folderId"], {"givenName": "Hook"})
     receiver.wait_for(lambda items: any(i.get("clientState") == "state-1" for i in items))
