@@ -80,9 +80,14 @@ GOALS = ("goals: pipeline CPU <= 2.5 ms per propagated change at 50/s; pipeline-
          "change at every rate; 1.00 writes per change; 0 echo writes")
 
 
-def _counts(emu: EmulatorProcess) -> tuple[int, int]:
+def _relevant(emu: EmulatorProcess) -> dict[str, int]:
+    """Requests by route, subscription upkeep left out."""
     counts: dict[str, int] = emu.call("counts")
-    relevant = {k: n for k, n in counts.items() if "subscriptions" not in k}
+    return {k: n for k, n in counts.items() if "subscriptions" not in k}
+
+
+def _counts(emu: EmulatorProcess) -> tuple[int, int]:
+    relevant = _relevant(emu)
     writes = sum(n for k, n in relevant.items()
                  if k.split()[1] in ("POST", "PATCH", "DELETE") and not k.endswith("$batch"))
     return sum(relevant.values()), writes
@@ -183,6 +188,7 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
     latest: dict[str, str] = {}  # contact id -> its last token (an earlier one may be
     # overtaken by the next edit of the same contact before it lands: not a loss)
     requests0, writes0 = _counts(emu)
+    routes0 = _relevant(emu)
     cpu0 = _cpu_seconds(pids)
     threads0 = role_cpu.thread_cpu()
     spy = role_cpu.PySpy(f"{rate}") if os.environ.get("BENCH_PYSPY") else None
@@ -213,6 +219,7 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
     _wait_quiet(emu)
     total = time.monotonic() - started
     requests1, writes1 = _counts(emu)
+    routes = {k: n - routes0.get(k, 0) for k, n in _relevant(emu).items()}
     cpu1 = _cpu_seconds(pids)
     roles = role_cpu.by_role(threads0, role_cpu.thread_cpu(), webhook_thread)
     spied = spy.stop() if spy is not None else None
@@ -243,6 +250,8 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
         "cores": {name: (cpu1[name] - cpu0[name]) / total for name in pids},
         "pipeline_cpu_ms": (cpu1["pipeline"] - cpu0["pipeline"]) * 1000 / landed
         if landed else float("nan"),
+        "routes": {k: n / landed for k, n in sorted(routes.items(), key=lambda kv: -kv[1])
+                   if n and landed},
         "role_ms": {role: used * 1000 / landed if landed else float("nan")
                     for role, used in sorted(roles.items(), key=lambda kv: -kv[1])},
         "profile": role_cpu.summarise(spied, landed, webhook_thread) if spied else "",
@@ -349,6 +358,8 @@ def main() -> None:
                   + f"; pipeline CPU {r['pipeline_cpu_ms']:.1f} ms per propagated change")
             print("      per role, ms per propagated change: " + ", ".join(
                 f"{role} {ms:.2f}" for role, ms in r["role_ms"].items() if ms >= 0.005))
+            print("      requests per propagated change, by route: " + ", ".join(
+                f"{route} {per:.2f}" for route, per in r["routes"].items()))
             if r["profile"]:
                 print(r["profile"])
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -160,7 +160,7 @@ class BatchApi(ContactsApi):
                     taken += 1
                 # Graph throttles each inner request: the rest count against the window too.
                 await self._budget.charge(mailbox, len(requests) - slots)
-                ri = self._request(Method.POST, "{+baseurl}/$batch", {}, {"requests": requests})
+                ri = self._request(Method.POST, "/$batch", body={"requests": requests})
                 resp = await self._send_once(ri)
             finally:
                 for _ in range(taken):

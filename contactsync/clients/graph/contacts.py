@@ -17,12 +17,11 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, cast
 
 import httpx
-from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_abstractions.method import Method
 from kiota_abstractions.request_information import RequestInformation
 
 from contactsync.clients.errors import Conflict, NotFound
-from contactsync.clients.graph.transport import GraphTransport, Json, _odata_str, _Response
+from contactsync.clients.graph.transport import GraphTransport, Json, _odata_str, _q, _Response
 from contactsync.engine.mapping import BC_ID_PROPERTY  # one tag, shared with the planner
 
 
@@ -50,22 +49,25 @@ def with_bc_id(fields: Mapping[str, Any], bc_id: str) -> Json:
 
 
 
+# Reads that return contacts expand our BC-id tag.
+EXPAND_BC_ID = f"singleValueExtendedProperties($filter=id eq {_odata_str(BC_ID_PROPERTY)})"
+
+
 class ContactsApi(GraphTransport):
     # ---- users -------------------------------------------------------------------------------
     async def get_user(self, mailbox: str) -> Json:
         """The user behind a mailbox address or id (`id`, `userPrincipalName`, `mail`):
         `GET /users/{id | userPrincipalName}` ("Get user", learn.microsoft.com/graph/api/
         user-get). NotFound for no such user; an app needs User.Read.All to read users."""
-        b = self._sdk.users.by_user_id(mailbox)
-        qp = b.UserItemRequestBuilderGetQueryParameters(select=["id", "userPrincipalName", "mail"])
-        ri = b.to_get_request_information(RequestConfiguration(query_parameters=qp))
+        ri = self._request(Method.GET, f"/users/{_q(mailbox)}",
+                           {"$select": ["id", "userPrincipalName", "mail"]})
         resp = await self._send(mailbox, lambda: ri)
         return cast(Json, resp.body)
 
     # ---- folders -----------------------------------------------------------------------------
     async def list_folders(self, mailbox: str) -> list[Json]:
-        b = self._sdk.users.by_user_id(mailbox).contact_folders
-        return await self._get_pages(mailbox, b.to_get_request_information())
+        return await self._get_pages(
+            mailbox, self._request(Method.GET, f"/users/{_q(mailbox)}/contactFolders"))
 
     async def find_or_create_folder(self, mailbox: str, name: str = "Business Central") -> str:
         """The id of the top-level contact folder called `name`, created if missing."""
@@ -79,8 +81,6 @@ class ContactsApi(GraphTransport):
         found = await find()
         if found:
             return found
-        b = self._sdk.users.by_user_id(mailbox).contact_folders
-
         async def find_response() -> _Response | None:
             fid = await find()
             return _Response(201, httpx.Headers(), {"id": fid}) if fid else None
@@ -88,9 +88,8 @@ class ContactsApi(GraphTransport):
         try:
             resp = await self._send(
                 mailbox,
-                lambda: self._request(
-                    Method.POST, b.url_template, b.path_parameters, {"displayName": name}
-                ),
+                lambda: self._request(Method.POST, f"/users/{_q(mailbox)}/contactFolders",
+                                      body={"displayName": name}),
                 idempotent=False,
                 find_existing=find_response,
             )
@@ -102,19 +101,13 @@ class ContactsApi(GraphTransport):
         return str(resp.body["id"])
 
     # ---- contacts ----------------------------------------------------------------------------
-    def _contacts_builder(self, mailbox: str, folder_id: str) -> Any:
-        return (
-            self._sdk.users.by_user_id(mailbox)
-            .contact_folders.by_contact_folder_id(folder_id)
-            .contacts
-        )
-
-    def _contact_builder(self, mailbox: str, contact_id: str) -> Any:
-        return self._sdk.users.by_user_id(mailbox).contacts.by_contact_id(contact_id)
+    @staticmethod
+    def _folder_contacts(mailbox: str, folder_id: str) -> str:
+        return f"/users/{_q(mailbox)}/contactFolders/{_q(folder_id)}/contacts"
 
     @staticmethod
-    def _expand() -> list[str]:
-        return [f"singleValueExtendedProperties($filter=id eq {_odata_str(BC_ID_PROPERTY)})"]
+    def _contact(mailbox: str, contact_id: str) -> str:
+        return f"/users/{_q(mailbox)}/contacts/{_q(contact_id)}"
 
     async def list_contacts(
         self, mailbox: str, folder_id: str, select: Sequence[str] | None = None
@@ -129,13 +122,9 @@ class ContactsApi(GraphTransport):
         self, mailbox: str, folder_id: str, select: Sequence[str] | None = None
     ) -> AsyncGenerator[list[Json], None]:
         """`list_contacts` page by page, so a caller can keep less than the whole listing."""
-        b = self._contacts_builder(mailbox, folder_id)
-        qp = b.ContactsRequestBuilderGetQueryParameters(
-            top=self.options.list_page_size,
-            expand=self._expand(),
-            select=list(select) if select else None,
-        )
-        ri = b.to_get_request_information(RequestConfiguration(query_parameters=qp))
+        ri = self._request(Method.GET, self._folder_contacts(mailbox, folder_id), {
+            "$top": self.options.list_page_size, "$expand": EXPAND_BC_ID,
+            "$select": list(select) if select else None})
         return self._iter_pages(mailbox, ri)
 
     async def find_by_bc_id(self, mailbox: str, folder_id: str, bc_id: str) -> Json | None:
@@ -144,27 +133,24 @@ class ContactsApi(GraphTransport):
         return found[0] if found else None
 
     async def _find(self, mailbox: str, folder_id: str, bc_id: str) -> list[Json]:
-        b = self._contacts_builder(mailbox, folder_id)
         flt = (
             f"singleValueExtendedProperties/Any(ep: ep/id eq {_odata_str(BC_ID_PROPERTY)} "
             f"and ep/value eq {_odata_str(bc_id)})"
         )
-        qp = b.ContactsRequestBuilderGetQueryParameters(filter=flt, expand=self._expand(), top=10)
-        ri = b.to_get_request_information(RequestConfiguration(query_parameters=qp))
-        return await self._get_pages(mailbox, ri)
+        return await self._get_pages(mailbox, self._request(
+            Method.GET, self._folder_contacts(mailbox, folder_id),
+            {"$filter": flt, "$expand": EXPAND_BC_ID, "$top": 10}))
 
     async def find_by_email(self, mailbox: str, folder_id: str, address: str) -> list[Json]:
         """Contacts of the folder with this email address (Graph matches it case-insensitively)."""
-        b = self._contacts_builder(mailbox, folder_id)
         flt = f"emailAddresses/any(a:a/address eq {_odata_str(address.strip())})"
-        qp = b.ContactsRequestBuilderGetQueryParameters(filter=flt, expand=self._expand(), top=50)
-        ri = b.to_get_request_information(RequestConfiguration(query_parameters=qp))
-        return await self._get_pages(mailbox, ri)
+        return await self._get_pages(mailbox, self._request(
+            Method.GET, self._folder_contacts(mailbox, folder_id),
+            {"$filter": flt, "$expand": EXPAND_BC_ID, "$top": 50}))
 
     async def get_contact(self, mailbox: str, contact_id: str) -> Json:
-        b = self._contact_builder(mailbox, contact_id)
-        qp = b.ContactItemRequestBuilderGetQueryParameters(expand=self._expand())
-        ri = b.to_get_request_information(RequestConfiguration(query_parameters=qp))
+        ri = self._request(Method.GET, self._contact(mailbox, contact_id),
+                           {"$expand": EXPAND_BC_ID})
         resp = await self._send(mailbox, lambda: ri)
         return cast(Json, resp.body)
 
@@ -180,10 +166,10 @@ class ContactsApi(GraphTransport):
         """PATCH the given fields (send displayName too: Outlook may regenerate it). With
         `if_match` (a changeKey or an `@odata.etag`) a newer version gives Conflict."""
         body = with_bc_id(fields, bc_id) if bc_id is not None else dict(fields)
-        b = self._contact_builder(mailbox, contact_id)
+        path = self._contact(mailbox, contact_id)
 
         def build() -> RequestInformation:
-            ri = self._request(Method.PATCH, b.url_template, b.path_parameters, body)
+            ri = self._request(Method.PATCH, path, body=body)
             if if_match:
                 ri.headers.try_add(
                     "If-Match", if_match if if_match.startswith(("W/", '"')) else f'W/"{if_match}"'
@@ -197,10 +183,10 @@ class ContactsApi(GraphTransport):
         self, mailbox: str, contact_id: str, *, if_match: str | None = None
     ) -> bool:
         """Delete; False if it was already gone (deletes are idempotent)."""
-        b = self._contact_builder(mailbox, contact_id)
+        path = self._contact(mailbox, contact_id)
 
         def build() -> RequestInformation:
-            ri: RequestInformation = b.to_delete_request_information()
+            ri = self._request(Method.DELETE, path)
             if if_match:
                 ri.headers.try_add(
                     "If-Match", if_match if if_match.startswith(("W/", '"')) else f'W/"{if_match}"'
@@ -217,7 +203,7 @@ class ContactsApi(GraphTransport):
         self, mailbox: str, folder_id: str, bc_id: str, fields: Mapping[str, Any]
     ) -> Json:
         """Create one contact tagged with `bc_id` (never duplicated on an ambiguous failure)."""
-        b = self._contacts_builder(mailbox, folder_id)
+        path = self._folder_contacts(mailbox, folder_id)
         body = with_bc_id(fields, bc_id)
 
         async def existing() -> _Response | None:
@@ -226,7 +212,7 @@ class ContactsApi(GraphTransport):
 
         resp = await self._send(
             mailbox,
-            lambda: self._request(Method.POST, b.url_template, b.path_parameters, body),
+            lambda: self._request(Method.POST, path, body=body),
             idempotent=False,
             find_existing=existing,
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import partial
 from typing import NamedTuple
 
+from kiota_abstractions.method import Method
+
 from contactsync.clients.errors import Invalid
 from contactsync.clients.graph.contacts import ContactsApi
 from contactsync.clients.graph.transport import Json
@@ -31,8 +33,8 @@ class DeltaApi(ContactsApi):
         if delta_link:
             first = self._url(delta_link)
         else:
-            b = self._contacts_builder(mailbox, folder_id).delta
-            first = b.to_get_request_information()
+            first = self._request(Method.GET, self._folder_contacts(mailbox, folder_id)
+                                  + "/delta()")
         size = self.options.delta_page_size
         changed: dict[str, Json] = {}
         removed: dict[str, None] = {}

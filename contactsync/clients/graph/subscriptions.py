@@ -14,7 +14,7 @@ from typing import cast
 from kiota_abstractions.method import Method
 
 from contactsync.clients.errors import Invalid, NotFound
-from contactsync.clients.graph.transport import GraphTransport, Json
+from contactsync.clients.graph.transport import GraphTransport, Json, _q
 
 _MAX_MINUTES = re.compile(r"can only be (\d+) minutes in the future", re.I)
 
@@ -40,13 +40,11 @@ class SubscriptionsApi(GraphTransport):
         }
         if lifecycle_url:
             body["lifecycleNotificationUrl"] = lifecycle_url
-        b = self._sdk.subscriptions
-
         async def post(when: datetime) -> Json:
             payload = body | {"expirationDateTime": _iso(when)}
             resp = await self._send(
                 "subscriptions",
-                lambda: self._request(Method.POST, b.url_template, b.path_parameters, payload),
+                lambda: self._request(Method.POST, "/subscriptions", body=payload),
                 idempotent=False,
                 subscriptions=True,
             )
@@ -55,17 +53,13 @@ class SubscriptionsApi(GraphTransport):
         return await _within_graphs_limit(post, expiration)
 
     async def renew_subscription(self, subscription_id: str, expiration: datetime) -> Json:
-        b = self._sdk.subscriptions.by_subscription_id(subscription_id)
+        path = f"/subscriptions/{_q(subscription_id)}"
 
         async def patch(when: datetime) -> Json:
             resp = await self._send(
                 "subscriptions",
-                lambda: self._request(
-                    Method.PATCH,
-                    b.url_template,
-                    b.path_parameters,
-                    {"expirationDateTime": _iso(when)},
-                ),
+                lambda: self._request(Method.PATCH, path,
+                                      body={"expirationDateTime": _iso(when)}),
                 subscriptions=True,
             )
             return cast(Json, resp.body)
@@ -73,16 +67,17 @@ class SubscriptionsApi(GraphTransport):
         return await _within_graphs_limit(patch, expiration)
 
     async def delete_subscription(self, subscription_id: str) -> bool:
-        b = self._sdk.subscriptions.by_subscription_id(subscription_id)
+        path = f"/subscriptions/{_q(subscription_id)}"
         try:
-            await self._send("subscriptions", b.to_delete_request_information, subscriptions=True)
+            await self._send("subscriptions", lambda: self._request(Method.DELETE, path),
+                             subscriptions=True)
         except NotFound:
             return False
         return True
 
     async def list_subscriptions(self) -> list[Json]:
         return await self._get_pages("subscriptions",
-                                     self._sdk.subscriptions.to_get_request_information(),
+                                     self._request(Method.GET, "/subscriptions"),
                                      subscriptions=True)
 
 
