@@ -420,15 +420,21 @@ async def sync_user(
         # as the last run's start must still count as changed since it (re-planning is harmless).
         since = None if full or state.last_sync_at is None else state.last_sync_at - SINCE_SLACK
         inputs = _Inputs(setup, mode, bc_snap, outlook_snap, folder_id, since, force)
+        # What this run reads and writes is the version the links will hold: the next change
+        # to these contacts needs no read (near_real_time.Known; the most recent few thousand).
+        known = nrt.Known(bc, graph, setup.mailbox)
+        known.saw_bc(bc_snap.contacts[-nrt.KNOWN_MAX:])
+        known.saw_outlook(outlook_snap.contacts[-nrt.KNOWN_MAX:])
         report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store,
-                                       dry_run=dry_run, links=links)
+                                       dry_run=dry_run, links=links,
+                                       on_written=None if dry_run else known.written)
         # For pairs another worker (a second applier, a person) wrote between our read and our
         # write (412): re-read just those and plan them as changes, not as a listing.
         conflicts_only = dataclasses.replace(inputs, mode=SyncMode.SYNC, since=None,
                                              bc=None, outlook=None)
     del links, bc_snap, outlook_snap, inputs
     if not dry_run:
-        await _replan_conflicts(report, conflicts_only, nrt.Known(bc, graph, setup.mailbox),
+        await _replan_conflicts(report, conflicts_only, known,
                                 graph=graph, bc=bc, store=store)
     if full:
         release_free_memory()  # a long-lived process keeps none of the listings (memory.py)

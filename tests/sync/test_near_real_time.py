@@ -127,6 +127,38 @@ async def test_a_known_version_saves_the_read_and_a_stale_one_is_refused(world: 
     audits = world.store.audit.list_records(user_id=MAILBOX, kind=AuditKind.CONFLICT)
     assert audits and audits[0].details["outlook"].get("job_title") == "Mine"
 
+async def test_after_a_full_sync_the_next_change_each_way_needs_no_read(world: World) -> None:
+    """A Full sync holds both sides at the versions its links record: the first BC change to a
+    contact after it is one Graph PATCH (no GET), the first Outlook change one delta read and
+    one BC PATCH (no BC GET)."""
+    people = await _linked_people(world)
+    setup = world.setup()
+    world.emulators.graph.reset_counters()
+    world.emulators.bc.reset_counters()
+    changed = world.emulators.bc.update_contact(people[0]["id"], {"jobTitle": "From BC"})
+    await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                        bc_changes=BcSnapshot.changes([changed]))
+    assert _requests(world, "graph") == {"PATCH": 1}, "a BC change: the Outlook write only"
+
+    graph_id = _by_email(await world.folder())["p3@example.com"]["id"]
+    world.emulators.graph.person_update_contact(MAILBOX, graph_id, {"jobTitle": "From Outlook"})
+    world.emulators.graph.reset_counters()
+    world.emulators.bc.reset_counters()
+    await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                        read_outlook_delta=True)
+    assert world.emulators.bc.contact(people[3]["id"])["jobTitle"] == "From Outlook"
+    assert _requests(world, "bc") == {"PATCH": 1}, "an Outlook change: the BC write only"
+    assert _requests(world, "graph") == {"GET": 1}, "and the delta read"
+
+
+def _requests(world: World, service: str) -> dict[str, int]:
+    emulator = world.emulators.graph if service == "graph" else world.emulators.bc
+    out: dict[str, int] = {}
+    for row in emulator.counters_snapshot()["by_route"]:
+        out[row["method"]] = out.get(row["method"], 0) + int(row["count"])
+    return {method: n for method, n in out.items() if n}
+
+
 async def test_a_stale_bc_snapshot_is_not_pushed_back(world: World) -> None:
     """A snapshot older than the version the link holds (we wrote a newer one meanwhile)
     costs no write: pushing it would put old values back into Outlook."""
