@@ -86,11 +86,23 @@ class LinkRepository(Repository):
             row = conn.execute(query).one_or_none()
         return None if row is None else _from_row(row)
 
-    def get_by_graph_id(self, user_id: str, graph_id: str) -> Link | None:
-        query = select(*_COLUMNS).where(links.c.user_id == user_id, links.c.graph_id == graph_id)
+    def graph_change_keys(self, ids: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(user id, Graph id) -> the changeKey its link holds, for a batch (the router's echo
+        check: one query per user of a poll, not one per notification). Ids without a link, or
+        whose link holds no changeKey, are absent."""
+        by_user: dict[str, set[str]] = defaultdict(set)
+        for user_id, graph_id in ids:
+            by_user[user_id].add(graph_id)
+        found: dict[tuple[str, str], str] = {}
         with self._reading() as conn:
-            row = conn.execute(query).one_or_none()
-        return None if row is None else _from_row(row)
+            for user_id, graph_ids in by_user.items():
+                for chunk in _chunks(sorted(graph_ids)):
+                    query = select(links.c.graph_id, links.c.graph_change_key).where(
+                        links.c.user_id == user_id, links.c.graph_id.in_(chunk))
+                    for graph_id, key in conn.execute(query):
+                        if key:
+                            found[(user_id, graph_id)] = key
+        return found
 
     def for_user(self, user_id: str) -> list[Link]:
         """All of a user's links, in one query, ordered by BC id (one user id string shared by

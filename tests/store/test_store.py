@@ -137,7 +137,9 @@ def test_link_upsert_get_delete(store: Store) -> None:
     assert stored == dataclasses.replace(link, updated_at=stored.updated_at)
 
     assert store.links.get("bob", "bc-000001") == stored
-    assert store.links.get_by_graph_id("bob", "AAMkAG-000001=") == stored
+    assert store.links.graph_change_keys(
+        [("bob", "AAMkAG-000001="), ("bob", "AAMkAG-nope="), ("alice", "AAMkAG-000001=")]
+    ) == {("bob", "AAMkAG-000001="): "ck1"}, "the router's echo check: linked ids only"
     assert store.links.get("bob", "bc-nope") is None
     assert store.links.get("alice", "bc-000001") is None
 
