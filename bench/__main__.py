@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["broker_startup", "sync_full", "webhook_load", "pipeline_load", "reconcile"]
+BENCHMARKS = ["broker_startup", "sync_full", "webhook_load", "pipeline_load", "reconcile",
+              "client_requests"]
 
 
 def main(argv: list[str]) -> int:
