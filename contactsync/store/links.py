@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, exc, func, select
+from sqlalchemy import Connection, exc, func, or_, select
 
 from contactsync.engine.links import Link, LinkOrigin, canon_bc_id
 from contactsync.store.base import Repository, upsert_statement, utcnow
@@ -116,15 +116,23 @@ class LinkRepository(Repository):
         """A user's links to any of these BC or Graph ids (the near-real-time path: a change
         needs its own links, not the user's thousands), ordered by BC id."""
         found: dict[str, Link] = {}
+        wanted_bc, wanted_graph = sorted(set(map(canon_bc_id, bc_ids))), sorted(set(graph_ids))
         with self._reading() as conn:
-            for column, ids in ((links.c.bc_id, map(canon_bc_id, bc_ids)),
-                                (links.c.graph_id, graph_ids)):
-                for chunk in _chunks(sorted(set(ids))):
-                    query = select(*_COLUMNS).where(links.c.user_id == user_id,
-                                                    column.in_(chunk))
-                    for row in conn.execute(query):
-                        link = _from_row(row)
-                        found[link.bc_id] = link
+            if len(wanted_bc) <= _IN_CHUNK and len(wanted_graph) <= _IN_CHUNK:
+                # A change's few ids: one query for both columns (one round trip, one
+                # statement, where two were a tenth of the applier's CPU at 10 changes/s).
+                queries = [select(*_COLUMNS).where(links.c.user_id == user_id, or_(
+                    links.c.bc_id.in_(wanted_bc), links.c.graph_id.in_(wanted_graph)))]
+            else:
+                queries = [select(*_COLUMNS).where(links.c.user_id == user_id,
+                                                   column.in_(chunk))
+                           for column, ids in ((links.c.bc_id, wanted_bc),
+                                               (links.c.graph_id, wanted_graph))
+                           for chunk in _chunks(ids)]
+            for query in queries:
+                for row in conn.execute(query):
+                    link = _from_row(row)
+                    found[link.bc_id] = link
         return [found[bc_id] for bc_id in sorted(found)]
 
     def count(self, user_id: str) -> int:

@@ -224,6 +224,22 @@ def test_users_holding_a_link_to_a_bc_contact(store: Store) -> None:
     }
 
 
+def test_for_ids_finds_a_users_links_by_either_id(store: Store,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The near-real-time path's links: by BC id or Graph id, the user's only, each once,
+    ordered by BC id; the same whether the ids fit one query or need chunks."""
+    store.setups.add(setup_for("bob"))
+    store.setups.add(setup_for("alice"))
+    store.links.upsert_many([link_for("bob", n) for n in range(1, 6)])
+    store.links.upsert(link_for("alice", 2))
+    for chunk in (1000, 1):
+        monkeypatch.setattr("contactsync.store.links._IN_CHUNK", chunk)
+        found = store.links.for_ids("bob", ["bc-000004", "bc-000002", "bc-nope"],
+                                    ["AAMkAG-000002=", "AAMkAG-000001="])
+        assert [link.bc_id for link in found] == ["bc-000001", "bc-000002", "bc-000004"]
+        assert store.links.for_ids("bob", [], []) == []
+
+
 def test_bc_ids_are_one_link_in_any_case(store: Store) -> None:
     """Issue 12, defect 7: BC ids are GUIDs; a notification or a tag spelling one in upper
     case finds the same link, and re-saving it in another case keeps one link."""
