@@ -17,6 +17,7 @@ from contactsync.schemas.envelope import (
     UnknownMessageType,
     UnsupportedSchemaVersion,
     decode,
+    decode_if,
     encode,
     wrap,
 )
@@ -45,6 +46,23 @@ def test_round_trip_keeps_every_field_and_the_wire_names():
     assert back.type == "sync.command" and back.schema_version == 2
     assert back.event_id == envelope.event_id and back.trace_id == envelope.trace_id
     assert back.payload == envelope.payload
+
+
+def test_decode_if_validates_only_the_types_a_consumer_takes():
+    """A role that takes a few of a topic's types (the subscription keeper: lifecycle events
+    among Graph notifications) gets None for the others without validating them; what it
+    takes is decoded as `decode` does, and a bad message is refused all the same."""
+    command = encode(wrap(SyncCommand(user_id="u1", kind=CommandKind.SYNC)))
+    not_ours = b'{"type": "sync.result", "schema_version": 2, "payload": {"bogus": 1}}'
+    assert decode_if(not_ours, {"sync.command"}) is None
+    back = decode_if(command, {"sync.command"})
+    assert back is not None and back.payload.user_id == "u1"
+    with pytest.raises(InvalidPayload):
+        decode_if(not_ours, {"sync.result"})
+    with pytest.raises(UnknownMessageType):
+        decode_if(b'{"type": "contact.exploded", "payload": {}}', {"sync.command"})
+    with pytest.raises(MalformedMessage):
+        decode_if(b"{not json", {"sync.command"})
 
 
 @pytest.mark.parametrize(
