@@ -101,6 +101,14 @@ def force_preview(settings: Settings, store: Store, user_id: str) -> ForcePrevie
     return ForcePreview(removals, totals)
 
 
+def preview_too_slow(user_id: str, seconds: float) -> str:
+    """The one sentence when the preview outlasts the page's bound, with the next step."""
+    return (f"the dry run that lists what it would remove did not finish within {seconds:.0f} s "
+            f"(a large folder, or Graph or BC answering slowly): run `contactsync sync {user_id} "
+            f"--full --dry-run --force` in a terminal to see the list, then force it there "
+            f"with `contactsync sync {user_id} --full --force`")
+
+
 def filter_problem(field: str, expression: str) -> str:
     """The CLI's error for one field's filter (with the caret under the bad character), or ""."""
     try:

@@ -27,6 +27,9 @@ from contactsync.settings import Settings
 from contactsync.store import Store
 
 HERE = Path(__file__).parent
+# The forced Full sync's preview (a dry run through Graph and BC) answers within this, or the
+# page says it did not and what to do instead: a page never waits in silence past 15 s.
+PREVIEW_WITHIN_S = 12.0
 USER_ACTIONS = {
     "enable": "Enable sync for this user",
     "disable": "Disable sync for this user",
@@ -102,7 +105,11 @@ class Console:
         preview, preview_error = None, ""
         if action.startswith("force_"):  # what it would remove, before anyone confirms
             try:
-                preview = actions.force_preview(self.settings, self.store, user_id)
+                preview = health.bounded(
+                    lambda: actions.force_preview(self.settings, self.store, user_id),
+                    "the dry run", PREVIEW_WITHIN_S)
+            except health.NoAnswer:  # a page never waits in silence; nobody forces blind
+                preview_error = actions.preview_too_slow(user_id, PREVIEW_WITHIN_S)
             except Exception as exc:  # the button stays away: nobody forces blind
                 preview_error = health.sentence(exc)
         return self.page(request, "confirm.html", user_id=user_id, action=action,

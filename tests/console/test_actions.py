@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
+from contactsync.cli.emulate_cmd import RunningEmulators
 from contactsync.console.access import OPEN_ADMIN
 from contactsync.console.app import create_console_app
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at
@@ -81,15 +82,20 @@ def test_filter_is_checked_as_typed_with_the_clis_caret(client: TestClient):
 
 
 @pytest.fixture
-def emulated_settings(store: Store) -> Iterator[Settings]:
-    """Settings pointing at the Graph and BC emulators, seeded as `emulate --seed 200`."""
+def emulators() -> Iterator[RunningEmulators]:
+    """The Graph and BC emulators, seeded as `emulate --seed 200`."""
     running = seeded()
     try:
-        yield Settings(database_url=str(store.engine.url),
-                       graph_base_url=running.graph_base_url,
-                       bc_base_url=running.bc_base_url, bc_company=running.bc.company_id)
+        yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def emulated_settings(store: Store, emulators: RunningEmulators) -> Settings:
+    """Settings pointing at the emulators."""
+    return Settings(database_url=str(store.engine.url), graph_base_url=emulators.graph_base_url,
+                    bc_base_url=emulators.bc_base_url, bc_company=emulators.bc.company_id)
 
 
 @pytest.fixture
@@ -216,6 +222,24 @@ def test_forcing_a_full_sync_shows_what_it_would_remove_first(
     assert "Yes, full sync past the mass-delete safety rail" in page
     assert store.links.count(USER1) == links  # the preview wrote nothing
     assert _console_actions(store, USER1) == []
+
+
+def test_a_preview_slower_than_the_pages_bound_says_so_and_names_the_next_step(
+        emulated_client: TestClient, emulators: RunningEmulators, store: Store,
+        monkeypatch: pytest.MonkeyPatch):
+    """Graph answers the folder listing slowly: the page does not wait for it in silence."""
+    from contactsync.console import app
+    from contactsync.emulators.common.faults import FaultSpec
+
+    store.setups.add(UserSetup(user_id=USER1, mailbox=USER1))
+    monkeypatch.setattr(app, "PREVIEW_WITHIN_S", 1.0)  # the bound, not the speed, is tested
+    emulators.graph.faults.add(
+        FaultSpec(kind="latency", seconds=4, route="contactFolders", count=5))
+    page = html.unescape(emulated_client.get(
+        f"/users/{USER1}/confirm", params={"action": "force_full_sync"}).text)
+    assert ("the dry run that lists what it would remove did not finish within 1 s" in page)
+    assert f"run `contactsync sync {USER1} --full --dry-run --force` in a terminal" in page
+    assert "Yes, full sync past" not in page  # nobody forces blind
 
 
 def test_forcing_without_a_preview_cannot_be_confirmed(client: TestClient):
