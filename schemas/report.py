@@ -36,6 +36,9 @@ class UserLine(BaseModel):
     failed: int = Field(default=0, description="contacts that could not be written")
     writes: int = Field(default=0, description="writes made to Graph and BC")
     skipped: dict[str, int] = Field(default_factory=dict, description="count by reason")
+    skipped_contacts: dict[str, list[str]] = Field(
+        default_factory=dict, description="the contacts skipped, by reason (email masked; "
+        "the first 100 of each reason)")
     duration_s: float = 0.0
     reason: str = Field(default="", description="why the run stopped, failed or expired")
     plan: list[str] = Field(default_factory=list,

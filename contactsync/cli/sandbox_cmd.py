@@ -84,12 +84,14 @@ def _queue_full_syncs(settings: Settings, setups: list[UserSetup]) -> None:
     from contactsync.kafka.topics import SYNC_COMMANDS, topic_name
     from contactsync.schemas.envelope import encode, wrap
     from contactsync.schemas.messages import CommandKind, SyncCommand
+    from contactsync.sync.run_ids import new_run_id
 
+    run_id = new_run_id("sandbox")  # a reconcile run: each user's report is kept (the console)
     producer = make_producer(settings)
     try:
         for setup in setups:
             command = SyncCommand(user_id=setup.user_id, kind=CommandKind.FULL_SYNC,
-                                  reason="sandbox start")
+                                  reason="sandbox start", run_id=run_id)
             producer.send(topic_name(settings, SYNC_COMMANDS), key=setup.user_id.encode(),
                           value=encode(wrap(command)))
         producer.flush()

@@ -216,6 +216,48 @@ def conflict_of(record: AuditRecord) -> Conflict:
                     [(n, str(bc.get(n, "")), str(outlook.get(n, ""))) for n in names])
 
 
+# The planner's skip reasons (engine.actions.Reason) as an admin reads them.
+SKIP_WORDS = {
+    "no_email": "no email", "no_name": "no name", "not_person": "not a Person",
+    "privacy_blocked": "privacy blocked", "filtered_out": "outside the filter",
+    "outlook_no_name": "Outlook contact without a name",
+    "outlook_no_email": "Outlook contact without an email",
+    "outlook_invalid": "Outlook contact BC would refuse",
+    "create_in_bc_off": "Outlook contact, creating in BC is off",
+    "duplicate_email": "another Outlook contact has this email",
+    "email_in_use": "the folder holds another contact with this email",
+    "bc_match_not_synced": "same email as a BC contact outside the sync",
+    "duplicate_bc_id": "a second Outlook contact of one BC contact",
+}
+
+
+@dataclass(frozen=True)
+class SkippedGroup:
+    """The contacts the last kept run skipped for one reason (the report names the first
+    ones; `count` is all of them)."""
+
+    reason: str
+    words: str
+    count: int
+    contacts: list[str]
+
+    @property
+    def more(self) -> int:
+        return max(0, self.count - len(self.contacts))
+
+
+def skipped_groups(report: AuditRecord | None) -> list[SkippedGroup]:
+    if report is None:
+        return []
+    counts = {str(k): int(v) for k, v in (report.details.get("skipped") or {}).items()}
+    named = report.details.get("skipped_contacts") or {}
+    return [SkippedGroup(reason, SKIP_WORDS.get(reason, reason.replace("_", " ")),
+                         max(counts.get(reason, 0), len(named.get(reason, []))),
+                         [str(c) for c in named.get(reason, [])])
+            for reason in sorted(set(counts) | set(named)) if counts.get(reason) or
+            named.get(reason)]
+
+
 @dataclass(frozen=True)
 class UserDetail:
     row: UserRow
@@ -223,16 +265,18 @@ class UserDetail:
     reports: list[AuditRecord]
     conflicts: list[Conflict]
     trail: list[AuditRecord]
+    skipped: list[SkippedGroup] = field(default_factory=list)  # of the last kept report
 
 
 def user_detail(store: Store, setup: UserSetup, company: str, results: ResultsView,
                 *, limit: int = 50) -> UserDetail:
     user_id = setup.user_id
+    reports = store.audit.list_records(user_id=user_id, kind=AuditKind.RECONCILE_REPORT,
+                                       limit=limit)
     return UserDetail(
         row=user_row(store, setup, company, results, datetime.now(UTC)),
         dry_run=results.last_dry_run(user_id),
-        reports=store.audit.list_records(user_id=user_id, kind=AuditKind.RECONCILE_REPORT,
-                                         limit=limit),
+        reports=reports, skipped=skipped_groups(reports[0] if reports else None),
         conflicts=[conflict_of(r) for r in store.audit.list_records(
             user_id=user_id, kind=AuditKind.CONFLICT, limit=limit)],
         trail=store.audit.list_records(user_id=user_id, limit=limit * 2),

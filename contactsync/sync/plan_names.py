@@ -15,6 +15,7 @@ from contactsync.engine.actions import (
     CreateInBc,
     CreateInOutlook,
     DeleteFromOutlook,
+    Skip,
     UpdateBc,
     UpdateOutlook,
 )
@@ -64,6 +65,29 @@ def plan_lines(writes: Sequence[Action], read: Iterable[Mapping[str, Any]]) -> l
             verb += f" ({action.reason})"
         lines.append(f"{verb:<28} {who or '(no name)'}  [{ids}]")
     return lines
+
+
+SKIPPED_LISTED = 100  # contacts named per reason in a run's report; the counts say the rest
+
+
+def skipped_contacts(actions: Iterable[Action], read: Iterable[Mapping[str, Any]],
+                     ) -> dict[str, list[str]]:
+    """The contacts a run skipped, by reason: 'Jane Doe <j***@contoso.com>  [bc=...]'."""
+    skips = [a for a in actions if isinstance(a, Skip)]
+    if not skips:
+        return {}
+    wanted = {i for skip in skips for i in _ids(skip) if i}
+    known = {str(c.get("id")): c for c in read if str(c.get("id")) in wanted}
+    named: dict[str, list[str]] = {}
+    for skip in skips:
+        listed = named.setdefault(str(skip.reason), [])
+        if len(listed) < SKIPPED_LISTED:
+            bc_id, graph_id = _ids(skip)
+            who = label(known.get(bc_id, {})) or label(known.get(graph_id, {}))
+            ids = " ".join(f"{side}={i}" for side, i in (("bc", bc_id), ("outlook", graph_id))
+                           if i)
+            listed.append(f"{who or '(no name)'}  [{ids}]")
+    return dict(sorted(named.items()))
 
 
 _VERBS: dict[type, str] = {

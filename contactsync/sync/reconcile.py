@@ -63,7 +63,7 @@ class UserReport(UserLine):
             conflicts=s.conflicts, withheld=s.withheld, failed=report.failed,
             writes=sum(execution.writes.values()) if execution else 0,
             skipped=dict(sorted(s.skipped.items())), duration_s=round(report.duration_s, 3),
-            reason=reason, plan=list(report.plan),
+            reason=reason, plan=list(report.plan), skipped_contacts=report.skipped_contacts,
             failures=[f"bc={f.bc_id} outlook={f.graph_id}: {f.reason}"
                       for f in (execution.failures if execution else [])],
             fields_left_out=list(execution.field_issues) if execution else [],

@@ -21,6 +21,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 from contactsync.clients.bc import BcClient, odata_literal
@@ -41,7 +42,7 @@ from contactsync.sync import near_real_time as nrt
 from contactsync.sync.bulk_gc import keep_out_of_gc, snapshots_kept_out_of_gc
 from contactsync.sync.executor import ExecutionReport, Executor, WriteHook
 from contactsync.sync.memory import release_free_memory
-from contactsync.sync.plan_names import plan_lines
+from contactsync.sync.plan_names import plan_lines, skipped_contacts
 
 SINCE_SLACK = timedelta(seconds=2)
 _TURN_EVERY = 200  # contacts converted between two turns of the event loop (~2 ms)
@@ -59,6 +60,7 @@ class SyncReport:
     duration_s: float = 0.0
     planned_writes: list[Action] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)  # a dry run's writes, by contact name
+    skipped_contacts: dict[str, list[str]] = field(default_factory=dict)  # by reason, named
 
     @property
     def failed(self) -> int:
@@ -292,6 +294,8 @@ async def _plan_and_apply(
     if dry_run:
         report.plan = plan_lines(report.planned_writes,
                                  (*bc_snap.contacts, *outlook_snap.contacts))
+    report.skipped_contacts = skipped_contacts(
+        (a for group in plan.groups for a in group), chain(bc_snap.contacts, outlook_snap.contacts))
     if dry_run or inputs.folder_id is None:
         return report
     if plan.stopped_reason:

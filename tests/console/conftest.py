@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from contactsync.cli.emulate_cmd import RunningEmulators
 from contactsync.console.app import create_console_app
 from contactsync.engine.links import Link
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import AuditKind, AuditRecord, Store, Subscription, SubscriptionService
+from tests.admin.test_setup_safety import seeded
 
 
 def seed(store: Store) -> None:
@@ -58,4 +60,28 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def client(store: Store) -> Iterator[TestClient]:
     settings = Settings(bc_company="CRONUS", database_url=str(store.engine.url))
     with TestClient(create_console_app(settings, store)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def emulators() -> Iterator[RunningEmulators]:
+    """The Graph and BC emulators, seeded as `emulate --seed 200`."""
+    running = seeded()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def emulated_settings(store: Store, emulators: RunningEmulators) -> Settings:
+    """Settings pointing at the emulators."""
+    return Settings(database_url=str(store.engine.url), graph_base_url=emulators.graph_base_url,
+                    bc_base_url=emulators.bc_base_url, bc_company=emulators.bc.company_id)
+
+
+@pytest.fixture
+def emulated_client(emulated_settings: Settings, store: Store) -> Iterator[TestClient]:
+    """The console over the emulators."""
+    with TestClient(create_console_app(emulated_settings, store)) as test_client:
         yield test_client

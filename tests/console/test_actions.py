@@ -19,7 +19,7 @@ from contactsync.schemas.envelope import decode
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
-from tests.admin.test_setup_safety import USER1, seeded
+from tests.admin.test_setup_safety import USER1
 from tests.kafka_fixtures import read_topic
 
 
@@ -79,30 +79,6 @@ def test_filter_is_checked_as_typed_with_the_clis_caret(client: TestClient):
                       params={"field": "city", "expression": "Seattle|Redmond"}).text == "ok"
     unknown = client.get("/filter-check", params={"field": "shoeSize", "expression": "42"})
     assert "Unknown filter field 'shoeSize'" in unknown.text
-
-
-@pytest.fixture
-def emulators() -> Iterator[RunningEmulators]:
-    """The Graph and BC emulators, seeded as `emulate --seed 200`."""
-    running = seeded()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def emulated_settings(store: Store, emulators: RunningEmulators) -> Settings:
-    """Settings pointing at the emulators."""
-    return Settings(database_url=str(store.engine.url), graph_base_url=emulators.graph_base_url,
-                    bc_base_url=emulators.bc_base_url, bc_company=emulators.bc.company_id)
-
-
-@pytest.fixture
-def emulated_client(emulated_settings: Settings, store: Store) -> Iterator[TestClient]:
-    """The console over the emulators."""
-    with TestClient(create_console_app(emulated_settings, store)) as test_client:
-        yield test_client
 
 
 def test_add_user_checks_like_users_add(emulated_client: TestClient, store: Store):
