@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from contactsync.console import access, actions, health, views
+from contactsync.console.backlog import BacklogView
 from contactsync.console.signin import RequireSignIn, SignIn, SignInSettings
 from contactsync.engine.bcfilter import FILTERABLE_FIELDS
 from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
@@ -53,6 +54,7 @@ class Console:
         self.store = store
         self.results = results or views.ResultsView()
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.backlog = BacklogView(settings)  # lag and freshness, from the broker
 
     # --- helpers ---
 
@@ -85,7 +87,8 @@ class Console:
     def users(self, request: Request) -> Response:
         q = request.query_params
         page = views.users_page(self.store, self.company, self.results, query=q.get("q", ""),
-                                sort=q.get("sort", "user"), descending=q.get("desc") == "1")
+                                sort=q.get("sort", "user"), descending=q.get("desc") == "1",
+                                backlog=self.backlog.get()[0])
         return self.page(request, "users.html", page=page)
 
     def user(self, request: Request) -> Response:
@@ -93,7 +96,8 @@ class Console:
         if setup is None:
             return self.page(request, "message.html", 404,
                              message="There is no such user: pick one from the Users page.")
-        detail = views.user_detail(self.store, setup, self.company, self.results)
+        detail = views.user_detail(self.store, setup, self.company, self.results,
+                                   backlog=self.backlog.get()[0])
         return self.page(request, "user.html", d=detail, actions=USER_ACTIONS)
 
     def confirm(self, request: Request) -> Response:
@@ -237,7 +241,8 @@ class Console:
         return self.back(url, message)
 
     def health(self, request: Request) -> Response:
-        return self.page(request, "health.html", checks=health.checks(self.settings, self.store))
+        return self.page(request, "health.html", checks=health.checks(self.settings, self.store,
+                                                                 self.backlog))
 
 
 def create_console_app(settings: Settings, store: Store,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import text
 
@@ -14,6 +14,9 @@ from contactsync.store import Store
 
 ANSWER_WITHIN_S = 8.0  # a page never hangs on a broker that is down (kafka-python waits 30 s)
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from contactsync.console.backlog import Backlog, BacklogView
 
 
 @dataclass(frozen=True)
@@ -133,13 +136,6 @@ def samples(name: str) -> list[tuple[dict[str, str], float]]:
             for s in family.samples if s.name == name]
 
 
-def oldest_unapplied_age() -> float | None:
-    """Seconds since the oldest change the pipeline has not applied; None outside `run`."""
-    ages = [value for _labels, value in samples(
-        "contactsync_oldest_unapplied_change_age_seconds")]
-    return max(ages) if ages else None
-
-
 def credentials_check() -> Check:
     """As /readyz: each service's `<scope>_credentials` component, and any refused now."""
     from contactsync.credential_health import HEALTH
@@ -165,20 +161,37 @@ def lag_checks() -> list[Check]:
     ages = {labels["group"]: value for labels, value in samples(
         "contactsync_oldest_unapplied_change_age_seconds")}
     if not lag and not ages:
-        return [Check("Consumer lag", None, ROLES_ONLY)]
-    found = []
-    for group in sorted(set(lag) | set(ages)):
-        age = ages.get(group, 0.0)
-        detail = (f"{lag.get(group, 0.0):.0f} record(s) not yet consumed; oldest change not "
-                  f"finished {age:.0f} s ago" if age else
-                  f"{lag.get(group, 0.0):.0f} record(s) not yet consumed; caught up")
-        if age > NOT_APPLIED_ALERT_S:
-            detail += ": is the role stuck? Its log names the record it waits on"
-        found.append(Check(f"Consumer lag: {group.removeprefix('contactsync-')}",
-                           age <= NOT_APPLIED_ALERT_S, detail))
-    return found
+        return []
+    return [_lag_check(group.removeprefix("contactsync-"), lag.get(group, 0.0),
+                       ages.get(group, 0.0)) for group in sorted(set(lag) | set(ages))]
 
 
-def checks(settings: Settings, store: Store) -> list[Check]:
+def _lag_check(role: str, lag: float, age: float, where: str = "") -> Check:
+    detail = (f"{lag:.0f} record(s) not yet consumed; oldest change not finished {age:.0f} s "
+              "ago" if age else f"{lag:.0f} record(s) not yet consumed; caught up") + where
+    if age > NOT_APPLIED_ALERT_S:
+        detail += ": is the role stuck? Its log names the record it waits on"
+    return Check(f"Consumer lag: {role}", age <= NOT_APPLIED_ALERT_S, detail)
+
+
+def kafka_lag_checks(backlog: Backlog | None, why: str) -> list[Check]:
+    """Consumer lag per role from the broker (committed against end offsets): what a console
+    without the roles in its process shows."""
+    if backlog is None:
+        return [Check("Consumer lag", None, f"not known: {why}")]
+    if not backlog.roles:
+        return [Check("Consumer lag", None, "no role's consumer group on the broker yet: "
+                      "start the pipeline with `contactsync run`")]
+    return [_lag_check(role.role, role.lag, 0.0 if role.oldest is None else max(
+        0.0, (backlog.at - role.oldest).total_seconds()), " (committed offsets)")
+        for role in backlog.roles]
+
+
+def checks(settings: Settings, store: Store, backlog: BacklogView | None = None,
+           ) -> list[Check]:
+    in_process = lag_checks()  # the roles of `contactsync run` measure their own lag
+    if not in_process:
+        in_process = (kafka_lag_checks(*backlog.get()) if backlog is not None
+                      else [Check("Consumer lag", None, ROLES_ONLY)])
     return [broker_check(settings), store_check(store), subscriptions_check(store),
-            credentials_check(), *lag_checks()]
+            credentials_check(), *in_process]

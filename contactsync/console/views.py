@@ -8,11 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord, Subscription, SubscriptionService
+
+if TYPE_CHECKING:
+    from contactsync.console.backlog import Backlog
 
 CONSOLE_ACTION = "console_action"  # the audit kind of what an admin did in the console
 EXPIRING_SOON = timedelta(hours=1)  # the subscription service renews well before this
@@ -53,7 +56,7 @@ class UserRow:
     failures: int
     subscription: SubscriptionState
     skipped: dict[str, int] = field(default_factory=dict)  # of the last kept report
-    freshness: float | None = None  # oldest change not yet applied, s; None: not known here
+    freshness: float | None = None  # the user's oldest change not yet applied, s; None: n/a
 
     @property
     def in_folder(self) -> int:
@@ -184,13 +187,17 @@ class UsersPage:
     total: int = field(default=0)
 
 
-def users_page(store: Store, company: str, results: ResultsView, *, query: str = "",
-               sort: str = "user", descending: bool = False) -> UsersPage:
-    from contactsync.console.health import oldest_unapplied_age
+def _age(backlog: Backlog | None, user_id: str) -> float | None:
+    return backlog.user_age(user_id) if backlog is not None else None
 
-    now, freshness = datetime.now(UTC), oldest_unapplied_age()
+
+def users_page(store: Store, company: str, results: ResultsView, *, query: str = "",
+               sort: str = "user", descending: bool = False,
+               backlog: Backlog | None = None) -> UsersPage:
+    now = datetime.now(UTC)
     setups = store.setups.list_all()
-    rows = [user_row(store, s, company, results, now, freshness) for s in setups]
+    rows = [user_row(store, s, company, results, now, _age(backlog, s.user_id))
+            for s in setups]
     needle = query.strip().lower()
     if needle:
         rows = [r for r in rows if needle in " ".join(
@@ -269,12 +276,13 @@ class UserDetail:
 
 
 def user_detail(store: Store, setup: UserSetup, company: str, results: ResultsView,
-                *, limit: int = 50) -> UserDetail:
+                *, limit: int = 50, backlog: Backlog | None = None) -> UserDetail:
     user_id = setup.user_id
     reports = store.audit.list_records(user_id=user_id, kind=AuditKind.RECONCILE_REPORT,
                                        limit=limit)
     return UserDetail(
-        row=user_row(store, setup, company, results, datetime.now(UTC)),
+        row=user_row(store, setup, company, results, datetime.now(UTC),
+                     _age(backlog, user_id)),
         dry_run=results.last_dry_run(user_id),
         reports=reports, skipped=skipped_groups(reports[0] if reports else None),
         conflicts=[conflict_of(r) for r in store.audit.list_records(

@@ -42,10 +42,13 @@ def _row(page: str, name: str) -> str:
 def test_without_roles_in_the_process_credentials_and_lag_say_where_to_look(
         client: TestClient):
     page = html.unescape(client.get("/health").text)
-    for name in ("Credentials", "Consumer lag"):
-        row = _row(page, name)
-        assert '<td class="status unknown">n/a</td>' in row  # not "ok": nobody knows here
-        assert "contactsync run --console-port P" in row
+    credentials = _row(page, "Credentials")
+    assert '<td class="status unknown">n/a</td>' in credentials  # not "ok": nobody knows here
+    assert "contactsync run --console-port P" in credentials
+    # Lag is read from the broker's offsets instead; without a broker that says so.
+    lag = _row(page, "Consumer lag")
+    assert '<td class="status unknown">n/a</td>' in lag
+    assert "not known: no Kafka broker: start the local one with `contactsync kafka up`" in lag
 
 
 def test_a_refused_credential_and_a_stuck_role_stand_out(client: TestClient, store):
@@ -103,12 +106,53 @@ def test_users_page_shows_folder_skips_and_freshness_unknown_outside_run(client:
     assert '<td class="skipped">none</td>' in _users_row(page, "bob@contoso.com")
 
 
-def test_users_page_freshness_is_the_oldest_change_not_yet_applied(client: TestClient):
-    metrics.OLDEST_UNAPPLIED.set_oldest("contactsync-applier", time.time() - 300)
-    metrics.OLDEST_UNAPPLIED.set_oldest("contactsync-router", None)
-    page = html.unescape(client.get("/users").text)
-    for user in ("alice@contoso.com", "bob@contoso.com"):
-        assert '<td class="freshness">5 min</td>' in _users_row(page, user)
-    metrics.OLDEST_UNAPPLIED.set_oldest("contactsync-applier", None)
-    caught_up = html.unescape(client.get("/users").text)
-    assert '<td class="freshness">caught up</td>' in _users_row(caught_up, "alice@contoso.com")
+def _command(user: str) -> bytes:
+    from contactsync.schemas.envelope import encode, wrap
+    from contactsync.schemas.messages import CommandKind, SyncCommand
+
+    return encode(wrap(SyncCommand(user_id=user, kind=CommandKind.SYNC, reason="test")))
+
+
+@pytest.mark.kafka
+def test_freshness_is_per_user_and_lag_per_role_from_the_brokers_offsets(
+        store, kafka_settings):
+    """No role runs in this process (a standalone console): the broker's committed offsets
+    say what each role has not finished, and the commands keyed by user say for whom."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from contactsync.console.app import create_console_app
+    from contactsync.kafka.io import make_producer
+    from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, topic_name
+
+    ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
+    topic = topic_name(kafka_settings, SYNC_COMMANDS)
+    producer = make_producer(kafka_settings.kafka_bootstrap_servers)
+    now_ms = int(time.time() * 1000)
+    try:  # bob's command (a minute old) is applied; alice's (five minutes old) waits
+        bob = producer.send(topic, _command("bob@contoso.com"), key=b"bob@contoso.com",
+                            timestamp_ms=now_ms - 60_000).get(timeout=30)
+        producer.send(topic, _command("alice@contoso.com"), key=b"alice@contoso.com",
+                      timestamp_ms=now_ms - 300_000).get(timeout=30)
+    finally:
+        producer.close(timeout=5)
+    applier = KafkaConsumer(bootstrap_servers=kafka_settings.kafka_bootstrap_servers,
+                            group_id=f"{kafka_settings.topic_prefix}contactsync-applier",
+                            enable_auto_commit=False)
+    try:  # as the applier commits once it finished bob's command
+        applier.commit({TopicPartition(topic, bob.partition):
+                        OffsetAndMetadata(bob.offset + 1, "", -1)})
+    finally:
+        applier.close(autocommit=False)
+
+    settings = kafka_settings.model_copy(update={"database_url": str(store.engine.url)})
+    with TestClient(create_console_app(settings, store)) as client:
+        users = html.unescape(client.get("/users").text)
+        assert '<td class="freshness">5 min</td>' in _users_row(users, "alice@contoso.com")
+        for caught_up in ("bob@contoso.com", "carol@contoso.com"):
+            assert '<td class="freshness">caught up</td>' in _users_row(users, caught_up)
+        page = html.unescape(client.get("/health").text)
+    row = _row(page, "Consumer lag: applier")
+    assert row.startswith('<tr class="">')  # five minutes: under the alert's fifteen
+    assert re.search(r"1 record\(s\) not yet consumed; oldest change not finished 3\d\d s "
+                     r"ago \(committed offsets\)", row), row

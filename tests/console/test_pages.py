@@ -22,7 +22,7 @@ def test_users_page_lists_every_setup_with_its_counts(client: TestClient):
     assert "active, until" in alice
     assert "3 of 3 user(s)" in page.text
     carol = _row(page.text, "carol@contoso.com")
-    assert "Customers" in carol and "<td>no</td>" in carol
+    assert "Customers" in carol and '<td class="enabled">no</td>' in carol
 
 
 def test_a_failed_user_stands_out(client: TestClient):
