@@ -152,9 +152,9 @@ def credentials_check() -> Check:
     return Check("Credentials", True, f"tokens issued for {', '.join(seen)}")
 
 
-def lag_checks() -> list[Check]:
-    """Consumer lag per role (its consumer group), as contactsync_consumer_lag and
-    contactsync_oldest_unapplied_change_age_seconds show it."""
+def lag_checks(prefix: str = "") -> list[Check]:
+    """Consumer lag per role (its consumer group, named with the topic `prefix`), as
+    contactsync_consumer_lag and contactsync_oldest_unapplied_change_age_seconds show it."""
     lag: dict[str, float] = {}
     for labels, value in samples("contactsync_consumer_lag"):
         lag[labels["group"]] = lag.get(labels["group"], 0.0) + value
@@ -162,8 +162,9 @@ def lag_checks() -> list[Check]:
         "contactsync_oldest_unapplied_change_age_seconds")}
     if not lag and not ages:
         return []
-    return [_lag_check(group.removeprefix("contactsync-"), lag.get(group, 0.0),
-                       ages.get(group, 0.0)) for group in sorted(set(lag) | set(ages))]
+    return [_lag_check(group.removeprefix(prefix).removeprefix("contactsync-"),
+                       lag.get(group, 0.0), ages.get(group, 0.0))
+            for group in sorted(set(lag) | set(ages))]
 
 
 def _lag_check(role: str, lag: float, age: float, where: str = "") -> Check:
@@ -189,7 +190,8 @@ def kafka_lag_checks(backlog: Backlog | None, why: str) -> list[Check]:
 
 def checks(settings: Settings, store: Store, backlog: BacklogView | None = None,
            ) -> list[Check]:
-    in_process = lag_checks()  # the roles of `contactsync run` measure their own lag
+    # The roles of `contactsync run` measure their own lag; elsewhere the broker says.
+    in_process = lag_checks(settings.topic_prefix)
     if not in_process:
         in_process = (kafka_lag_checks(*backlog.get()) if backlog is not None
                       else [Check("Consumer lag", None, ROLES_ONLY)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -16,6 +17,9 @@ from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import AuditKind, AuditRecord, Store, Subscription, SubscriptionService
 from tests.admin.test_setup_safety import seeded
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; tests/run.sh installs it where it can
+SHOTS = Path(__file__).parent / "screenshots"  # for a reviewer; ignored by git
 
 
 def seed(store: Store) -> None:
@@ -85,3 +89,32 @@ def emulated_client(emulated_settings: Settings, store: Store) -> Iterator[TestC
     """The console over the emulators."""
     with TestClient(create_console_app(emulated_settings, store)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def type_a_bad_filter(page: Any, console_url: str, shot: str) -> None:
+    """On Add user, type a filter that does not parse: the CLI's caret error appears as it
+    is typed; the page's screenshot goes to SHOTS / `shot`."""
+    page.goto(console_url + "/users/new")
+    page.select_option("select[name=filter_field]", "city")
+    page.fill("input[name=filter_expression]", "Seattle|(Redm")
+    result = page.locator("[data-filter-result]")
+    result.filter(has_text="^").wait_for(timeout=10_000)
+    assert "Invalid filter for 'city' at character" in result.inner_text()
+    page.screenshot(path=str(SHOTS / shot), full_page=True)

@@ -21,12 +21,10 @@ from contactsync.kafka.topics import DEADLETTER, SYNC_COMMANDS, ensure_topics_at
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
-from tests.console.conftest import seed
+from tests.console.conftest import CHROMIUM, SHOTS, seed, type_a_bad_filter
 from tests.kafka_fixtures import role_env
 from tests.pipeline.test_dlq_cli import Failed
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).parent / "screenshots"
 EXE = str(Path(sys.executable).parent / "contactsync")
 
 pytestmark = [
@@ -74,23 +72,6 @@ def console_url(kafka_settings: Settings, tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=20)
 
 
-@pytest.fixture
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 def test_an_admin_walks_through_the_console(console_url: str, browser, kafka_settings: Settings):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.on("dialog", lambda dialog: dialog.accept())
@@ -116,13 +97,7 @@ def test_an_admin_walks_through_the_console(console_url: str, browser, kafka_set
     page.screenshot(path=str(SHOTS / "user-detail.png"), full_page=True)
 
     # Add a user with a bad filter: the CLI's caret error appears as it is typed.
-    page.goto(console_url + "/users/new")
-    page.select_option("select[name=filter_field]", "city")
-    page.fill("input[name=filter_expression]", "Seattle|(Redm")
-    result = page.locator("[data-filter-result]")
-    result.filter(has_text="^").wait_for(timeout=10_000)
-    assert "Invalid filter for 'city' at character" in result.inner_text()
-    page.screenshot(path=str(SHOTS / "add-user-bad-filter.png"), full_page=True)
+    type_a_bad_filter(page, console_url, "add-user-bad-filter.png")
 
     # An action posted without the page's token is refused.
     status = page.evaluate("""url => fetch(url + '/users/alice@contoso.com/act', {method: 'POST',
