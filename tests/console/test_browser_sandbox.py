@@ -101,10 +101,14 @@ def test_an_admin_watches_and_repairs_the_sandbox_in_the_console(sandbox: Sandbo
     # Users: the sandbox's three users, each with the counts of its first Full sync (the page
     # updates itself as the results arrive).
     page.goto(sandbox.console + "/users")
-    for user in USERS:
+    for user in USERS:  # synced, and Outlook's changes come as they happen (a subscription)
         page.wait_for_function(
-            """user => { const c = document.querySelector(`tr[data-user="${user}"] td.links`);
-                         return c && Number(c.innerText) > 0; }""", arg=user, timeout=WAIT_MS)
+            """user => { const row = `tr[data-user="${user}"]`;
+                         const links = document.querySelector(`${row} td.links`);
+                         const sub = document.querySelector(`${row} td.subscription`);
+                         return links && Number(links.innerText) > 0
+                                && sub.innerText.startsWith('active'); }""",
+            arg=user, timeout=WAIT_MS)
     contacts = sandbox.bc_contacts()
     synced = [c for c in contacts if c["type"] == "Person" and c["email"]
               and not c["privacyBlocked"]]
