@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from contactsync.cli.emulate_cmd import RunningEmulators
 from contactsync.console.app import create_console_app
+from contactsync.emulators.running import RunningEmulators
 from contactsync.engine.links import Link
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings

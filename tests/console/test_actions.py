@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from contactsync.cli.emulate_cmd import RunningEmulators
 from contactsync.console.access import OPEN_ADMIN
 from contactsync.console.app import create_console_app
+from contactsync.emulators.running import RunningEmulators
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at
 from contactsync.schemas.envelope import decode
 from contactsync.schemas.setup import UserSetup

@@ -48,7 +48,7 @@ def test_without_roles_in_the_process_credentials_and_lag_say_where_to_look(
     # Lag is read from the broker's offsets instead; without a broker that says so.
     lag = _row(page, "Consumer lag")
     assert '<td class="status unknown">n/a</td>' in lag
-    assert "not known: no Kafka broker: start the local one with `contactsync kafka up`" in lag
+    assert "not known: no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS" in lag
 
 
 def test_a_refused_credential_and_a_stuck_role_stand_out(client: TestClient, store):
