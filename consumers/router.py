@@ -3,6 +3,7 @@
     bc.contact.changes (key BC contact id)  ----+
                                                 +--> Router --> sync.commands (key user id)
     graph.notifications (key subscription id) --+
+    graph.lifecycle (key subscription id) ------+
 
 - A BC change (upsert) goes, as a `bc_change` command, to every enabled user whose filter
   matches the snapshot, plus every enabled user holding a link to that BC id (so a contact
@@ -45,6 +46,7 @@ from contactsync.engine.links import canon_bc_id
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_CONTACT_CHANGES,
+    GRAPH_LIFECYCLE,
     GRAPH_NOTIFICATIONS,
     SYNC_COMMANDS,
     topic_name,
@@ -66,7 +68,7 @@ from contactsync.settings import Settings
 from contactsync.store import Store
 
 GROUP_ID = "contactsync-router"
-TOPICS = (BC_CONTACT_CHANGES, GRAPH_NOTIFICATIONS)
+TOPICS = (BC_CONTACT_CHANGES, GRAPH_NOTIFICATIONS, GRAPH_LIFECYCLE)
 MISSED_REASON = "missed notifications"
 _COMMAND_IDS = uuid.UUID("5b0c1c1e-8f57-4c53-9d7e-3a1f0d2b6c41")  # namespace of command ids
 SEND_TIMEOUT_S = 30.0

@@ -18,7 +18,8 @@ What `SubscriptionKeeper.run_once()` makes true, each time it runs (every `inter
   Subscriptions at the service that carry our notificationUrl but are not in the store (a crash
   between create and store) are deleted. Run one keeper per deployment.
 
-Lifecycle events (`graph.lifecycle` on `graph.notifications`, group `contactsync-subscriptions`):
+Lifecycle events (`graph.lifecycle` on `graph.lifecycle`, group `contactsync-subscriptions`;
+those an older webhook left on `graph.notifications`: producers/legacy_lifecycle.py):
 `reauthorizationRequired` -> renew (a renewal also reauthorizes, and extends); a 404 -> recreate.
 `subscriptionRemoved` -> recreate. `missed` -> nothing here: the router queues a sync.
 
@@ -61,9 +62,10 @@ from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailabl
 from contactsync.clients.graph import GraphClient, is_loopback, new_client_state
 from contactsync.credential_health import when_credential_works
 from contactsync.kafka.io import make_producer
-from contactsync.kafka.topics import GRAPH_NOTIFICATIONS, SYNC_COMMANDS, topic_name
+from contactsync.kafka.topics import GRAPH_LIFECYCLE, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
+from contactsync.producers.legacy_lifecycle import drain_old_lifecycle
 from contactsync.schemas.envelope import encode, wrap
 from contactsync.schemas.messages import CommandKind, GraphLifecycle, LifecycleEvent, SyncCommand
 from contactsync.schemas.setup import UserSetup
@@ -424,14 +426,18 @@ class SubscriptionKeeper:
             if isinstance(record.payload, GraphLifecycle):
                 self.loop.run_until_complete(self.handle_lifecycle(record.payload))
 
+    def _act_on_lifecycle(self, event: GraphLifecycle) -> KeeperReport:
+        return self.loop.run_until_complete(self.handle_lifecycle(event))
+
     def build_worker(self, *, retry: RetryPolicy | None = None, **consumer_overrides: Any
                      ) -> Worker:
-        return build_worker(self.settings, GROUP_ID, (GRAPH_NOTIFICATIONS,), self.handle,
+        return build_worker(self.settings, GROUP_ID, (GRAPH_LIFECYCLE,), self.handle,
                             retry=retry, **consumer_overrides)
 
     def run(self, stop: threading.Event, worker: Worker | None = None) -> None:
         """A pass every `interval` seconds (the first at once), lifecycle events in between,
         until `stop` is set."""
+        drain_old_lifecycle(self.settings, GROUP_ID, self._act_on_lifecycle)
         worker = worker or self.build_worker()
         worker._stop = stop  # its retry back-off then ends when we stop
         next_pass = time.monotonic()

@@ -35,7 +35,12 @@ from starlette.routing import Route
 from contactsync import tracing
 from contactsync.health import health_routes
 from contactsync.kafka.io import make_producer
-from contactsync.kafka.topics import BC_NOTIFICATIONS, GRAPH_NOTIFICATIONS, topic_name
+from contactsync.kafka.topics import (
+    BC_NOTIFICATIONS,
+    GRAPH_LIFECYCLE,
+    GRAPH_NOTIFICATIONS,
+    topic_name,
+)
 from contactsync.logs import get_logger
 from contactsync.metrics import WebhookMetrics
 from contactsync.producers.webhook import parsing
@@ -122,15 +127,18 @@ class WebhookHandlers:
         self.publisher = publisher
         self.metrics = metrics
         self.graph_topic = topic_name(settings, GRAPH_NOTIFICATIONS)
+        self.lifecycle_topic = topic_name(settings, GRAPH_LIFECYCLE)
         self.bc_topic = topic_name(settings, BC_NOTIFICATIONS)
 
     async def _graph(self, body: bytes, now: datetime, trace_id: str) -> Intake:
         items = list(parsing.parse_graph(body).value)
-        return await graph_intake(items, self.registry, self.graph_topic, now, trace_id)
+        return await graph_intake(items, self.registry, self.graph_topic, self.lifecycle_topic,
+                                  now, trace_id)
 
     async def _graph_lifecycle(self, body: bytes, now: datetime, trace_id: str) -> Intake:
         items = list(parsing.parse_graph_lifecycle(body).value)
-        return await graph_intake(items, self.registry, self.graph_topic, now, trace_id)
+        return await graph_intake(items, self.registry, self.graph_topic, self.lifecycle_topic,
+                                  now, trace_id)
 
     async def _bc(self, body: bytes, now: datetime, trace_id: str) -> Intake:
         items = list(parsing.parse_bc(body).value)
@@ -223,7 +231,8 @@ def create_webhook_app(
     """The ASGI app. Without `producer` it builds one from settings and closes it on shutdown;
     a given producer stays the caller's."""
     metrics = WebhookMetrics()
-    warm = [topic_name(settings, GRAPH_NOTIFICATIONS), topic_name(settings, BC_NOTIFICATIONS)]
+    warm = [topic_name(settings, base)
+            for base in (GRAPH_NOTIFICATIONS, GRAPH_LIFECYCLE, BC_NOTIFICATIONS)]
 
     def build_producer() -> KafkaProducer:
         return make_producer(

@@ -5,7 +5,7 @@ carries that subscription's clientState (compared in constant time). Everything 
 with a reason (a metric label; never the value). Accepted items become envelopes:
 
     Graph change     -> graph.notifications, key subscription id, GraphNotification
-    Graph lifecycle  -> graph.notifications, key subscription id, GraphLifecycle
+    Graph lifecycle  -> graph.lifecycle,     key subscription id, GraphLifecycle
     BC               -> bc.notifications,    key company id,      BcNotification
 """
 
@@ -72,11 +72,12 @@ async def _intake(
     items: Sequence[Item],
     registry: CachedRegistry,
     service: Service,
-    topic: str,
+    topic_of: Callable[[Payload], str],
     trace_id: str,
     build: Callable[[Item, SubscriptionInfo], tuple[Payload, str]],
 ) -> Intake:
-    """Check every item against its subscription; accepted ones become (payload, key)."""
+    """Check every item against its subscription; accepted ones become (payload, key), sent
+    to the topic `topic_of` names for the payload."""
     known = await _lookup_all(registry, (item.subscription_id for item in items))
     intake = Intake()
     for item in items:
@@ -87,7 +88,7 @@ async def _intake(
             continue
         payload, key = build(item, info)
         value = encode(wrap(payload, trace_id=trace_id))
-        intake.messages.append(OutgoingMessage(topic, key.encode(), value,
+        intake.messages.append(OutgoingMessage(topic_of(payload), key.encode(), value,
                                                tuple(tracing.headers())))
     return intake
 
@@ -96,9 +97,16 @@ async def graph_intake(
     items: Sequence[GraphChangeItem | GraphLifecycleItem],
     registry: CachedRegistry,
     topic: str,
+    lifecycle_topic: str,
     received_at: datetime,
     trace_id: str,
 ) -> Intake:
+    """Change items to `topic`, lifecycle items to `lifecycle_topic`: the subscription keeper
+    reads only the few lifecycle events, not every change."""
+
+    def topic_of(payload: Payload) -> str:
+        return lifecycle_topic if isinstance(payload, GraphLifecycle) else topic
+
     def build(
         item: GraphChangeItem | GraphLifecycleItem, info: SubscriptionInfo
     ) -> tuple[Payload, str]:
@@ -120,7 +128,7 @@ async def graph_intake(
             received_at=received_at,
         ), item.subscription_id
 
-    return await _intake(items, registry, "graph", topic, trace_id, build)
+    return await _intake(items, registry, "graph", topic_of, trace_id, build)
 
 
 async def bc_intake(
@@ -141,4 +149,4 @@ async def bc_intake(
             received_at=received_at,
         ), info.owner_id or item.subscription_id
 
-    return await _intake(items, registry, "bc", topic, trace_id, build)
+    return await _intake(items, registry, "bc", lambda _: topic, trace_id, build)
