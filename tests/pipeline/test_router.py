@@ -16,6 +16,7 @@ from contactsync.engine.links import Link, LinkOrigin
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_CONTACT_CHANGES,
+    GRAPH_LIFECYCLE,
     GRAPH_NOTIFICATIONS,
     SYNC_COMMANDS,
     ensure_topics_at,
@@ -197,6 +198,17 @@ def test_graph_notifications_become_hints_and_missed_becomes_a_sync(settings: Se
         (REDMOND, CommandKind.GRAPH_HINT, "graph updated", "trace-hint"),
         (SEATTLE, CommandKind.SYNC, MISSED_REASON, "trace-missed"),
     ]
+
+
+def test_missed_on_the_lifecycle_topic_becomes_a_sync(settings: Settings, store: Store) -> None:
+    # The webhook's topic for lifecycle events; the test above: an older webhook's, on
+    # graph.notifications, which the router reads still.
+    produce(settings, GRAPH_LIFECYCLE, [
+        (f"sub-{SEATTLE}", GraphLifecycle(subscription_id=f"sub-{SEATTLE}", user_id=SEATTLE,
+                                          event=LifecycleEvent.MISSED, received_at=NOW), "t-m"),
+    ])
+    got = [(user, cmd.kind, cmd.reason) for user, cmd, _ in route(settings, store, inputs=1)]
+    assert got == [(SEATTLE, CommandKind.SYNC, MISSED_REASON)]
 
 
 def test_a_redelivered_input_yields_the_same_command_ids(settings: Settings, store: Store) -> None:

@@ -4,6 +4,7 @@ their handshakes and notifications, on the real broker."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.graph import GraphClient
@@ -22,20 +24,31 @@ from contactsync.http_server import BackgroundServer
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,
+    GRAPH_LIFECYCLE,
     GRAPH_NOTIFICATIONS,
     SYNC_COMMANDS,
     ensure_topics_at,
+    group_name,
+    topic_name,
 )
 from contactsync.kafka.worker import RetryPolicy
 from contactsync.producers.bc_changes import BcChangeFeed
+from contactsync.producers.legacy_lifecycle import drain_old_lifecycle
 from contactsync.producers.subscriptions import (
     CREATED_REASON,
+    GROUP_ID,
     RECREATED_REASON,
     SubscriptionKeeper,
 )
 from contactsync.producers.webhook import StoreRegistry, create_webhook_app
-from contactsync.schemas.envelope import Envelope, decode
-from contactsync.schemas.messages import CommandKind, SyncCommand
+from contactsync.schemas.envelope import Envelope, decode, encode, wrap
+from contactsync.schemas.messages import (
+    CommandKind,
+    GraphLifecycle,
+    GraphNotification,
+    LifecycleEvent,
+    SyncCommand,
+)
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
@@ -162,6 +175,7 @@ def test_one_subscription_per_enabled_user_and_one_for_the_company(rig: Rig) -> 
     rig.emulators.bc.flush_notifications()
     graph_notes = wait_for(lambda: read_all(rig.settings, GRAPH_NOTIFICATIONS), "graph note")
     assert graph_notes[0][1].payload.user_id == ANN
+    assert read_all(rig.settings, GRAPH_LIFECYCLE) == [], "the keeper's topic: no changes"
     bc_notes = wait_for(lambda: read_all(rig.settings, BC_NOTIFICATIONS), "bc note")
     assert bc_notes[0][1].payload.company_id == rig.emulators.bc.company_id
 
@@ -207,7 +221,7 @@ def test_recreates_a_removed_subscription_and_queues_a_sync(rig: Rig) -> None:
     assert second.client_state != first.client_state
     assert rig.stored(BOB) == bob_before
 
-    # Removed with a lifecycle event: webhook -> graph.notifications -> the keeper's worker.
+    # Removed with a lifecycle event: webhook -> graph.lifecycle -> the keeper's worker.
     worker = rig.keeper.build_worker(retry=FAST)
     try:
         rig.emulators.graph.send_lifecycle(second.subscription_id, "subscriptionRemoved")
@@ -230,6 +244,58 @@ def test_recreates_a_removed_subscription_and_queues_a_sync(rig: Rig) -> None:
 
     recreated = [(k, c.kind) for k, c in commands(rig.settings) if c.reason == RECREATED_REASON]
     assert recreated == [(ANN, CommandKind.SYNC), (ANN, CommandKind.SYNC)], "keyed by user"
+
+
+def _commit_end(settings: Settings, group: str, base: str) -> None:
+    """The group has read the topic to its end (what an older keeper left behind)."""
+    topic = topic_name(settings, base)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                             group_id=group_name(settings, group), enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.commit({tp: OffsetAndMetadata(end, "", -1)
+                         for tp, end in consumer.end_offsets(tps).items()})
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_lifecycle_events_left_on_graph_notifications_at_the_upgrade_are_acted_on_once(
+    rig: Rig,
+) -> None:
+    rig.run_once()
+    [first] = rig.stored(ANN)
+    # The older keeper read graph.notifications this far; then the older webhook put a change
+    # notification and a lifecycle event there, and the upgrade happened.
+    _commit_end(rig.settings, GROUP_ID, GRAPH_NOTIFICATIONS)
+    sid, now = first.subscription_id, datetime.now(UTC)
+    old_topic = topic_name(rig.settings, GRAPH_NOTIFICATIONS)
+    for payload in (
+        GraphNotification(subscription_id=sid, user_id=ANN, change_type="updated",
+                          resource="r", contact_id="c-1", etag='W/"x"', received_at=now),
+        GraphLifecycle(subscription_id=sid, user_id=ANN,
+                       event=LifecycleEvent.SUBSCRIPTION_REMOVED, received_at=now),
+    ):
+        rig.keeper.producer.send(old_topic, key=sid.encode(), value=encode(wrap(payload)))
+    rig.keeper.producer.flush()
+    # A group that never read the old topic (a new deployment) has nothing to drain.
+    assert drain_old_lifecycle(rig.settings, "contactsync-new", lambda e: None) == 0
+
+    # The upgraded keeper starts: it drains the old topic before reading graph.lifecycle.
+    stop = threading.Event()
+    runner = threading.Thread(target=rig.keeper.run, args=(stop, rig.keeper.build_worker()))
+    runner.start()
+    try:
+        wait_for(lambda: [s.subscription_id for s in rig.stored(ANN)] != [sid],
+                 "the drained lifecycle event acted on", timeout=30)
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    [second] = rig.stored(ANN)
+    assert [s["id"] for s in rig.graph_subs(ANN)] == [second.subscription_id]
+    # Drained once: the next start reads nothing there again.
+    acted: list[GraphLifecycle] = []
+    assert drain_old_lifecycle(rig.settings, GROUP_ID, acted.append) == 0 and acted == []
 
 
 def test_a_disabled_user_loses_the_subscription(rig: Rig) -> None:

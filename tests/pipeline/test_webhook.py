@@ -18,6 +18,7 @@ from contactsync.http_server import BackgroundServer, free_port
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,
+    GRAPH_LIFECYCLE,
     GRAPH_NOTIFICATIONS,
     ensure_topics_at,
     topic_name,
@@ -176,11 +177,28 @@ def test_lifecycle_notification_is_published(server: BackgroundServer, settings:
     # Lifecycle items may also come to the notification URL (same URL allowed by Graph).
     item["lifecycleEvent"] = "missed"
     assert httpx.post(f"{server.url}/webhooks/graph", json={"value": [item]}).status_code == 202
-    records = _read(settings, GRAPH_NOTIFICATIONS, expect=2)
+    # On a topic of their own: the subscription keeper reads none of the change notifications.
+    records = _read(settings, GRAPH_LIFECYCLE, expect=2)
     events = sorted(str(decode(r.value).payload.event) for r in records)
     assert events == ["missed", "reauthorizationRequired"]
     assert all(decode(r.value).type == "graph.lifecycle" and r.key == GRAPH_SUB.encode()
                for r in records)
+    assert _count(settings, GRAPH_NOTIFICATIONS) == 0
+
+
+def test_a_body_mixing_changes_and_lifecycle_items_splits_them_by_topic(
+    server: BackgroundServer, settings: Settings
+):
+    lifecycle = {"subscriptionId": GRAPH_SUB, "lifecycleEvent": "subscriptionRemoved",
+                 "clientState": SECRET, "tenantId": "t"}
+    body = {"value": [_graph_item(contact="c-9"), lifecycle]}
+    response = httpx.post(f"{server.url}/webhooks/graph", json=body)
+    assert response.json() == {"accepted": 2, "refused": 0}
+    changes = [decode(r.value) for r in _read(settings, GRAPH_NOTIFICATIONS)]
+    assert [(e.type, e.payload.contact_id) for e in changes] == [("graph.notification", "c-9")]
+    events = [decode(r.value) for r in _read(settings, GRAPH_LIFECYCLE)]
+    assert [(e.type, str(e.payload.event)) for e in events] == [
+        ("graph.lifecycle", "subscriptionRemoved")]
 
 
 def test_lifecycle_route_refuses_change_items(server: BackgroundServer):
