@@ -3,7 +3,8 @@
 | topic               | key                | message types                          |
 |---------------------|--------------------|----------------------------------------|
 | bc.notifications    | company id         | bc.notification                        |
-| graph.notifications | subscription id    | graph.notification, graph.lifecycle    |
+| graph.notifications | subscription id    | graph.notification                     |
+| graph.lifecycle     | subscription id    | graph.lifecycle                        |
 | bc.contact.changes  | BC contact id      | bc.contact.changed                     |
 | sync.commands       | user id            | sync.command                           |
 | sync.results        | user id            | sync.result                            |

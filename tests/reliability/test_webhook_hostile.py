@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 from contactsync.http_server import BackgroundServer
 from contactsync.kafka.topics import (
     BC_NOTIFICATIONS,
+    GRAPH_LIFECYCLE,
     GRAPH_NOTIFICATIONS,
     ensure_topics_at,
     topic_name,
@@ -96,9 +97,10 @@ def webhook(kafka: KafkaHandle, tmp_path_factory: pytest.TempPathFactory) -> Ite
     consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap)
     partitions = [TopicPartition(t, p)
                   for t in (topic_name(settings, GRAPH_NOTIFICATIONS),
+                            topic_name(settings, GRAPH_LIFECYCLE),
                             topic_name(settings, BC_NOTIFICATIONS))
                   for p in consumer.partitions_for_topic(t) or ()]
-    assert len(partitions) == 2
+    assert len(partitions) == 3
     try:
         yield Webhook(server.url, settings, secret, consumer, partitions)
     finally:
