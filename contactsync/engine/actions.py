@@ -8,9 +8,11 @@ group's create returned, and an empty `bc_etag` / `graph_change_key` is the vers
 write returned (the executor fills them in). A `SaveLink` replaces any link of the user with
 the same BC id or the same Graph id. `Audit` and `Skip` are records for the log, not writes.
 
-Creates are never blind (docs/architecture.md 10): before `CreateInOutlook` the executor looks the
-folder up by our BC-id property and then by email; before `CreateInBc` it looks BC up by email. If
-something is found, it creates nothing and plans that pair again with what it found.
+Creates are never blind (docs/architecture.md 10): a plan made from part of the folder (a delta,
+a hint) answers `FindInOutlook` instead of `CreateInOutlook`, and the runner searches the folder
+by our BC-id property and then by email and plans again with what it found; before `CreateInBc`
+the runner looks BC up by email. What is found is paired by the planner's rules (linked, BC
+wins, Outlook's losing values audited, written with If-Match); the executor only writes.
 """
 
 from __future__ import annotations
@@ -130,6 +132,18 @@ class NeedsRead:
     graph_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class FindInOutlook:
+    """Before creating this BC contact in a folder the plan saw only part of (a delta, a hint):
+    find the folder's contact that carries its BC-id tag, or an untagged one with its email.
+    The caller adds what it finds to the Outlook snapshot (and the BC id to its `searched`)
+    and plans again: a found contact is then paired like any other (linked, BC wins, Outlook's
+    values audited, written with If-Match), so a create is never blind."""
+
+    bc_id: str
+    email: str
+
+
 Action = (
     CreateInOutlook
     | UpdateOutlook
@@ -141,6 +155,7 @@ Action = (
     | Audit
     | Skip
     | NeedsRead
+    | FindInOutlook
 )
 WRITE_ACTIONS = (CreateInOutlook, UpdateOutlook, DeleteFromOutlook, CreateInBc, UpdateBc)
 
@@ -184,6 +199,7 @@ class Plan:
     stopped_reason: str | None = None
     needs_bc: frozenset[str] = frozenset()  # read these BC contacts, then plan again
     needs_outlook: frozenset[str] = frozenset()
+    find_in_outlook: frozenset[tuple[str, str]] = frozenset()  # (BC id, email) to look up
 
     @property
     def actions(self) -> list[Action]:
@@ -215,7 +231,7 @@ def summarize(groups: list[tuple[Action, ...]], existing: set[tuple[str, str]]) 
                 summary.conflicts += 1
             elif isinstance(action, Skip):
                 skipped[action.reason.value] += 1
-            elif isinstance(action, NeedsRead):
+            elif isinstance(action, NeedsRead | FindInOutlook):
                 summary.needs_read += 1
             elif isinstance(action, DropLink):
                 drops += 1

@@ -61,6 +61,13 @@ Case table (link = we created or linked the pair):
   yes  | changed            | changed             | BC wins: UpdateOutlook + Audit(conflict) +
        |                    |                     |   SaveLink
   Nothing ever deletes a BC contact; an equal content on both sides costs no write.
+
+A create in Outlook planned from part of the folder (not `complete`) is first a
+FindInOutlook(bc_id, email) unless the snapshot's `searched` holds that BC id: the runner
+searches the folder (our tag, then an untagged contact with the email), adds what it found and
+plans again, so a found contact is paired by the rows above (adopt by email: link, BC wins,
+Audit(duplicate_found), UpdateOutlook with If-Match). A linked contact deleted in Outlook whose
+recreate would meet the user's own contact with its email adopts that contact instead.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ from contactsync.engine.actions import (
     CreateInOutlook,
     DeleteFromOutlook,
     DropLink,
+    FindInOutlook,
     NeedsRead,
     Plan,
     PlanSummary,
@@ -96,7 +104,7 @@ from contactsync.engine.pair_rules import (
     plan_contact,
     unchanged_pair,
 )
-from contactsync.schemas.setup import UserSetup
+from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
 
 __all__ = [
     "UNREAD",
@@ -138,6 +146,9 @@ class OutlookSnapshot:
     contacts: Sequence[Contact] = ()
     complete: bool = False
     removed_ids: frozenset[str] = frozenset()
+    # BC ids (canonical) the folder was searched for (FindInOutlook): what it holds of them
+    # is among `contacts`, so a create for them is no longer blind.
+    searched: frozenset[str] = frozenset()
 
     @classmethod
     def full(cls, contacts: Iterable[Contact]) -> OutlookSnapshot:
@@ -204,9 +215,19 @@ def plan_user(
     flt = ContactFilter.parse(setup.contact_filter)
 
     def pair(bc_state: Side, outlook_state: Side, link: Link | None) -> list[Action]:
-        return plan_contact(
+        actions = plan_contact(
             bc_state, outlook_state, link, setup, mode, contact_filter=flt, since=since
         )
+        if outlook.complete:
+            return actions
+        for action in actions:
+            if isinstance(action, CreateInOutlook) and (
+                canon_bc_id(action.bc_id) not in outlook.searched
+            ):
+                # The folder was seen in part: it may hold this contact already (our create
+                # before a crash, or the user's own with this email). Find it first.
+                return [FindInOutlook(action.bc_id, action.email)]
+        return actions
 
     groups: list[tuple[Action, ...]] = []
     removals: list[bool] = []  # per group: does it remove, or react to a vanished contact?
@@ -254,6 +275,27 @@ def plan_user(
         if tag:
             carriers.setdefault(tag, []).append(contact)
 
+    twins: dict[str, Contact] | None = None
+
+    def untagged_twin(bc_state: Side) -> Contact | None:
+        """For a linked BC contact whose Outlook contact is gone and that would be recreated:
+        an unlinked, untagged contact of the folder with its email (the oldest), to link
+        instead of creating a second one."""
+        nonlocal twins
+        recreate = setup.outlook_delete_policy is OutlookDeletePolicy.RECREATE
+        if not (recreate and isinstance(bc_state, Mapping)
+                and bc_skip_reason(bc_state, flt) is None):
+            return None
+        if twins is None:
+            twins = {}
+            for contact in unlinked:
+                if not m.bc_id_of(contact):
+                    twins.setdefault(m.normalize_email(m.graph_email(contact)), contact)
+        found = twins.get(m.normalize_email(m.as_text(bc_state.get("email"))))
+        if found is None or m.as_text(found.get("id")) in used_outlook:
+            return None
+        return found
+
     def drop_duplicates(bc_id: str, extra: list[Contact]) -> None:
         for dup in extra:
             dup_id = m.as_text(dup.get("id"))
@@ -265,7 +307,11 @@ def plan_user(
     for link in links:
         outlook_state = outlook_side.state(link.graph_id)
         extra = carriers.pop(canon_bc_id(link.bc_id), [])  # tags are canonical
-        if outlook_state is None and extra:  # ours vanished but another carries our tag
+        if outlook_state is None and not extra:
+            twin = untagged_twin(bc_side.state(link.bc_id))
+            extra = [twin] if twin is not None else []
+        if outlook_state is None and extra:
+            # ours vanished but another carries our tag, or the user's own has its email
             keeper, *extra = extra
             used_outlook.add(m.as_text(keeper.get("id")))
             actions = pair(bc_side.state(link.bc_id), keeper, None)
@@ -409,6 +455,7 @@ def _finish(
     needs_outlook = {
         a.graph_id for g in groups for a in g if isinstance(a, NeedsRead) and a.graph_id
     }
+    find = {(a.bc_id, a.email) for g in groups for a in g if isinstance(a, FindInOutlook)}
     return Plan(
         user_id=setup.user_id,
         mode=mode,
@@ -417,4 +464,5 @@ def _finish(
         stopped_reason=stopped_reason,
         needs_bc=frozenset(needs_bc),
         needs_outlook=frozenset(needs_outlook),
+        find_in_outlook=frozenset(find),
     )

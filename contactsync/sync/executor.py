@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import CREDENTIAL_FAILURES, Conflict, ServiceError
@@ -95,15 +95,10 @@ class Executor:
         user_id: str,
         mailbox: str,
         folder_id: str,
-        verify_creates: bool,
         on_written: WriteHook | None = None,
     ) -> None:
-        """`verify_creates`: look the folder up by BC-id tag before each Outlook create; needed
-        when the plan was made from a partial view of the folder (a delta, a hint). A plan made
-        from this run's complete listing has already seen every tagged contact."""
         self.graph, self.bc, self.store = graph, bc, store
         self.user_id, self.mailbox, self.folder_id = user_id, mailbox, folder_id
-        self.verify_creates = verify_creates
         self.on_written = on_written
         self.report = ExecutionReport()
 
@@ -128,24 +123,10 @@ class Executor:
     async def _create_in_outlook(
         self, chunk: Sequence[tuple[Action, ...]]
     ) -> dict[int, _GroupState | Failure]:
-        wanted = [
+        to_create = [
             (i, a) for i, g in enumerate(chunk) for a in g if isinstance(a, CreateInOutlook)
         ]
         results: dict[int, _GroupState | Failure] = {}
-        to_create: list[tuple[int, CreateInOutlook]] = []
-        for index, action in wanted:
-            found = None
-            if self.verify_creates:
-                found = await self._quietly(
-                    self.graph.find_by_bc_id(self.mailbox, self.folder_id, action.bc_id)
-                )
-                if not isinstance(found, Mapping) and action.email:
-                    found = await self._untagged_by_email(action)
-            if isinstance(found, Mapping):
-                # Ours already (a create that landed before a crash): push BC's values onto it.
-                results[index] = await self._adopt(action, found)
-            else:
-                to_create.append((index, action))
         if to_create:
             created = await self.graph.create_contacts(
                 self.mailbox, self.folder_id, [(a.bc_id, a.fields) for _, a in to_create]
@@ -161,38 +142,6 @@ class Executor:
                 else:
                     results[index] = Failure(action.bc_id, "", _reason(result.error))
         return results
-
-    async def _untagged_by_email(self, action: CreateInOutlook) -> Mapping[str, Any] | None:
-        """An untagged contact of the folder with the create's email, to link instead (decision
-        4: the first link is by email, BC's values win). A plan made from a delta does not see
-        the folder's unchanged contacts: without this, a BC contact that enters the user's
-        filter while the user has their own contact with that email (say one they created,
-        which reached BC outside the filter) got a second contact in the folder (found by
-        tests/reliability/test_model.py). A contact tagged for another BC contact is not taken."""
-        hits = await self._quietly(
-            self.graph.find_by_email(self.mailbox, self.folder_id, action.email)
-        )
-        for contact in hits or ():
-            if not m.bc_id_of(contact):
-                return cast(Mapping[str, Any], contact)
-        return None
-
-    async def _adopt(self, action: CreateInOutlook, found: Mapping[str, Any]) -> _GroupState:
-        graph_id = str(found["id"])
-        updated = await self.graph.update_contact(
-            self.mailbox, graph_id, action.fields, bc_id=action.bc_id
-        )
-        self._written("outlook", updated, action.bc_id)
-        self.report.writes["updated_outlook"] += 1
-        return _GroupState(graph_id=graph_id, graph_change_key=m.graph_change_key(updated))
-
-    async def _quietly(self, call: Any) -> Any:
-        try:
-            return await call
-        except CREDENTIAL_FAILURES:
-            raise  # no token: nothing else will work either
-        except ServiceError:
-            return None  # the create then proceeds; the client's own retry looks up again
 
     # --- one pair ---------------------------------------------------------------------------
     async def _run_group(
@@ -259,7 +208,8 @@ class Executor:
             ))
         elif isinstance(action, Skip):
             pass  # counted by the plan's summary
-        # CreateInOutlook ran in bulk before the group; NeedsRead never reaches the executor.
+        # CreateInOutlook ran in bulk before the group; NeedsRead and FindInOutlook are reads
+        # the runner did before the plan came here (one left is the next run's).
 
     def _written(self, side: str, contact: Mapping[str, Any], bc_id: str) -> None:
         if self.on_written is not None:

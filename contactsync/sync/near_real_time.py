@@ -34,6 +34,7 @@ from contactsync.engine.pair_rules import parse_time
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
+from contactsync.sync.reads import find_in_folder
 
 Contact = Mapping[str, Any]
 KNOWN_MAX = 5000  # contacts held per side: a few MB, the hot set of a busy tenant
@@ -155,7 +156,7 @@ class KnownReader:
         self.by_graph = {link.graph_id: link for link in links}
 
     async def __call__(self, plan: Plan, bc: BcClient, graph: GraphClient, mailbox: str,
-                       bc_snap: BcSnapshot, outlook_snap: OutlookSnapshot
+                       folder_id: str | None, bc_snap: BcSnapshot, outlook_snap: OutlookSnapshot
                        ) -> tuple[BcSnapshot, OutlookSnapshot]:
         # Reads that are needed go out together: the clients' budgets pace them.
         bc_read = [i for i in plan.needs_bc
@@ -176,10 +177,13 @@ class KnownReader:
             plan.needs_outlook, dict(zip(out_read, out_got, strict=True)),
             lambda i: self.known.outlook_at(self.by_graph.get(i), i),
             outlook_snap.contacts, outlook_snap.removed_ids)
-        return (
-            BcSnapshot(tuple(bc_found), bc_snap.complete, frozenset(bc_gone)),
-            OutlookSnapshot(tuple(out_found), outlook_snap.complete, frozenset(out_gone)),
-        )
+        outlook_after = OutlookSnapshot(tuple(out_found), outlook_snap.complete,
+                                        frozenset(out_gone), outlook_snap.searched)
+        if plan.find_in_outlook:
+            outlook_after = await find_in_folder(graph, mailbox, folder_id, plan.find_in_outlook,
+                                                 outlook_after)
+            self.known.saw_outlook(outlook_after.contacts[len(out_found):])
+        return BcSnapshot(tuple(bc_found), bc_snap.complete, frozenset(bc_gone)), outlook_after
 
 
 async def _found(read: Awaitable[Contact]) -> Contact | None:

@@ -43,9 +43,11 @@ from contactsync.sync.bulk_gc import keep_out_of_gc, snapshots_kept_out_of_gc
 from contactsync.sync.executor import ExecutionReport, Executor, WriteHook
 from contactsync.sync.memory import release_free_memory
 from contactsync.sync.plan_names import plan_lines, skipped_contacts
+from contactsync.sync.reads import find_in_folder
 
 SINCE_SLACK = timedelta(seconds=2)
 _TURN_EVERY = 200  # contacts converted between two turns of the event loop (~2 ms)
+READ_ROUNDS = 2  # plan, read what it asks, plan again; what is still unread waits for next run
 FULL_LISTING_PAGE = 5_000  # BC contacts per page of a full listing (see _read_full)
 
 
@@ -173,7 +175,7 @@ async def _read_outlook(
 
 
 async def _read_needed(
-    plan: Plan, bc: BcClient, graph: GraphClient, mailbox: str,
+    plan: Plan, bc: BcClient, graph: GraphClient, mailbox: str, folder_id: str | None,
     bc_snap: BcSnapshot, outlook_snap: OutlookSnapshot,
 ) -> tuple[BcSnapshot, OutlookSnapshot]:
     """Read the contacts the planner could not decide without (NeedsRead), by id. A contact
@@ -199,8 +201,11 @@ async def _read_needed(
                 out_gone.add(graph_id)
         outlook_snap = OutlookSnapshot(
             _replaced(outlook_snap.contacts, out_found, plan.needs_outlook), outlook_snap.complete,
-            frozenset(out_gone),
+            frozenset(out_gone), outlook_snap.searched,
         )
+    if plan.find_in_outlook:
+        outlook_snap = await find_in_folder(graph, mailbox, folder_id, plan.find_in_outlook,
+                                            outlook_snap)
     return bc_snap, outlook_snap
 
 
@@ -254,7 +259,7 @@ class _Inputs:
 
 
 ReadNeeded = Callable[
-    [Plan, BcClient, GraphClient, str, BcSnapshot, OutlookSnapshot],
+    [Plan, BcClient, GraphClient, str, str | None, BcSnapshot, OutlookSnapshot],
     Awaitable[tuple[BcSnapshot, OutlookSnapshot]],
 ]
 
@@ -277,9 +282,11 @@ async def _plan_and_apply(
                          force=inputs.force)
 
     plan = plan_now()
-    if plan.needs_bc or plan.needs_outlook:
+    for _ in range(READ_ROUNDS):  # a read can lead to another (a BC contact read, then created)
+        if not (plan.needs_bc or plan.needs_outlook or plan.find_in_outlook):
+            break
         bc_snap, outlook_snap = await read_needed(
-            plan, bc, graph, setup.mailbox, bc_snap, outlook_snap
+            plan, bc, graph, setup.mailbox, inputs.folder_id, bc_snap, outlook_snap
         )
         plan = plan_now()
     found = await _bc_contacts_with_emails_of(plan, bc, bc_snap)
@@ -303,8 +310,7 @@ async def _plan_and_apply(
                                        details={"reason": plan.stopped_reason}))
     executor = Executor(
         graph=graph, bc=bc, store=store, user_id=setup.user_id, mailbox=setup.mailbox,
-        folder_id=inputs.folder_id, verify_creates=not outlook_snap.complete,
-        on_written=on_written,
+        folder_id=inputs.folder_id, on_written=on_written,
     )
     report.execution = await executor.run(plan.groups)
     return report

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from contactsync.engine.actions import (
     CreateInOutlook,
     DeleteFromOutlook,
     DropLink,
+    FindInOutlook,
     NeedsRead,
     SaveLink,
     Skip,
@@ -122,6 +124,8 @@ def sig(action: Action) -> tuple[Any, ...]:
         return ("audit", action.reason.value)
     if isinstance(action, Skip):
         return ("skip", action.reason.value)
+    if isinstance(action, FindInOutlook):
+        return ("find_outlook", action.bc_id, action.email)
     assert isinstance(action, NeedsRead)
     return ("read", action.bc_id, action.graph_id)
 
@@ -149,6 +153,16 @@ def full(*contacts: dict[str, Any]) -> BcSnapshot:
 
 def folder(*contacts: dict[str, Any]) -> OutlookSnapshot:
     return OutlookSnapshot.full(contacts)
+
+
+def searched(snap: OutlookSnapshot, *found: dict[str, Any]) -> OutlookSnapshot:
+    """`snap` after the runner searched the folder for b1 (FindInOutlook) and found `found`."""
+    return dataclasses.replace(snap, contacts=(*snap.contacts, *found),
+                               searched=frozenset({"b1"}))
+
+
+# The user's own contact with B1's email and a job title BC does not have.
+TWIN = own("g9", emailAddresses=[{"address": "B1@example.com"}], jobTitle="Buyer")
 
 
 ROWS = [
@@ -213,9 +227,30 @@ ROWS = [
         [("drop_link", "b1", "g1"), ("create_outlook", "b1"), ("save_link", "b1", "")]),
     Row("deleted in Outlook with policy unlink: only unlinked", full(B1), folder(), [L1],
         [("drop_link", "b1", "g1")], setup={"outlook_delete_policy": "unlink"}),
-    Row("a delta's removed id counts as deleted in Outlook",
+    Row("a delta's removed id counts as deleted in Outlook: search the folder before recreating",
         BcSnapshot.changes([B1]), OutlookSnapshot.delta([{"id": "g1", "@removed": {}}]), [L1],
-        [("drop_link", "b1", "g1"), ("create_outlook", "b1"), ("save_link", "b1", "")],
+        [("find_outlook", "b1", "b1@example.com")], mode=SyncMode.SYNC),
+    Row("deleted in Outlook, folder searched, nothing found: recreated",
+        BcSnapshot.changes([B1]), searched(OutlookSnapshot.delta([{"id": "g1", "@removed": {}}])),
+        [L1], [("drop_link", "b1", "g1"), ("create_outlook", "b1"), ("save_link", "b1", "")],
+        mode=SyncMode.SYNC),
+    Row("deleted in Outlook, the search finds the user's own with its email: adopted, audited",
+        BcSnapshot.changes([B1]), searched(OutlookSnapshot.delta([{"id": "g1", "@removed": {}}]),
+                                           TWIN), [L1],
+        [("drop_link", "b1", "g1"), ("audit", "duplicate_found"), ("update_outlook", "g9"),
+         ("save_link", "b1", "g9")], mode=SyncMode.SYNC),
+    Row("a new BC person, folder seen in part: search it before creating",
+        BcSnapshot.changes([B1]), None, [], [("find_outlook", "b1", "b1@example.com")],
+        mode=SyncMode.SYNC),
+    Row("a new BC person, folder searched, nothing found: created",
+        BcSnapshot.changes([B1]), searched(OutlookSnapshot()), [],
+        [("create_outlook", "b1"), ("save_link", "b1", "")], mode=SyncMode.SYNC),
+    Row("a new BC person, the search finds our create from before a crash: linked, no write",
+        BcSnapshot.changes([B1]), searched(OutlookSnapshot(), G1), [],
+        [("save_link", "b1", "g1")], mode=SyncMode.SYNC),
+    Row("adopt by email: the search finds the user's own contact; linked, BC wins, audited",
+        BcSnapshot.changes([B1]), searched(OutlookSnapshot(), TWIN), [],
+        [("audit", "duplicate_found"), ("update_outlook", "g9"), ("save_link", "b1", "g9")],
         mode=SyncMode.SYNC),
     Row("a lost link is found again by our BC-id tag", full(B1), folder(G1), [],
         [("save_link", "b1", "g1")]),
@@ -299,6 +334,21 @@ def test_no_action_type_can_delete_a_bc_contact() -> None:
     import contactsync.engine.actions as actions
 
     assert not [name for name in dir(actions) if "delete" in name.lower() and "bc" in name.lower()]
+
+
+def test_adopting_by_email_audits_outlook_values_and_writes_with_if_match() -> None:
+    """The user's own Outlook contact that a BC contact adopts (found by the folder search a
+    partial plan asks for): the values it loses are audited, the write is conditional."""
+    first = plan_user(BcSnapshot.changes([B1]), None, [], UserSetup(user_id=USER, mailbox=USER),
+                      SyncMode.SYNC)
+    assert first.find_in_outlook == {("b1", "b1@example.com")} and not first.writes
+    plan = plan_user(BcSnapshot.changes([B1]), searched(OutlookSnapshot(), TWIN), [],
+                     UserSetup(user_id=USER, mailbox=USER), SyncMode.SYNC)
+    audit = next(a for a in plan.actions if isinstance(a, Audit))
+    assert audit.reason is Reason.DUPLICATE_FOUND
+    assert audit.outlook_values.get("job_title") == "Buyer"
+    update = next(a for a in plan.actions if isinstance(a, UpdateOutlook))
+    assert update.if_match == TWIN["@odata.etag"]
 
 
 def test_conflict_audit_carries_the_outlook_values_that_lost() -> None:

@@ -209,3 +209,42 @@ async def test_full_sync_replans_a_pair_another_worker_wrote_meanwhile(
     assert contact["jobTitle"] == "Written by the other", "BC's values pushed to Outlook"
     again = await world.sync(SyncMode.FULL)
     assert again.execution is not None and sum(again.execution.writes.values()) == 0
+
+
+async def test_a_bc_contact_adopting_the_users_own_outlook_contact_is_audited_and_conditional(
+    world: World,
+) -> None:
+    """A new BC contact whose email the user's own Outlook contact has (a partial view: the
+    change feed): the contact is adopted, not duplicated; the values it loses are audited,
+    and the write carries If-Match, so an edit made meanwhile is refused, read and audited
+    too instead of being overwritten unseen."""
+    setup = world.setup()
+    folder_id = await world.graph.find_or_create_folder(MAILBOX, setup.folder_name)
+    own = world.emulators.graph.person_create_contact(MAILBOX, folder_id, {
+        "displayName": "Jo Own", "jobTitle": "Outlook title",
+        "emailAddresses": [{"address": "jo@example.com"}]})
+    person = world.emulators.bc.create_contact(
+        {"displayName": "Jo BC", "email": "jo@example.com", "type": "Person",
+         "jobTitle": "BC title"})
+    original = world.graph.update_contact
+    edits = 0
+
+    async def person_edits_first(mailbox: str, contact_id: str, *a: Any, **kw: Any) -> Any:
+        nonlocal edits
+        if contact_id == own["id"] and edits == 0:  # after our search, before our write
+            edits += 1
+            world.emulators.graph.person_update_contact(MAILBOX, own["id"],
+                                                        {"jobTitle": "Edited title"})
+        return await original(mailbox, contact_id, *a, **kw)
+
+    world.graph.update_contact = person_edits_first  # type: ignore[method-assign]
+    report = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                                 bc_changes=BcSnapshot.changes([person]))
+
+    assert report.execution is not None and report.execution.failures == []
+    folder = await world.folder()
+    assert [c["id"] for c in folder] == [own["id"]], "adopted, not created a second time"
+    assert folder[0]["jobTitle"] == "BC title", "BC is master"
+    assert _patches(world, "graph") == 2, "the write met the edit (If-Match), then went again"
+    audits = world.store.audit.list_records(user_id=MAILBOX, kind=AuditKind.DUPLICATE)
+    assert [a.details["outlook"].get("job_title") for a in audits] == ["Edited title"]
