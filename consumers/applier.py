@@ -151,8 +151,8 @@ def outcome_of(report: SyncReport) -> _Outcome:
         summary["writes"] = sum(report.execution.writes.values())
     skipped = dict(report.summary.skipped)
     duration_ms = int(report.duration_s * 1000)
-    if report.stopped_reason:
-        return _Outcome(ResultStatus.STOPPED, report.stopped_reason, summary, skipped, duration_ms,
+    if report.stop is not None:
+        return _Outcome(ResultStatus.STOPPED, str(report.stop), summary, skipped, duration_ms,
                         _plan_in_result(report.plan))
     if report.failed:
         assert report.execution is not None

@@ -25,6 +25,7 @@ from typing import Any
 
 from contactsync.engine.links import Link, SyncMode
 from contactsync.engine.mapping import FieldIssue
+from contactsync.engine.rails import MassDeleteStop
 
 
 class Reason(StrEnum):
@@ -196,10 +197,15 @@ class Plan:
     mode: SyncMode
     groups: list[tuple[Action, ...]]
     summary: PlanSummary
-    stopped_reason: str | None = None
+    stop: MassDeleteStop | None = None  # the rail held the removals back
     needs_bc: frozenset[str] = frozenset()  # read these BC contacts, then plan again
     needs_outlook: frozenset[str] = frozenset()
     find_in_outlook: frozenset[tuple[str, str]] = frozenset()  # (BC id, email) to look up
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """The stop as the user reads it."""
+        return None if self.stop is None else str(self.stop)
 
     @property
     def actions(self) -> list[Action]:

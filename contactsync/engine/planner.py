@@ -19,7 +19,8 @@ prefers an eligible match, then one that is not privacy-blocked (as BC's Contact
 
 Mass-delete rail: if the plan would remove (delete, or react to Outlook contacts that vanished
 from a listing) more than `max_delete_share` of the folder AND more than `max_delete_floor`
-contacts, those groups are withheld and `stopped_reason` says why, unless `force=True`.
+contacts, those groups are withheld and `Plan.stop` (engine/rails.py) says why, unless
+`force=True`.
 
 "Changed" compares a side with its link (docs/architecture.md 5): a side whose version (BC ETag or
 modified time, Graph changeKey) or content hash equals the link's is unchanged; that is how
@@ -104,6 +105,7 @@ from contactsync.engine.pair_rules import (
     plan_contact,
     unchanged_pair,
 )
+from contactsync.engine.rails import mass_delete_stop
 from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
 
 __all__ = [
@@ -428,24 +430,15 @@ def _finish(
         others.update(gone for gone in outlook_side.gone if gone not in listed)
         folder = len(listed) + len(others)
         del others
-    removing = sum(removals)
-    stopped_reason = None
+    # A vanished contact is told apart only when the listing was complete (see MassDeleteStop).
+    stop = mass_delete_stop(sum(removals), folder, vanished if outlook_side.complete else 0,
+                            share=setup.max_delete_share, floor=setup.max_delete_floor)
     withheld = 0
-    if removing > setup.max_delete_share * folder and removing > setup.max_delete_floor:
-        what = (f"{removing} of {folder} contacts in the folder"
-                if not (vanished and outlook_side.complete) else
-                f"{removing} contacts: {removing - vanished} of the {folder} in the folder and "
-                f"{vanished} linked ones no longer in it")
-        stopped_reason = (
-            f"would remove {what} (limit: more than "
-            f"{setup.max_delete_share:.0%} and more than {setup.max_delete_floor}); "
-            "nothing was removed: check the listings, or run again with --force"
-        )
-        if not force:
-            withheld = removing
-            groups = [g for g, removal in zip(groups, removals, strict=True) if not removal]
-        else:
-            stopped_reason = None
+    if stop is not None and force:
+        stop = None
+    elif stop is not None:
+        withheld = stop.removing
+        groups = [g for g, removal in zip(groups, removals, strict=True) if not removal]
     # summarize() asks only about the pairs being saved: index just those (not 100,000)
     saved = {a.link.bc_id for g in groups for a in g if isinstance(a, SaveLink)}
     existing = {(link.bc_id, link.graph_id) for link in links if link.bc_id in saved}
@@ -461,7 +454,7 @@ def _finish(
         mode=mode,
         groups=groups,
         summary=summary,
-        stopped_reason=stopped_reason,
+        stop=stop,
         needs_bc=frozenset(needs_bc),
         needs_outlook=frozenset(needs_outlook),
         find_in_outlook=frozenset(find),

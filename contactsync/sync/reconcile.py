@@ -50,9 +50,9 @@ class UserReport(UserLine):
     @classmethod
     def from_report(cls, report: SyncReport) -> UserReport:
         s, execution = report.summary, report.execution
-        status = ResultStatus.STOPPED if report.stopped_reason else (
+        status = ResultStatus.STOPPED if report.stop is not None else (
             ResultStatus.FAILED if report.failed else ResultStatus.OK)
-        reason = report.stopped_reason or ""
+        reason = str(report.stop or "")
         if report.failed and execution is not None:
             reason = f"{report.failed} contact(s) failed; first: {execution.failures[0].reason}"
         return cls(

@@ -35,6 +35,7 @@ from contactsync.engine.links import Link, SyncMode, canon_bc_id
 from contactsync.engine.mapping import BC_SELECT, GRAPH_SELECT
 from contactsync.engine.pair_rules import bc_version_is_links
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, PlanSummary, plan_user
+from contactsync.engine.rails import MassDeleteStop
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord, SetupStoppedError
@@ -57,12 +58,16 @@ class SyncReport:
     mode: SyncMode
     dry_run: bool
     summary: PlanSummary
-    stopped_reason: str | None = None
+    stop: MassDeleteStop | None = None  # the safety rail held the plan's removals back
     execution: ExecutionReport | None = None
     duration_s: float = 0.0
     planned_writes: list[Action] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)  # a dry run's writes, by contact name
     skipped_contacts: dict[str, list[str]] = field(default_factory=dict)  # by reason, named
+
+    @property
+    def stopped_reason(self) -> str | None:
+        return None if self.stop is None else str(self.stop)
 
     @property
     def failed(self) -> int:
@@ -296,7 +301,7 @@ async def _plan_and_apply(
         plan = plan_now()
 
     # Only a dry run reports the writes themselves: a full sync's are 100,000 Graph bodies.
-    report = SyncReport(setup.user_id, mode, dry_run, plan.summary, plan.stopped_reason,
+    report = SyncReport(setup.user_id, mode, dry_run, plan.summary, plan.stop,
                         planned_writes=plan.writes if dry_run else [])
     if dry_run:
         report.plan = plan_lines(report.planned_writes,
@@ -305,9 +310,9 @@ async def _plan_and_apply(
         (a for group in plan.groups for a in group), chain(bc_snap.contacts, outlook_snap.contacts))
     if dry_run or inputs.folder_id is None:
         return report
-    if plan.stopped_reason:
+    if plan.stop is not None:
         store.audit.append(AuditRecord(user_id=setup.user_id, kind=AuditKind.DELETE_RAIL,
-                                       details={"reason": plan.stopped_reason}))
+                                       details={"reason": str(plan.stop)}))
     executor = Executor(
         graph=graph, bc=bc, store=store, user_id=setup.user_id, mailbox=setup.mailbox,
         folder_id=inputs.folder_id, on_written=on_written,

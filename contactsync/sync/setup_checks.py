@@ -90,7 +90,7 @@ async def first_sync_preview(setup: UserSetup, services: Services) -> str:
     parts.append(f"skip {skipped}" + (f" ({why})" if why else ""))
     which = "the first sync" if first else "the next full sync"
     sentence = f"{which} will " + ", ".join(parts)
-    if report.stopped_reason:
-        sentence += f"; the mass-delete rail would stop it: {report.stopped_reason}"
+    if report.stop is not None:
+        sentence += f"; the mass-delete rail would stop it: {report.stop}"
     return sentence
 

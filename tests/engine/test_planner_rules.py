@@ -34,6 +34,7 @@ from contactsync.engine.planner import (
     plan_contact,
     plan_user,
 )
+from contactsync.engine.rails import MassDeleteStop
 from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
 
 USER = "anna@contoso.com"
@@ -389,6 +390,7 @@ def test_mass_delete_rail_stops_a_run_that_would_empty_the_folder() -> None:
     setup = UserSetup(user_id=USER, mailbox=USER)
     plan = plan_user(BcSnapshot.full([]), OutlookSnapshot.full(outlook), links, setup,
                      SyncMode.FULL)
+    assert plan.stop == MassDeleteStop(removing=30, folder=30, vanished=0, share=0.1, floor=20)
     assert plan.stopped_reason is not None and "30 of 30" in plan.stopped_reason
     assert not [a for a in plan.actions if isinstance(a, DeleteFromOutlook)]
     assert plan.summary.withheld == 30
