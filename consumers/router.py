@@ -42,6 +42,7 @@ from sqlalchemy.exc import OperationalError
 from contactsync import tracing
 from contactsync.clients.errors import ServiceUnavailable
 from contactsync.engine.bcfilter import ContactFilter, FilterError
+from contactsync.engine.echoes import change_key_of, outlook_echo
 from contactsync.engine.links import canon_bc_id
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
@@ -81,13 +82,6 @@ def _log() -> Any:
 def command_event_id(source_event_id: str, user_id: str, kind: CommandKind) -> str:
     """The same input routed again yields the same command id (duplicates are recognisable)."""
     return uuid.uuid5(_COMMAND_IDS, f"{source_event_id}\x1f{user_id}\x1f{kind}").hex
-
-
-def change_key_of(etag: str) -> str:
-    """`W/"<changeKey>"` (or a bare changeKey) -> the changeKey."""
-    value = etag.strip()
-    value = value[2:] if value.startswith("W/") else value
-    return value.strip('"')
 
 
 def _may_be_echo(note: GraphNotification) -> bool:
@@ -280,7 +274,7 @@ class Router:
     @staticmethod
     def _is_our_echo(note: GraphNotification, link_keys: dict[tuple[str, str], str]) -> bool:
         held = link_keys.get((note.user_id, note.contact_id))
-        return _may_be_echo(note) and held is not None and change_key_of(note.etag) == held
+        return _may_be_echo(note) and outlook_echo(change_key_of(note.etag), held)
 
     def _once(self, out: list[_Outgoing], seen: set[tuple[str, CommandKind]], record: WorkRecord,
               user_id: str, kind: CommandKind, reason: str) -> None:

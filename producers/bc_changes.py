@@ -67,6 +67,7 @@ from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
 from contactsync.credential_health import when_credential_works
 from contactsync.engine.links import canon_bc_id
+from contactsync.engine.rails import mass_delete_stop
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
 from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, DEADLETTER, topic_name
@@ -363,7 +364,8 @@ class BcChangeFeed:
             present.update(canon_bc_id(str(c.get("id", ""))) for c in page)
         missing = sorted(linked[k] for k in linked.keys() - present
                          if linked[k] not in self._scanned_gone)
-        if len(missing) > _RAIL_SHARE * len(linked) and len(missing) > _RAIL_FLOOR:
+        if mass_delete_stop(len(missing), len(linked), 0, share=_RAIL_SHARE,
+                            floor=_RAIL_FLOOR) is not None:
             _log().warning("many linked BC contacts missing at once; left to the reconcile "
                            "(its mass-delete rail decides)", company=self.company_id,
                            missing=len(missing), linked=len(linked))

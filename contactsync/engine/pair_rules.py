@@ -30,6 +30,7 @@ from contactsync.engine.actions import (
 )
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.compact import is_stub
+from contactsync.engine.echoes import bc_echo, outlook_echo, parse_time
 from contactsync.engine.links import Link, LinkOrigin, SyncMode, canon_bc_id
 from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
 
@@ -40,17 +41,6 @@ class Unread(Enum):
 
 UNREAD: Final = Unread.UNREAD
 Side = Mapping[str, Any] | None | Unread
-
-
-def parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and value:
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    return None
 
 
 def bc_skip_reason(bc: Mapping[str, Any], contact_filter: ContactFilter) -> Reason | None:
@@ -80,20 +70,10 @@ def outlook_skip_reason(contact: m.Canonical) -> Reason | None:
     return None
 
 
-def bc_version_is_links(bc: Mapping[str, Any], link: Link) -> bool:
-    """The BC contact still carries the version its link recorded (its ETag, or else its
-    modified time): it has not changed since, and no content need be compared."""
-    etag = m.as_text(bc.get("@odata.etag"))
-    if etag and etag == link.bc_etag:
-        return True
-    modified = parse_time(bc.get("lastModifiedDateTime"))
-    return modified is not None and modified == link.bc_modified
-
-
 def bc_changed(bc: Mapping[str, Any], link: Link) -> bool:
     """Versions first: the content hash is computed only when a version moved (in a steady
     state almost never, which keeps a 100,000-contact full sync cheap)."""
-    if bc_version_is_links(bc, link):
+    if bc_echo(bc, link):
         return False
     return m.content_hash(m.canonical_from_bc(bc)) != link.synced_hash
 
@@ -101,8 +81,7 @@ def bc_changed(bc: Mapping[str, Any], link: Link) -> bool:
 def outlook_changed(outlook: Mapping[str, Any], link: Link) -> bool:
     """A stub (content not kept) whose version moved counts as changed; callers that then
     need its content ask to read it (`needs_content`)."""
-    key = m.graph_change_key(outlook)
-    if key and key == link.graph_change_key:
+    if outlook_echo(m.graph_change_key(outlook), link.graph_change_key):
         return False
     if is_stub(outlook):
         return True
@@ -116,12 +95,11 @@ def unchanged_pair(bc: Side, outlook: Side, link: Link, contact_filter: ContactF
     content once): this is asked of every pair of a full sync."""
     if not isinstance(outlook, Mapping) or not isinstance(bc, Mapping):
         return False
-    key = m.graph_change_key(outlook)
-    if not key or key != link.graph_change_key:
+    if not outlook_echo(m.graph_change_key(outlook), link.graph_change_key):
         return False
     if m.bc_id_of(outlook) not in ("", canon_bc_id(link.bc_id)):
         return False
-    return bc_version_is_links(bc, link) and bc_skip_reason(bc, contact_filter) is None
+    return bc_echo(bc, link) and bc_skip_reason(bc, contact_filter) is None
 
 
 def needs_content(outlook: Side, graph_id: str) -> list[Action] | None:

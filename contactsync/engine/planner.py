@@ -95,13 +95,13 @@ from contactsync.engine.actions import (
     summarize,
 )
 from contactsync.engine.bcfilter import ContactFilter
+from contactsync.engine.echoes import bc_stale, parse_time
 from contactsync.engine.links import Link, SyncMode, canon_bc_id
 from contactsync.engine.pair_rules import (
     UNREAD,
     Side,
     Unread,
     bc_skip_reason,
-    parse_time,
     plan_contact,
     unchanged_pair,
 )
@@ -308,20 +308,22 @@ def plan_user(
     # 1. by link
     for link in links:
         outlook_state = outlook_side.state(link.graph_id)
+        bc_state = bc_side.state(link.bc_id)
+        if isinstance(bc_state, Mapping) and not bc.complete and bc_stale(bc_state, link):
+            bc_state = UNREAD  # older than what the link holds: an echo, not a change
         extra = carriers.pop(canon_bc_id(link.bc_id), [])  # tags are canonical
         if outlook_state is None and not extra:
-            twin = untagged_twin(bc_side.state(link.bc_id))
+            twin = untagged_twin(bc_state)
             extra = [twin] if twin is not None else []
         if outlook_state is None and extra:
             # ours vanished but another carries our tag, or the user's own has its email
             keeper, *extra = extra
             used_outlook.add(m.as_text(keeper.get("id")))
-            actions = pair(bc_side.state(link.bc_id), keeper, None)
+            actions = pair(bc_state, keeper, None)
             if not any(isinstance(a, NeedsRead) for a in actions):
                 actions.insert(0, DropLink(link.bc_id, link.graph_id, Reason.DELETED_IN_OUTLOOK))
             add(actions)
         else:
-            bc_state = bc_side.state(link.bc_id)
             if not extra and unchanged_pair(bc_state, outlook_state, link, flt):
                 continue  # what pair() would answer, without its work (most of a full sync)
             add(pair(bc_state, outlook_state, link), outlook_state is None)

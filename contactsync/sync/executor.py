@@ -37,8 +37,8 @@ from contactsync.engine.actions import (
     UpdateBc,
     UpdateOutlook,
 )
+from contactsync.engine.echoes import parse_time
 from contactsync.engine.links import Link
-from contactsync.engine.pair_rules import parse_time
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord
 

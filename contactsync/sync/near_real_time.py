@@ -4,9 +4,8 @@
   our BC-id tag), not the user's thousands. Where the plan could reach the mass-delete rail
   (more changed items than its floor, or a complete listing) all links load, so the rail
   counts the whole folder as before.
-- **Stale snapshots.** A BC snapshot older than the version the link holds (we wrote, or
-  already applied, a newer one) is dropped: applying it would push old values back to Outlook
-  (an echo write, then a second one to undo it).
+- **Stale snapshots.** A BC snapshot older than the version the link holds is not a change:
+  the planner decides that (engine/echoes.py `bc_stale`), as it decides every echo.
 - **Known versions instead of reads.** The planner asks to read the other side of a pair
   (NeedsRead) before writing to it. When we hold that contact as last read or written, at the
   very version the link recorded, it is used instead of a GET, and the write carries that
@@ -22,7 +21,6 @@ import asyncio
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from contactsync.clients.bc import BcClient
@@ -30,8 +28,8 @@ from contactsync.clients.errors import NotFound
 from contactsync.clients.graph import GraphClient, with_bc_id
 from contactsync.engine import mapping as m
 from contactsync.engine.links import Link, canon_bc_id
-from contactsync.engine.pair_rules import parse_time
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan
+from contactsync.engine.rails import over_floor
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.sync.reads import find_in_folder
@@ -119,32 +117,13 @@ def links_for(store: Store, setup: UserSetup, bc_snap: BcSnapshot | None,
     bc_snap, outlook_snap = bc_snap or BcSnapshot(), outlook_snap or OutlookSnapshot()
     items = (len(bc_snap.contacts) + len(bc_snap.deleted_ids) + len(outlook_snap.contacts)
              + len(outlook_snap.removed_ids))
-    if bc_snap.complete or outlook_snap.complete or items > setup.max_delete_floor:
+    if bc_snap.complete or outlook_snap.complete or over_floor(items, setup.max_delete_floor):
         return store.links.for_user(setup.user_id)
     bc_ids = {m.as_text(c.get("id")) for c in bc_snap.contacts} | set(bc_snap.deleted_ids)
     bc_ids |= {tag for c in outlook_snap.contacts if (tag := m.bc_id_of(c))}
     graph_ids = {m.as_text(c.get("id")) for c in outlook_snap.contacts}
     graph_ids |= set(outlook_snap.removed_ids)
     return store.links.for_ids(setup.user_id, bc_ids, graph_ids)
-
-
-def drop_stale(bc_snap: BcSnapshot | None, links: Sequence[Link]) -> BcSnapshot | None:
-    """Without the snapshots older than what the links hold (BC's modified time only grows)."""
-    if bc_snap is None:
-        return None
-    newest: dict[str, datetime] = {
-        link.bc_id: link.bc_modified for link in links if link.bc_modified is not None
-    }
-    fresh = [c for c in bc_snap.contacts
-             if not _older(c, newest.get(canon_bc_id(m.as_text(c.get("id")))))]
-    if len(fresh) == len(bc_snap.contacts):
-        return bc_snap
-    return BcSnapshot(tuple(fresh), bc_snap.complete, bc_snap.deleted_ids)
-
-
-def _older(contact: Contact, held: datetime | None) -> bool:
-    modified = parse_time(contact.get("lastModifiedDateTime"))
-    return held is not None and modified is not None and modified < held
 
 
 class KnownReader:

@@ -31,9 +31,9 @@ from contactsync.engine import mapping as m
 from contactsync.engine.actions import Action, CreateInBc
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.compact import Compactor, graph_stub
+from contactsync.engine.echoes import bc_echo
 from contactsync.engine.links import Link, SyncMode, canon_bc_id
 from contactsync.engine.mapping import BC_SELECT, GRAPH_SELECT
-from contactsync.engine.pair_rules import bc_version_is_links
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan, PlanSummary, plan_user
 from contactsync.engine.rails import MassDeleteStop
 from contactsync.schemas.setup import UserSetup
@@ -148,7 +148,7 @@ async def _list_folder(
         link = by_graph_id.get(contact.get("id"))  # type: ignore[arg-type]
         if link is not None:
             bc_contact = bc_by_id.get(link.bc_id)
-            if bc_contact is not None and bc_version_is_links(bc_contact, link):
+            if bc_contact is not None and bc_echo(bc_contact, link):
                 stub = graph_stub(contact, link.graph_id, link.graph_change_key, link.bc_id,
                                   bc_email=bc_contact.get("email"), shared=shared)
                 if stub is not None:
@@ -492,7 +492,6 @@ async def apply_changes(
     if bc_changes is not None:
         known.saw_bc(bc_changes.contacts)
     links = nrt.links_for(store, setup, bc_changes, outlook_snap)
-    bc_changes = nrt.drop_stale(bc_changes, links)
     bc_changes = await _confirm_unlinked(bc_changes, links, bc, known)
     inputs = _Inputs(setup, SyncMode.SYNC, bc_changes, outlook_snap, folder_id)
     report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store, dry_run=False,
