@@ -15,8 +15,15 @@ from collections.abc import Iterator, Mapping
 from operator import itemgetter
 from typing import Any, ClassVar, Final
 
+from contactsync.engine.fields import FIELDS, address_parts
 from contactsync.engine.links import Link, canon_bc_id
-from contactsync.engine.mapping import BC_ID_PROPERTY, bc_id_of, graph_change_key
+from contactsync.engine.mapping import (
+    BC_ID_PROPERTY,
+    BC_SELECT,
+    GRAPH_SELECT,
+    bc_id_of,
+    graph_change_key,
+)
 
 _ABSENT: Final = object()  # a key the wire dict did not have
 
@@ -78,21 +85,12 @@ class _Shared:
 
 class BcRecord(Record):
     __slots__ = ()
-    KEYS = (
-        "@odata.etag", "id", "type", "displayName", "email", "privacyBlocked", "jobTitle",
-        "companyName", "addressLine1", "addressLine2", "city", "state", "country", "postalCode",
-        "phoneNumber", "mobilePhoneNumber", "website", "lastModifiedDateTime",
-    )  # fmt: skip
+    KEYS = ("@odata.etag", *BC_SELECT)  # what a listing selects (the field table's)
 
 
 class GraphRecord(Record):
     __slots__ = ()
-    KEYS = (
-        "@odata.etag", "id", "changeKey", "createdDateTime", "lastModifiedDateTime",
-        "displayName", "givenName", "middleName", "surname", "emailAddresses", "businessPhones",
-        "mobilePhone", "businessAddress", "jobTitle", "companyName", "businessHomePage",
-        "categories", "singleValueExtendedProperties", "primaryEmailAddress",
-    )  # fmt: skip
+    KEYS = ("@odata.etag", *GRAPH_SELECT, "singleValueExtendedProperties", "primaryEmailAddress")
 
 
 class EmailRecord(Record):
@@ -102,7 +100,7 @@ class EmailRecord(Record):
 
 class AddressRecord(Record):
     __slots__ = ()
-    KEYS = ("street", "city", "state", "postalCode", "countryOrRegion")
+    KEYS = address_parts(FIELDS)
 
 
 class PropertyRecord(Record):
@@ -116,13 +114,13 @@ _BC_ALL: Final = itemgetter(*BcRecord.KEYS)
 _BC_SHARED: Final = tuple(BcRecord._INDEX[k] for k in (
     "type", "jobTitle", "companyName", "addressLine2", "city", "state", "country",
     "postalCode", "website", "lastModifiedDateTime",
-))  # fmt: skip
+) if k in BcRecord._INDEX)  # fmt: skip
 _BC_ID: Final = BcRecord._INDEX["id"]
 _BC_ETAG: Final = BcRecord._INDEX["@odata.etag"]
 _GRAPH_KEYS: Final = frozenset(GraphRecord.KEYS)
 _GRAPH_SHARED: Final = tuple(GraphRecord._INDEX[k] for k in (
     "createdDateTime", "lastModifiedDateTime", "jobTitle", "companyName", "businessHomePage",
-))  # fmt: skip
+) if k in GraphRecord._INDEX)  # fmt: skip
 _EMAIL_KEYS: Final = frozenset(EmailRecord.KEYS)
 _ADDRESS_KEYS: Final = frozenset(AddressRecord.KEYS)
 _PROPERTY_KEYS: Final = frozenset(PropertyRecord.KEYS)

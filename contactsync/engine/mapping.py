@@ -1,8 +1,9 @@
 """Field mapping: BC API v2.0 contact dict <-> canonical contact <-> Graph contact dict.
 
 Plain functions on wire-shaped dicts (camelCase, `@odata.etag` kept), no pydantic on the hot
-path: a run maps 100,000 contacts. The pydantic models in `schemas.contacts` document the shapes;
-`Canonical` mirrors `CanonicalContact` field for field (`to_model` converts).
+path: a run maps 100,000 contacts. The fields are declared once, in engine/fields.py; the
+one-to-one ones are mapped from that table, the composite ones below. The pydantic models in
+`schemas.contacts` document the shapes (`to_model` converts; a test keeps them equal).
 
 Mapping (BC's Contact Sync with Office 365 field mapping):
 
@@ -39,8 +40,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypedDict, cast
+from typing import Any, Final, cast
 
+from contactsync.engine.fields import ADDRESS, FIELDS, bc_select, graph_select
 from contactsync.engine.links import canon_bc_id
 from contactsync.schemas.contacts import CanonicalContact
 
@@ -48,80 +50,31 @@ BC_ID_PROPERTY: Final = "String {f4c1a0e2-5b7d-4c8e-9a3f-2d6b8e1c7a90} Name BcCo
 SYNC_CATEGORY: Final = "Business Central"
 
 
-class Canonical(TypedDict):
-    """The synced fields in one shape for both sides; "" means no value."""
+# A contact in canonical shape: {field name: value} for every field of the table
+# (engine/fields.py); "" means no value.
+Canonical = dict[str, str]
 
-    display_name: str
-    given_name: str
-    middle_name: str
-    surname: str
-    email: str
-    company_name: str
-    job_title: str
-    business_phone: str
-    mobile_phone: str
-    street: str
-    city: str
-    state: str
-    postal_code: str
-    country: str
-    website: str
-
-
-CANONICAL_FIELDS: Final[tuple[str, ...]] = tuple(Canonical.__annotations__)
+CANONICAL_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in FIELDS)
 NAME_PART_FIELDS: Final = ("given_name", "middle_name", "surname")
 # The content that round-trips through BC: what the hash covers and what a conflict compares.
-HASHED_FIELDS: Final[tuple[str, ...]] = tuple(
-    f for f in CANONICAL_FIELDS if f not in NAME_PART_FIELDS
-)
-
-# canonical field -> BC API property, for the fields BC stores one to one (street is split).
-_BC_SIMPLE: Final = {
-    "display_name": "displayName",
-    "email": "email",
-    "company_name": "companyName",
-    "job_title": "jobTitle",
-    "business_phone": "phoneNumber",
-    "mobile_phone": "mobilePhoneNumber",
-    "city": "city",
-    "state": "state",
-    "postal_code": "postalCode",
-    "country": "country",
-    "website": "website",
-}
-# BC Contact table 5050 sizes of the API properties we write (BC's table 5050 field lengths).
+HASHED_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in FIELDS if f.hashed)
 # What the mapping and the planner read of each side: listings ask for these fields only
-# ($select), which keeps 100,000-contact listings small in bytes and in memory. Keep them in
-# step with the functions below.
-BC_SELECT: Final[tuple[str, ...]] = (
-    "id", "type", "displayName", "email", "privacyBlocked", "jobTitle", "companyName",
-    "addressLine1", "addressLine2", "city", "state", "country", "postalCode", "phoneNumber",
-    "mobilePhoneNumber", "website", "lastModifiedDateTime",
-)
-GRAPH_SELECT: Final[tuple[str, ...]] = (
-    "id", "changeKey", "createdDateTime", "lastModifiedDateTime", "displayName", "givenName",
-    "middleName", "surname", "emailAddresses", "businessPhones", "mobilePhone",
-    "businessAddress", "jobTitle", "companyName", "businessHomePage", "categories",
-)
-
+# ($select), which keeps 100,000-contact listings small in bytes and in memory.
+BC_SELECT: Final[tuple[str, ...]] = bc_select(FIELDS)
+GRAPH_SELECT: Final[tuple[str, ...]] = graph_select(FIELDS)
+# BC Contact table 5050 sizes of the API properties we write.
 BC_FIELD_SIZES: Final[Mapping[str, int]] = {
-    "displayName": 100,
-    "email": 80,
-    "companyName": 100,
-    "jobTitle": 30,
-    "phoneNumber": 30,
-    "mobilePhoneNumber": 30,
-    "addressLine1": 100,
-    "addressLine2": 50,
-    "city": 30,
-    "state": 30,
-    "postalCode": 20,
-    "country": 10,
-    "website": 255,
+    prop: size for f in FIELDS for prop, size in zip(f.bc, f.bc_size, strict=True)
 }
-BC_CODE_FIELDS: Final = frozenset({"postalCode", "country"})
-_BC_PHONE_FIELDS: Final = frozenset({"phoneNumber", "mobilePhoneNumber"})
+BC_CODE_FIELDS: Final = frozenset(p for f in FIELDS if f.code for p in f.bc)
+_BC_PHONE_FIELDS: Final = frozenset(p for f in FIELDS if f.phone for p in f.bc)
 _BC_NAME_PART_SIZE: Final = 30
+# Fields mapped one to one: (canonical, BC property, Graph property or address part, in address)
+_ADDRESS_PREFIX: Final = ADDRESS + "."
+_SIMPLE: Final = tuple(
+    (f.name, f.bc[0], f.graph.removeprefix(_ADDRESS_PREFIX), f.graph.startswith(_ADDRESS_PREFIX))
+    for f in FIELDS if not f.composite
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,23 +141,18 @@ def split_street(street: str) -> tuple[str, str]:
 def canonical_from_bc(bc: Mapping[str, Any]) -> Canonical:
     name = as_text(bc.get("displayName"))
     given, middle, surname = split_display_name(name)
-    return {
+    contact = {
         "display_name": name,
         "given_name": given,
         "middle_name": middle,
         "surname": surname,
         "email": as_text(bc.get("email")),
-        "company_name": as_text(bc.get("companyName")),
-        "job_title": as_text(bc.get("jobTitle")),
         "business_phone": as_text(bc.get("phoneNumber")),
-        "mobile_phone": as_text(bc.get("mobilePhoneNumber")),
         "street": join_street(as_text(bc.get("addressLine1")), as_text(bc.get("addressLine2"))),
-        "city": as_text(bc.get("city")),
-        "state": as_text(bc.get("state")),
-        "postal_code": as_text(bc.get("postalCode")),
-        "country": as_text(bc.get("country")),
-        "website": as_text(bc.get("website")),
     }
+    for field, bc_name, _graph, _in_address in _SIMPLE:
+        contact[field] = as_text(bc.get(bc_name))
+    return contact
 
 
 def graph_email(graph: Mapping[str, Any]) -> str:
@@ -249,24 +197,19 @@ def canonical_from_graph(graph: Mapping[str, Any]) -> Canonical:
     display = as_text(graph.get("displayName")) or " ".join(
         p for p in (given, middle, surname) if p
     )
-    return {
+    contact = {
         "display_name": display,
         "given_name": given,
         "middle_name": middle,
         "surname": surname,
         "email": graph_email(graph),
-        "company_name": as_text(graph.get("companyName")),
-        "job_title": as_text(graph.get("jobTitle")),
         "business_phone": as_text(phones[0]) if phones else "",
-        "mobile_phone": as_text(graph.get("mobilePhone")),
         # BC's legacy push ended the street with a line break; a trailing one carries nothing.
         "street": street.rstrip("\n"),
-        "city": as_text(address.get("city")),
-        "state": as_text(address.get("state")),
-        "postal_code": as_text(address.get("postalCode")),
-        "country": as_text(address.get("countryOrRegion")),
-        "website": as_text(graph.get("businessHomePage")),
     }
+    for field, _bc, graph_name, in_address in _SIMPLE:
+        contact[field] = as_text((address if in_address else graph).get(graph_name))
+    return contact
 
 
 def _or_none(value: str) -> str | None:
@@ -302,27 +245,21 @@ def graph_fields_from_canonical(
         categories = [as_text(c) for c in existing.get("categories") or ()]
         if SYNC_CATEGORY not in categories:
             categories.append(SYNC_CATEGORY)
-    return {
+    address: dict[str, Any] = {"street": _or_none(contact["street"])}
+    body: dict[str, Any] = {
         "displayName": _or_none(contact["display_name"]),
         "givenName": _or_none(given),
         "middleName": _or_none(middle),
         "surname": _or_none(surname),
         "emailAddresses": addresses,
-        "companyName": _or_none(contact["company_name"]),
-        "jobTitle": _or_none(contact["job_title"]),
         "businessPhones": phones,
-        "mobilePhone": _or_none(contact["mobile_phone"]),
-        "businessAddress": {
-            "street": _or_none(contact["street"]),
-            "city": _or_none(contact["city"]),
-            "state": _or_none(contact["state"]),
-            "postalCode": _or_none(contact["postal_code"]),
-            "countryOrRegion": _or_none(contact["country"]),
-        },
-        "businessHomePage": _or_none(contact["website"]),
+        ADDRESS: address,
         "categories": categories,
         "singleValueExtendedProperties": [{"id": property_id, "value": bc_id}],
     }
+    for field, _bc, graph_name, in_address in _SIMPLE:
+        (address if in_address else body)[graph_name] = _or_none(contact[field])
+    return body
 
 
 class GraphBodyFromBc(Mapping[str, Any]):
@@ -385,10 +322,13 @@ def bc_field_problem(field: str, value: str) -> str | None:
 
 
 def _bc_values(contact: Canonical) -> dict[str, str]:
-    values = {bc_field: contact[name] for name, bc_field in _BC_SIMPLE.items()}  # type: ignore[literal-required]
+    values = {"displayName": contact["display_name"], "email": contact["email"],
+              "phoneNumber": contact["business_phone"]}
     values["addressLine1"], values["addressLine2"] = split_street(contact["street"])
-    for field in BC_CODE_FIELDS:
-        values[field] = values[field].upper()
+    for field, bc_name, _graph, _in_address in _SIMPLE:
+        values[bc_name] = contact[field]
+    for name in BC_CODE_FIELDS:
+        values[name] = values[name].upper()
     return values
 
 
@@ -450,4 +390,4 @@ def to_model(contact: Canonical) -> CanonicalContact:
 
 def from_model(model: CanonicalContact) -> Canonical:
     data = model.model_dump()
-    return {f: data[f] for f in CANONICAL_FIELDS}  # type: ignore[return-value]
+    return {f: data[f] for f in CANONICAL_FIELDS}
