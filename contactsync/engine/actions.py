@@ -18,7 +18,7 @@ wins, Outlook's losing values audited, written with If-Match); the executor only
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -145,6 +145,47 @@ class FindInOutlook:
     email: str
 
 
+@dataclass(frozen=True, slots=True)
+class FindInBc:
+    """Before creating a BC contact from this Outlook contact: look BC up by its email (a
+    listing may not hold the match: an incremental read, or one narrowed by the user's
+    filter). The caller adds what it finds to the BC snapshot (and the email to its
+    `searched_emails`) and plans again: a match is linked, or skipped outside the filter."""
+
+    graph_id: str
+    email: str
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What the planner needs read before it can decide the rest: the runner reads exactly
+    this, adds it to the snapshots and plans again (docs/architecture.md 3)."""
+
+    bc_ids: frozenset[str] = frozenset()  # NeedsRead: these BC contacts, by id
+    graph_ids: frozenset[str] = frozenset()  # NeedsRead: these Outlook contacts, by id
+    outlook_searches: frozenset[tuple[str, str]] = frozenset()  # FindInOutlook (BC id, email)
+    bc_emails: frozenset[str] = frozenset()  # FindInBc: BC contacts with these emails
+
+    def __bool__(self) -> bool:
+        return bool(self.bc_ids or self.graph_ids or self.outlook_searches or self.bc_emails)
+
+    @classmethod
+    def of(cls, actions: Iterable[Action]) -> ReadRequest:
+        bc_ids: set[str] = set()
+        graph_ids: set[str] = set()
+        searches: set[tuple[str, str]] = set()
+        emails: set[str] = set()
+        for a in actions:
+            if isinstance(a, NeedsRead):
+                (bc_ids.add(a.bc_id) if a.bc_id else graph_ids.add(a.graph_id))
+            elif isinstance(a, FindInOutlook):
+                searches.add((a.bc_id, a.email))
+            elif isinstance(a, FindInBc):
+                emails.add(a.email)
+        return cls(frozenset(bc_ids), frozenset(graph_ids), frozenset(searches),
+                   frozenset(emails))
+
+
 Action = (
     CreateInOutlook
     | UpdateOutlook
@@ -157,7 +198,9 @@ Action = (
     | Skip
     | NeedsRead
     | FindInOutlook
+    | FindInBc
 )
+READ_ACTIONS = (NeedsRead, FindInOutlook, FindInBc)
 WRITE_ACTIONS = (CreateInOutlook, UpdateOutlook, DeleteFromOutlook, CreateInBc, UpdateBc)
 
 
@@ -198,9 +241,7 @@ class Plan:
     groups: list[tuple[Action, ...]]
     summary: PlanSummary
     stop: MassDeleteStop | None = None  # the rail held the removals back
-    needs_bc: frozenset[str] = frozenset()  # read these BC contacts, then plan again
-    needs_outlook: frozenset[str] = frozenset()
-    find_in_outlook: frozenset[tuple[str, str]] = frozenset()  # (BC id, email) to look up
+    reads: ReadRequest = ReadRequest()  # read this, then plan again
 
     @property
     def stopped_reason(self) -> str | None:
@@ -237,7 +278,7 @@ def summarize(groups: list[tuple[Action, ...]], existing: set[tuple[str, str]]) 
                 summary.conflicts += 1
             elif isinstance(action, Skip):
                 skipped[action.reason.value] += 1
-            elif isinstance(action, NeedsRead | FindInOutlook):
+            elif isinstance(action, READ_ACTIONS):
                 summary.needs_read += 1
             elif isinstance(action, DropLink):
                 drops += 1

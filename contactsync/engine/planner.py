@@ -69,6 +69,12 @@ searches the folder (our tag, then an untagged contact with the email), adds wha
 plans again, so a found contact is paired by the rows above (adopt by email: link, BC wins,
 Audit(duplicate_found), UpdateOutlook with If-Match). A linked contact deleted in Outlook whose
 recreate would meet the user's own contact with its email adopts that contact instead.
+Likewise a CreateInBc is first a FindInBc(graph_id, email) unless the BC snapshot's
+`searched_emails` holds the email: a BC contact found with it is paired by email instead.
+
+Every NeedsRead / FindInOutlook / FindInBc of a plan is gathered in `Plan.reads` (a
+ReadRequest): the runner reads exactly that (sync/reads.py), plans again, and hands the
+executor only the final plan.
 """
 
 from __future__ import annotations
@@ -80,14 +86,18 @@ from typing import Any
 
 from contactsync.engine import mapping as m
 from contactsync.engine.actions import (
+    READ_ACTIONS,
     Action,
+    CreateInBc,
     CreateInOutlook,
     DeleteFromOutlook,
     DropLink,
+    FindInBc,
     FindInOutlook,
     NeedsRead,
     Plan,
     PlanSummary,
+    ReadRequest,
     Reason,
     SaveLink,
     Skip,
@@ -131,6 +141,8 @@ class BcSnapshot:
     contacts: Sequence[Contact] = ()
     complete: bool = False
     deleted_ids: frozenset[str] = frozenset()  # known deletions (webhook "deleted")
+    # Emails (normalized) BC was searched for (FindInBc): its contacts with them are here.
+    searched_emails: frozenset[str] = frozenset()
 
     @classmethod
     def full(cls, contacts: Iterable[Contact]) -> BcSnapshot:
@@ -220,15 +232,18 @@ def plan_user(
         actions = plan_contact(
             bc_state, outlook_state, link, setup, mode, contact_filter=flt, since=since
         )
-        if outlook.complete:
-            return actions
         for action in actions:
-            if isinstance(action, CreateInOutlook) and (
+            if isinstance(action, CreateInOutlook) and not outlook.complete and (
                 canon_bc_id(action.bc_id) not in outlook.searched
             ):
                 # The folder was seen in part: it may hold this contact already (our create
                 # before a crash, or the user's own with this email). Find it first.
                 return [FindInOutlook(action.bc_id, action.email)]
+            if isinstance(action, CreateInBc):
+                email = m.as_text(action.fields.get("email"))
+                if email and m.normalize_email(email) not in bc.searched_emails:
+                    # BC may hold this email outside what was listed: look it up first.
+                    return [FindInBc(action.graph_id, email)]
         return actions
 
     groups: list[tuple[Action, ...]] = []
@@ -446,18 +461,11 @@ def _finish(
     existing = {(link.bc_id, link.graph_id) for link in links if link.bc_id in saved}
     summary = summarize(groups, existing)
     summary.withheld = withheld
-    needs_bc = {a.bc_id for g in groups for a in g if isinstance(a, NeedsRead) and a.bc_id}
-    needs_outlook = {
-        a.graph_id for g in groups for a in g if isinstance(a, NeedsRead) and a.graph_id
-    }
-    find = {(a.bc_id, a.email) for g in groups for a in g if isinstance(a, FindInOutlook)}
     return Plan(
         user_id=setup.user_id,
         mode=mode,
         groups=groups,
         summary=summary,
         stop=stop,
-        needs_bc=frozenset(needs_bc),
-        needs_outlook=frozenset(needs_outlook),
-        find_in_outlook=frozenset(find),
+        reads=ReadRequest.of(a for g in groups for a in g if isinstance(a, READ_ACTIONS)),
     )

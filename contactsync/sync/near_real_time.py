@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -27,12 +28,13 @@ from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import NotFound
 from contactsync.clients.graph import GraphClient, with_bc_id
 from contactsync.engine import mapping as m
+from contactsync.engine.actions import ReadRequest
 from contactsync.engine.links import Link, canon_bc_id
-from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, Plan
+from contactsync.engine.planner import BcSnapshot, OutlookSnapshot
 from contactsync.engine.rails import over_floor
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
-from contactsync.sync.reads import find_in_folder
+from contactsync.sync.reads import Reader, Snapshots
 
 Contact = Mapping[str, Any]
 KNOWN_MAX = 5000  # contacts held per side: a few MB, the hot set of a busy tenant
@@ -77,6 +79,7 @@ class Known:
         self.bc = _bc_known.setdefault(bc, KnownContacts())
         self.outlook = _graph_known.setdefault(graph, KnownContacts())
         self.mailbox = mailbox
+        self.bc_client, self.graph_client = bc, graph
 
     def saw_bc(self, contacts: Iterable[Contact]) -> None:
         for contact in contacts:
@@ -126,21 +129,30 @@ def links_for(store: Store, setup: UserSetup, bc_snap: BcSnapshot | None,
     return store.links.for_ids(setup.user_id, bc_ids, graph_ids)
 
 
-class KnownReader:
-    """`_plan_and_apply`'s reader: NeedsRead answered from known versions, else by GET."""
+class KnownReader(Reader):
+    """`_plan_and_apply`'s reader: reads by id answered from known versions, else by GET;
+    searches as any reader does."""
 
-    def __init__(self, known: Known, links: Sequence[Link]) -> None:
+    def __init__(self, known: Known, links: Sequence[Link], folder_id: str | None) -> None:
+        super().__init__(known.bc_client, known.graph_client, known.mailbox, folder_id)
         self.known = known
         self.by_bc = {link.bc_id: link for link in links}
         self.by_graph = {link.graph_id: link for link in links}
 
-    async def __call__(self, plan: Plan, bc: BcClient, graph: GraphClient, mailbox: str,
-                       folder_id: str | None, bc_snap: BcSnapshot, outlook_snap: OutlookSnapshot
-                       ) -> tuple[BcSnapshot, OutlookSnapshot]:
+    async def __call__(self, request: ReadRequest, bc_snap: BcSnapshot,
+                       outlook_snap: OutlookSnapshot) -> Snapshots:
+        read = len(outlook_snap.contacts)
+        bc_snap, outlook_snap = await super().__call__(request, bc_snap, outlook_snap)
+        self.known.saw_outlook(outlook_snap.contacts[read:])  # what the searches found
+        return bc_snap, outlook_snap
+
+    async def by_id(self, request: ReadRequest, bc_snap: BcSnapshot,
+                    outlook_snap: OutlookSnapshot) -> Snapshots:
         # Reads that are needed go out together: the clients' budgets pace them.
-        bc_read = [i for i in plan.needs_bc
+        bc, graph, mailbox = self.bc, self.graph, self.mailbox
+        bc_read = [i for i in request.bc_ids
                    if self.known.bc_at(self.by_bc.get(canon_bc_id(i)), i) is None]
-        out_read = [i for i in plan.needs_outlook
+        out_read = [i for i in request.graph_ids
                     if self.known.outlook_at(self.by_graph.get(i), i) is None]
         bc_got, out_got = await asyncio.gather(
             asyncio.gather(*(_found(bc.get_contact(i)) for i in bc_read)),
@@ -149,20 +161,18 @@ class KnownReader:
         self.known.saw_bc(c for c in bc_got if c is not None)
         self.known.saw_outlook(c for c in out_got if c is not None)
         bc_found, bc_gone = _answers(
-            plan.needs_bc, dict(zip(bc_read, bc_got, strict=True)),
+            request.bc_ids, dict(zip(bc_read, bc_got, strict=True)),
             lambda i: self.known.bc_at(self.by_bc.get(i), i),
             bc_snap.contacts, bc_snap.deleted_ids)
         out_found, out_gone = _answers(
-            plan.needs_outlook, dict(zip(out_read, out_got, strict=True)),
+            request.graph_ids, dict(zip(out_read, out_got, strict=True)),
             lambda i: self.known.outlook_at(self.by_graph.get(i), i),
             outlook_snap.contacts, outlook_snap.removed_ids)
-        outlook_after = OutlookSnapshot(tuple(out_found), outlook_snap.complete,
-                                        frozenset(out_gone), outlook_snap.searched)
-        if plan.find_in_outlook:
-            outlook_after = await find_in_folder(graph, mailbox, folder_id, plan.find_in_outlook,
-                                                 outlook_after)
-            self.known.saw_outlook(outlook_after.contacts[len(out_found):])
-        return BcSnapshot(tuple(bc_found), bc_snap.complete, frozenset(bc_gone)), outlook_after
+        return (
+            dataclasses.replace(bc_snap, contacts=tuple(bc_found), deleted_ids=frozenset(bc_gone)),
+            dataclasses.replace(outlook_snap, contacts=tuple(out_found),
+                                removed_ids=frozenset(out_gone)),
+        )
 
 
 async def _found(read: Awaitable[Contact]) -> Contact | None:

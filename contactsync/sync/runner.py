@@ -18,17 +18,17 @@ import asyncio
 import dataclasses
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
 
-from contactsync.clients.bc import BcClient, odata_literal
+from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import NotFound, SyncStateExpired
 from contactsync.clients.graph import GraphClient
 from contactsync.engine import mapping as m
-from contactsync.engine.actions import Action, CreateInBc
+from contactsync.engine.actions import Action
 from contactsync.engine.bcfilter import ContactFilter
 from contactsync.engine.compact import Compactor, graph_stub
 from contactsync.engine.echoes import bc_echo
@@ -44,11 +44,13 @@ from contactsync.sync.bulk_gc import keep_out_of_gc, snapshots_kept_out_of_gc
 from contactsync.sync.executor import ExecutionReport, Executor, WriteHook
 from contactsync.sync.memory import release_free_memory
 from contactsync.sync.plan_names import plan_lines, skipped_contacts
-from contactsync.sync.reads import find_in_folder
+from contactsync.sync.reads import Reader
 
 SINCE_SLACK = timedelta(seconds=2)
 _TURN_EVERY = 200  # contacts converted between two turns of the event loop (~2 ms)
-READ_ROUNDS = 2  # plan, read what it asks, plan again; what is still unread waits for next run
+# Plan, read what it asks, plan again: by id, then the searches before creates. A request still
+# open after that waits for the next run (its pair writes nothing now).
+READ_ROUNDS = 3
 FULL_LISTING_PAGE = 5_000  # BC contacts per page of a full listing (see _read_full)
 
 
@@ -179,77 +181,6 @@ async def _read_outlook(
     return snapshot, result.delta_link
 
 
-async def _read_needed(
-    plan: Plan, bc: BcClient, graph: GraphClient, mailbox: str, folder_id: str | None,
-    bc_snap: BcSnapshot, outlook_snap: OutlookSnapshot,
-) -> tuple[BcSnapshot, OutlookSnapshot]:
-    """Read the contacts the planner could not decide without (NeedsRead), by id. A contact
-    read replaces what the snapshot held of it (a stub: engine/compact.py); one found gone
-    leaves it."""
-    if plan.needs_bc:
-        bc_found: dict[str, Mapping[str, Any]] = {}
-        bc_gone = set(bc_snap.deleted_ids)
-        for bc_id in plan.needs_bc:
-            try:
-                bc_found[bc_id] = await bc.get_contact(bc_id)
-            except NotFound:
-                bc_gone.add(bc_id)
-        bc_snap = BcSnapshot(_replaced(bc_snap.contacts, bc_found, plan.needs_bc),
-                             bc_snap.complete, frozenset(bc_gone))
-    if plan.needs_outlook:
-        out_found: dict[str, Mapping[str, Any]] = {}
-        out_gone = set(outlook_snap.removed_ids)
-        for graph_id in plan.needs_outlook:
-            try:
-                out_found[graph_id] = await graph.get_contact(mailbox, graph_id)
-            except NotFound:
-                out_gone.add(graph_id)
-        outlook_snap = OutlookSnapshot(
-            _replaced(outlook_snap.contacts, out_found, plan.needs_outlook), outlook_snap.complete,
-            frozenset(out_gone), outlook_snap.searched,
-        )
-    if plan.find_in_outlook:
-        outlook_snap = await find_in_folder(graph, mailbox, folder_id, plan.find_in_outlook,
-                                            outlook_snap)
-    return bc_snap, outlook_snap
-
-
-def _replaced(
-    contacts: Sequence[Mapping[str, Any]], found: dict[str, Mapping[str, Any]],
-    asked: frozenset[str],
-) -> tuple[Mapping[str, Any], ...]:
-    """`contacts` with those asked for replaced by what was found (or left out: gone)."""
-    by_id = {str(c.get("id")): c for c in contacts}
-    for contact_id in asked:
-        by_id.pop(contact_id, None)
-    by_id.update(found)
-    return tuple(by_id.values())
-
-
-async def _bc_contacts_with_emails_of(
-    plan: Plan, bc: BcClient, bc_snap: BcSnapshot
-) -> list[dict[str, Any]]:
-    """Before creating a BC contact from Outlook, look BC up by its email: the listing may not
-    hold the match (an incremental read, or one narrowed by the user's filter). A match is
-    linked (or skipped when outside the filter) instead of creating a duplicate in BC."""
-    known = {str(c.get("id")) for c in bc_snap.contacts}
-    found: list[dict[str, Any]] = []
-    for action in plan.writes:
-        if not isinstance(action, CreateInBc):
-            continue
-        email = str(action.fields.get("email", ""))
-        if not email:
-            continue
-        # BC compares text case-sensitively in $filter; emails are matched case-insensitively.
-        variants = sorted({email, email.lower(), email.upper()})
-        query = " or ".join(f"email eq {odata_literal(v)}" for v in variants)
-        for contact in await bc.list_contacts(query):
-            if str(contact.get("id")) not in known:
-                known.add(str(contact.get("id")))
-                found.append(contact)
-    return found
-
-
 @dataclass
 class _Inputs:
     """What one run read: both sides (None = not read), the links, and where to write."""
@@ -263,20 +194,14 @@ class _Inputs:
     force: bool = False
 
 
-ReadNeeded = Callable[
-    [Plan, BcClient, GraphClient, str, str | None, BcSnapshot, OutlookSnapshot],
-    Awaitable[tuple[BcSnapshot, OutlookSnapshot]],
-]
-
-
 async def _plan_and_apply(
     inputs: _Inputs, *, graph: GraphClient, bc: BcClient, store: Store, dry_run: bool,
-    links: Sequence[Link] | None = None, read_needed: ReadNeeded = _read_needed,
+    links: Sequence[Link] | None = None, reader: Reader | None = None,
     on_written: WriteHook | None = None,
 ) -> SyncReport:
-    """Plan (reading what the planner asks for, and BC by email before creating there), then
-    execute unless this is a dry run. `links` (default: all of the user's), `read_needed` and
-    `on_written` are the near-real-time path's (sync/near_real_time.py)."""
+    """Plan, read exactly what the plan asks (its ReadRequest) and plan again, then execute
+    unless this is a dry run. `links` (default: all of the user's), `reader` and `on_written`
+    are the near-real-time path's (sync/near_real_time.py)."""
     setup, mode = inputs.setup, inputs.mode
     if links is None:
         links = store.links.for_user(setup.user_id)
@@ -286,18 +211,13 @@ async def _plan_and_apply(
         return plan_user(bc_snap, outlook_snap, links, setup, mode, since=inputs.since,
                          force=inputs.force)
 
+    if reader is None:
+        reader = Reader(bc, graph, setup.mailbox, inputs.folder_id)
     plan = plan_now()
-    for _ in range(READ_ROUNDS):  # a read can lead to another (a BC contact read, then created)
-        if not (plan.needs_bc or plan.needs_outlook or plan.find_in_outlook):
+    for _ in range(READ_ROUNDS):  # a read can lead to another (a contact read, then created)
+        if not plan.reads:
             break
-        bc_snap, outlook_snap = await read_needed(
-            plan, bc, graph, setup.mailbox, inputs.folder_id, bc_snap, outlook_snap
-        )
-        plan = plan_now()
-    found = await _bc_contacts_with_emails_of(plan, bc, bc_snap)
-    if found:
-        bc_snap = BcSnapshot((*bc_snap.contacts, *found), bc_snap.complete,
-                             bc_snap.deleted_ids)
+        bc_snap, outlook_snap = await reader(plan.reads, bc_snap, outlook_snap)
         plan = plan_now()
 
     # Only a dry run reports the writes themselves: a full sync's are 100,000 Graph bodies.
@@ -495,7 +415,7 @@ async def apply_changes(
     bc_changes = await _confirm_unlinked(bc_changes, links, bc, known)
     inputs = _Inputs(setup, SyncMode.SYNC, bc_changes, outlook_snap, folder_id)
     report = await _plan_and_apply(inputs, graph=graph, bc=bc, store=store, dry_run=False,
-                                   links=links, read_needed=nrt.KnownReader(known, links),
+                                   links=links, reader=nrt.KnownReader(known, links, folder_id),
                                    on_written=known.written)
     await _replan_conflicts(report, inputs, known, graph=graph, bc=bc, store=store)
     if (read_outlook_delta and report.execution is not None
@@ -550,7 +470,8 @@ async def _replan_conflicts(report: SyncReport, inputs: _Inputs, known: nrt.Know
     links = nrt.links_for(store, inputs.setup, bc_snap, outlook_snap)
     again = dataclasses.replace(inputs, bc=bc_snap, outlook=outlook_snap)
     retry = await _plan_and_apply(again, graph=graph, bc=bc, store=store, dry_run=False,
-                                  links=links, read_needed=nrt.KnownReader(known, links),
+                                  links=links,
+                                  reader=nrt.KnownReader(known, links, inputs.folder_id),
                                   on_written=known.written)
     execution.failures = [f for f in execution.failures if not f.conflict]
     if retry.execution is not None:

@@ -113,8 +113,8 @@ def test_stubs_read_on_demand_plan_as_full_contacts(
     bc = BcSnapshot.full(world.bc.values())
     first = plan_user(bc, OutlookSnapshot.full(contacts.values()), world.links.values(), setup,
                       mode, force=True)
-    assert not first.needs_bc
-    for graph_id in first.needs_outlook:  # what the runner's _read_needed does: read, replace
+    assert not first.reads.bc_ids
+    for graph_id in first.reads.graph_ids:  # what the runner's Reader does: read, replace
         assert isinstance(contacts[graph_id], GraphStub)
         contacts[graph_id] = world.outlook[graph_id]
     again = plan_user(bc, OutlookSnapshot.full(contacts.values()), world.links.values(), setup,

@@ -18,6 +18,7 @@ from contactsync.engine.actions import (
     CreateInOutlook,
     DeleteFromOutlook,
     DropLink,
+    FindInBc,
     FindInOutlook,
     NeedsRead,
     SaveLink,
@@ -127,6 +128,8 @@ def sig(action: Action) -> tuple[Any, ...]:
         return ("skip", action.reason.value)
     if isinstance(action, FindInOutlook):
         return ("find_outlook", action.bc_id, action.email)
+    if isinstance(action, FindInBc):
+        return ("find_bc", action.graph_id, action.email)
     assert isinstance(action, NeedsRead)
     return ("read", action.bc_id, action.graph_id)
 
@@ -160,6 +163,11 @@ def searched(snap: OutlookSnapshot, *found: dict[str, Any]) -> OutlookSnapshot:
     """`snap` after the runner searched the folder for b1 (FindInOutlook) and found `found`."""
     return dataclasses.replace(snap, contacts=(*snap.contacts, *found),
                                searched=frozenset({"b1"}))
+
+
+def bc_searched(snap: BcSnapshot, *emails: str) -> BcSnapshot:
+    """`snap` after the runner searched BC for these emails (FindInBc)."""
+    return dataclasses.replace(snap, searched_emails=frozenset(emails))
 
 
 # The user's own contact with B1's email and a job title BC does not have.
@@ -196,8 +204,14 @@ ROWS = [
     Row("a duplicate found by email: linked, BC wins, Outlook's values audited",
         full(B1), folder(own("g9", emailAddresses=[{"address": " B1@Example.com "}])), [],
         [("audit", "duplicate_found"), ("update_outlook", "g9"), ("save_link", "b1", "g9")]),
-    Row("a new Outlook contact is created in BC", full(), folder(own("g9")), [],
-        [("create_bc", "g9"), ("save_link", "", "g9")]),
+    Row("a new Outlook contact: BC is searched by its email before creating",
+        full(), folder(own("g9")), [], [("find_bc", "g9", "g9@example.com")]),
+    Row("a new Outlook contact is created in BC", bc_searched(full(), "g9@example.com"),
+        folder(own("g9")), [], [("create_bc", "g9"), ("save_link", "", "g9")]),
+    Row("the BC search finds a contact with the email: linked, BC wins, no create",
+        bc_searched(full(bc("b9", email="G9@example.com")), "g9@example.com"),
+        folder(own("g9", displayName="Person B9")), [],
+        [("audit", "duplicate_found"), ("update_outlook", "g9"), ("save_link", "b9", "g9")]),
     Row("creating in BC can be turned off", full(), folder(own("g9")), [],
         [("skip", "create_in_bc_off")], setup={"create_in_bc": False}),
     Row("an Outlook contact without email is not created in BC", full(),
@@ -248,6 +262,15 @@ ROWS = [
         mode=SyncMode.SYNC),
     Row("an Outlook version equal to the link's is our write's echo: nothing is written",
         BcSnapshot.changes([]), OutlookSnapshot.delta([G1]), [L1], [], mode=SyncMode.SYNC),
+    Row("a tagged Outlook contact whose BC contact was not read: read it first",
+        None, OutlookSnapshot.delta([G1]), [], [("read", "b1", "")], mode=SyncMode.SYNC),
+    Row("deleted in Outlook, BC not read, policy recreate: read BC first",
+        None, OutlookSnapshot.delta([{"id": "g1", "@removed": {}}]), [L1],
+        [("read", "b1", "")], mode=SyncMode.SYNC),
+    Row("deleted in Outlook, BC not read, policy unlink: only unlinked",
+        None, OutlookSnapshot.delta([{"id": "g1", "@removed": {}}]), [L1],
+        [("drop_link", "b1", "g1")], setup={"outlook_delete_policy": "unlink"},
+        mode=SyncMode.SYNC),
     Row("a new BC person, folder seen in part: search it before creating",
         BcSnapshot.changes([B1]), None, [], [("find_outlook", "b1", "b1@example.com")],
         mode=SyncMode.SYNC),
@@ -272,7 +295,8 @@ ROWS = [
     Row("a tagged contact whose BC contact is gone is removed", full(), folder(G1), [],
         [("delete_outlook", "g1", "bc_deleted")]),
     Row("two Outlook contacts with one email and no BC: one is created, one skipped",
-        full(), folder(own("g1", emailAddresses=[{"address": "x@example.com"}]),
+        bc_searched(full(), "x@example.com"),
+        folder(own("g1", emailAddresses=[{"address": "x@example.com"}]),
                        own("g2", emailAddresses=[{"address": "X@example.com"}],
                            createdDateTime="2026-03-01T00:00:00Z")), [],
         [("create_bc", "g1"), ("save_link", "", "g1"), ("skip", "duplicate_email")]),
@@ -299,8 +323,8 @@ ROWS = [
         [("update_bc", "b1", ("city",)), ("delete_outlook", "g1", "filtered_out"),
          ("drop_link", "b1", "g1")], setup={"contact_filter": {"city": "Seattle"}}),
     Row("a new Outlook contact outside the filter is created in BC but not linked",
-        full(), folder(own("g9", businessAddress={"city": "Paris"})), [],
-        [("create_bc", "g9")], setup={"contact_filter": {"city": "Seattle"}}),
+        bc_searched(full(), "g9@example.com"), folder(own("g9", businessAddress={"city": "Paris"})),
+        [], [("create_bc", "g9")], setup={"contact_filter": {"city": "Seattle"}}),
     Row("blanking the email in Outlook never blanks it in BC",
         full(B1), folder(changed_outlook(G1, emailAddresses=[])), [L1],
         [("skip", "outlook_invalid"), ("save_link", "b1", "g1")]),
@@ -350,7 +374,7 @@ def test_adopting_by_email_audits_outlook_values_and_writes_with_if_match() -> N
     partial plan asks for): the values it loses are audited, the write is conditional."""
     first = plan_user(BcSnapshot.changes([B1]), None, [], UserSetup(user_id=USER, mailbox=USER),
                       SyncMode.SYNC)
-    assert first.find_in_outlook == {("b1", "b1@example.com")} and not first.writes
+    assert first.reads.outlook_searches == {("b1", "b1@example.com")} and not first.writes
     plan = plan_user(BcSnapshot.changes([B1]), searched(OutlookSnapshot(), TWIN), [],
                      UserSetup(user_id=USER, mailbox=USER), SyncMode.SYNC)
     audit = next(a for a in plan.actions if isinstance(a, Audit))
@@ -438,7 +462,7 @@ def test_small_deletes_pass_the_rail() -> None:
 def test_summary_counts() -> None:
     b2, b3 = bc("b2"), bc("b3", type="Company")
     plan = plan_user(
-        full(changed_bc(B1, city="X"), b2, b3),
+        bc_searched(full(changed_bc(B1, city="X"), b2, b3), "g9@example.com"),
         folder(changed_outlook(G1, jobTitle="Y"), own("g9")),
         [L1],
         UserSetup(user_id=USER, mailbox=USER),
