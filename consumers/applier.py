@@ -70,7 +70,7 @@ from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
 from contactsync.sync.reconcile import UserReport, record_report
-from contactsync.sync.runner import SyncReport, apply_changes, sync_user
+from contactsync.sync.runner import Sessions, SyncReport, apply_changes, sync_user
 from contactsync.sync.services import Services, open_services
 
 GROUP_ID = "contactsync-applier"
@@ -199,6 +199,7 @@ class Applier:
         self.published = 0  # results published, for logs and tests
         # Reports of near-real-time segments run concurrently, by their first command (id()).
         self._prepared: dict[int, SyncReport | BaseException] = {}
+        self._sessions = Sessions()  # each user's folder id and known versions, between runs
         # Event ids whose results were acked: a poll retried after a failure skips them.
         self._finished: OrderedDict[str, None] = OrderedDict()
 
@@ -356,7 +357,8 @@ class Applier:
                         setup, graph=services.graph, bc=services.bc, store=self.store,
                         bc_changes=merge_bc_changes([c.command for c in seg]),
                         read_outlook_delta=any(
-                            c.command.kind is CommandKind.GRAPH_HINT for c in seg)),
+                            c.command.kind is CommandKind.GRAPH_HINT for c in seg),
+                        sessions=self._sessions),
                     parent=seg[0].record.headers, attributes=_span_attributes(setup, seg))
                     for setup, seg in concurrent), return_exceptions=True)
 
@@ -396,7 +398,7 @@ class Applier:
                 services = self._services_now()
                 report = self._run(sync_user(setup, mode, graph=services.graph, bc=services.bc,
                                              store=self.store, dry_run=first.dry_run,
-                                             force=first.force))
+                                             force=first.force, sessions=self._sessions))
                 if first.kind is CommandKind.FULL_SYNC and first.run_id:  # a reconcile run
                     record_report(self.store, UserReport.from_report(report), first.run_id)
         except (RetryableError, *CREDENTIAL_FAILURES):
@@ -431,7 +433,7 @@ class Applier:
         hint = any(c.kind is CommandKind.GRAPH_HINT for c in commands)
         return self._run(apply_changes(setup, graph=services.graph, bc=services.bc,
                                        store=self.store, bc_changes=bc_changes,
-                                       read_outlook_delta=hint))
+                                       read_outlook_delta=hint, sessions=self._sessions))
 
     # --- results ---
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -64,8 +63,6 @@ class KnownContacts:
         return contact
 
 
-_bc_known: weakref.WeakKeyDictionary[BcClient, KnownContacts] = weakref.WeakKeyDictionary()
-_graph_known: weakref.WeakKeyDictionary[GraphClient, KnownContacts] = weakref.WeakKeyDictionary()
 
 
 def _bc_version(contact: Contact) -> str:
@@ -75,9 +72,10 @@ def _bc_version(contact: Contact) -> str:
 class Known:
     """One user's view of both caches (BC by contact id, Outlook by mailbox and contact id)."""
 
-    def __init__(self, bc: BcClient, graph: GraphClient, mailbox: str) -> None:
-        self.bc = _bc_known.setdefault(bc, KnownContacts())
-        self.outlook = _graph_known.setdefault(graph, KnownContacts())
+    def __init__(self, bc: BcClient, graph: GraphClient, mailbox: str, bc_known: KnownContacts,
+                 outlook_known: KnownContacts) -> None:
+        """The caches are the session's (sync/session.py): kept as long as it is."""
+        self.bc, self.outlook = bc_known, outlook_known
         self.mailbox = mailbox
         self.bc_client, self.graph_client = bc, graph
 

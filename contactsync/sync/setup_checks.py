@@ -22,7 +22,8 @@ from contactsync.engine.links import SyncMode
 from contactsync.engine.mapping import BC_SELECT
 from contactsync.engine.pair_rules import bc_skip_reason
 from contactsync.schemas.setup import UserSetup
-from contactsync.sync.runner import FULL_LISTING_PAGE, sync_user
+from contactsync.sync.full import FULL_LISTING_PAGE
+from contactsync.sync.runner import sync_user
 from contactsync.sync.services import ConfigError, Services
 
 

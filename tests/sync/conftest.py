@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from contactsync.emulators.running import RunningEmulators, start_emulators
 from contactsync.engine.links import SyncMode
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
-from contactsync.sync.runner import SyncReport, sync_user
+from contactsync.sync.runner import Sessions, SyncReport, sync_user
 
 MAILBOX = "user1@contoso.test"
 
@@ -29,6 +29,9 @@ class World:
     store: Store
     graph: GraphClient
     bc: BcClient
+    # What a long-lived caller (the applier) keeps between a user's runs; tests that want
+    # that pass it to apply_changes too.
+    sessions: Sessions = field(default_factory=Sessions)
 
     def setup(self, **changes: Any) -> UserSetup:
         setup = self.store.setups.get(MAILBOX)
@@ -40,7 +43,7 @@ class World:
 
     async def sync(self, mode: SyncMode = SyncMode.SYNC, **kw: Any) -> SyncReport:
         return await sync_user(self.setup(), mode, graph=self.graph, bc=self.bc,
-                               store=self.store, **kw)
+                               store=self.store, sessions=self.sessions, **kw)
 
     async def folder(self) -> list[dict[str, Any]]:
         """The user's Business Central folder, as the emulator holds it (tags under `_ext`)."""

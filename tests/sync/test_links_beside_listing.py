@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from contactsync.engine.links import Link
-from contactsync.sync.runner import _links_beside_first_page
+from contactsync.sync.full import _links_beside_first_page
 
 LINKS = [Link("u", "b1", "g1")]
 

@@ -11,7 +11,7 @@ import pytest
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot
 from contactsync.store.records import AuditKind
-from contactsync.sync.runner import apply_changes
+from contactsync.sync.runner import Sessions, apply_changes
 from tests.sync.conftest import MAILBOX, World
 
 
@@ -106,13 +106,14 @@ async def test_a_known_version_saves_the_read_and_a_stale_one_is_refused(world: 
     that write a 412; the pair is read again and BC wins."""
     people = await _linked_people(world)
     setup = world.setup()
+    sessions = Sessions()  # what a long-lived caller (the applier) keeps between runs
     first = world.emulators.bc.update_contact(people[1]["id"], {"jobTitle": "One"})
     await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
-                        bc_changes=BcSnapshot.changes([first]))
+                        bc_changes=BcSnapshot.changes([first]), sessions=sessions)
     world.emulators.graph.reset_counters()
     second = world.emulators.bc.update_contact(people[1]["id"], {"jobTitle": "Two"})
     await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
-                        bc_changes=BcSnapshot.changes([second]))
+                        bc_changes=BcSnapshot.changes([second]), sessions=sessions)
     gets = sum(int(r["count"]) for r in world.emulators.graph.counters_snapshot()["by_route"]
                if r["method"] == "GET")
     assert gets == 0 and _patches(world, "graph") == 1, "a known version: one request"
@@ -121,7 +122,8 @@ async def test_a_known_version_saves_the_read_and_a_stale_one_is_refused(world: 
     world.emulators.graph.person_update_contact(MAILBOX, graph_id, {"jobTitle": "Mine"})
     third = world.emulators.bc.update_contact(people[1]["id"], {"jobTitle": "Three"})
     report = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
-                                 bc_changes=BcSnapshot.changes([third]))
+                                 bc_changes=BcSnapshot.changes([third]),
+                                 sessions=sessions)
     assert report.execution is not None and report.execution.failures == []
     assert _by_email(await world.folder())["p1@example.com"]["jobTitle"] == "Three"
     audits = world.store.audit.list_records(user_id=MAILBOX, kind=AuditKind.CONFLICT)
@@ -130,14 +132,14 @@ async def test_a_known_version_saves_the_read_and_a_stale_one_is_refused(world: 
 async def test_after_a_full_sync_the_next_change_each_way_needs_no_read(world: World) -> None:
     """A Full sync holds both sides at the versions its links record: the first BC change to a
     contact after it is one Graph PATCH (no GET), the first Outlook change one delta read and
-    one BC PATCH (no BC GET)."""
+    one BC PATCH (no BC GET), for a caller that keeps the user's session (the applier)."""
     people = await _linked_people(world)
     setup = world.setup()
     world.emulators.graph.reset_counters()
     world.emulators.bc.reset_counters()
     changed = world.emulators.bc.update_contact(people[0]["id"], {"jobTitle": "From BC"})
     await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
-                        bc_changes=BcSnapshot.changes([changed]))
+                        bc_changes=BcSnapshot.changes([changed]), sessions=world.sessions)
     assert _requests(world, "graph") == {"PATCH": 1}, "a BC change: the Outlook write only"
 
     graph_id = _by_email(await world.folder())["p3@example.com"]["id"]
@@ -145,7 +147,7 @@ async def test_after_a_full_sync_the_next_change_each_way_needs_no_read(world: W
     world.emulators.graph.reset_counters()
     world.emulators.bc.reset_counters()
     await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
-                        read_outlook_delta=True)
+                        read_outlook_delta=True, sessions=world.sessions)
     assert world.emulators.bc.contact(people[3]["id"])["jobTitle"] == "From Outlook"
     assert _requests(world, "bc") == {"PATCH": 1}, "an Outlook change: the BC write only"
     assert _requests(world, "graph") == {"GET": 1}, "and the delta read"
