@@ -69,7 +69,7 @@ from contactsync.schemas.messages import (
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
-from contactsync.sync.reconcile import UserReport, record_report
+from contactsync.sync.reconcile import record_report
 from contactsync.sync.runner import Sessions, SyncReport, apply_changes, sync_user
 from contactsync.sync.services import Services, open_services
 
@@ -400,7 +400,7 @@ class Applier:
                                              store=self.store, dry_run=first.dry_run,
                                              force=first.force, sessions=self._sessions))
                 if first.kind is CommandKind.FULL_SYNC and first.run_id:  # a reconcile run
-                    record_report(self.store, UserReport.from_report(report), first.run_id)
+                    record_report(self.store, report.line(), first.run_id)
         except (RetryableError, *CREDENTIAL_FAILURES):
             # The Worker retries the whole group, then dead-letters it; a credential failure
             # pauses the Worker instead, the commands left on the topic.

@@ -1,15 +1,18 @@
 """The report of a run, as `sync --json` and `reconcile --json` print it: one schema for both.
 
 `schemas/json/run-report.schema.json` is generated from `RunReport` (`contactsync schemas
-export`); scripts can validate what they read against it. `contactsync.sync.reconcile.
-UserReport` is a `UserLine` with the code that fills it.
+export`); scripts can validate what they read against it. A run of this process makes its line
+with `contactsync.sync.report.SyncReport.line()`, an applier's run with `UserLine.from_result`.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from contactsync.schemas.messages import SyncResult
 
 
 class RunKind(StrEnum):
@@ -46,6 +49,34 @@ class UserLine(BaseModel):
     failures: list[str] = Field(default_factory=list, description="one line per failed contact")
     fields_left_out: list[str] = Field(
         default_factory=list, description="fields not written because BC would refuse them")
+
+    @property
+    def changes(self) -> int:
+        return (self.created_outlook + self.created_bc + self.updated_outlook + self.updated_bc
+                + self.deleted_outlook + self.linked + self.unlinked)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UserLine:
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+    @classmethod
+    def from_result(cls, result: SyncResult) -> UserLine:
+        """The line of a run an applier made, from its `sync.result`."""
+        n = result.summary.get
+        return cls(
+            user_id=result.user_id, status=str(result.status), dry_run=result.dry_run,
+            created_outlook=n("created_in_outlook", 0), created_bc=n("created_in_bc", 0),
+            updated_outlook=n("updated_outlook", 0), updated_bc=n("updated_bc", 0),
+            deleted_outlook=n("deleted_from_outlook", 0), linked=n("linked", 0),
+            unlinked=n("unlinked", 0), conflicts=n("conflicts", 0), withheld=n("withheld", 0),
+            failed=n("failed", 0), writes=n("writes", 0),
+            skipped=dict(sorted(result.skipped.items())),
+            duration_s=round(result.duration_ms / 1000, 3), reason=result.reason,
+            plan=list(result.plan),
+        )
 
 
 class RunReport(BaseModel):

@@ -28,7 +28,6 @@ def sync(
 
     Exit code 3 when a contact failed or the mass-delete safety rail stopped the run."""
     from contactsync.engine.links import SyncMode
-    from contactsync.sync.reconcile import UserReport
     from contactsync.sync.runner import sync_user
     from contactsync.sync.services import ConfigError, open_services, open_store
 
@@ -47,5 +46,5 @@ def sync(
                 )
 
     report = asyncio.run(run())
-    show_run("full_sync" if full else "sync", [UserReport.from_report(report)],
+    show_run("full_sync" if full else "sync", [report.line()],
              dry_run=dry_run, as_json=as_json)

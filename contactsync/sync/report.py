@@ -6,12 +6,13 @@ result and the reconcile's line (schemas.report.UserLine) are all made from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from contactsync.engine.actions import Action
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import PlanSummary
 from contactsync.engine.rails import MassDeleteStop
+from contactsync.schemas.messages import ResultStatus
+from contactsync.schemas.report import UserLine
 from contactsync.sync.executor import ExecutionReport
 
 
@@ -36,27 +37,24 @@ class SyncReport:
     def failed(self) -> int:
         return len(self.execution.failures) if self.execution else 0
 
-    def as_dict(self) -> dict[str, Any]:
-        s = self.summary
-        data: dict[str, Any] = {
-            "user": self.user_id,
-            "mode": str(self.mode),
-            "dry_run": self.dry_run,
-            "created": {"outlook": s.created_in_outlook, "bc": s.created_in_bc},
-            "updated": {"outlook": s.updated_outlook, "bc": s.updated_bc},
-            "deleted": {"outlook": s.deleted_from_outlook},
-            "linked": s.linked,
-            "unlinked": s.unlinked,
-            "conflicts": s.conflicts,
-            "skipped": dict(sorted(s.skipped.items())),
-            "stopped_reason": self.stopped_reason,
-            "failed": self.failed,
-            "duration_s": round(self.duration_s, 3),
-        }
-        if self.execution:
-            data["failures"] = [
-                {"bc_id": f.bc_id, "graph_id": f.graph_id, "reason": f.reason}
-                for f in self.execution.failures
-            ]
-            data["fields_left_out"] = self.execution.field_issues
-        return data
+    def line(self) -> UserLine:
+        """This run as one user's line of a run report (schemas.report.UserLine)."""
+        s, execution = self.summary, self.execution
+        status = ResultStatus.STOPPED if self.stop is not None else (
+            ResultStatus.FAILED if self.failed else ResultStatus.OK)
+        reason = str(self.stop or "")
+        if self.failed and execution is not None:
+            reason = f"{self.failed} contact(s) failed; first: {execution.failures[0].reason}"
+        return UserLine(
+            user_id=self.user_id, status=str(status), dry_run=self.dry_run,
+            created_outlook=s.created_in_outlook, created_bc=s.created_in_bc,
+            updated_outlook=s.updated_outlook, updated_bc=s.updated_bc,
+            deleted_outlook=s.deleted_from_outlook, linked=s.linked, unlinked=s.unlinked,
+            conflicts=s.conflicts, withheld=s.withheld, failed=self.failed,
+            writes=sum(execution.writes.values()) if execution else 0,
+            skipped=dict(sorted(s.skipped.items())), duration_s=round(self.duration_s, 3),
+            reason=reason, plan=list(self.plan), skipped_contacts=self.skipped_contacts,
+            failures=[f"bc={f.bc_id} outlook={f.graph_id}: {f.reason}"
+                      for f in (execution.failures if execution else [])],
+            fields_left_out=list(execution.field_issues) if execution else [],
+        )
