@@ -233,11 +233,21 @@ _GRAPH_NESTED_AT: Final = tuple(
 )
 
 
+class ContentNotRead(LookupError):
+    """A stub was asked for what it does not keep: the planner reads the contact (NeedsRead)
+    and plans again. Rules never see the difference: they read a contact, and this ends the
+    attempt before anything is decided from a missing value."""
+
+    def __init__(self, graph_id: str, key: str) -> None:
+        super().__init__(f"{key} of {graph_id} was not read")
+        self.graph_id = graph_id
+
+
 class GraphStub(Record):
     """An Outlook contact known by its id, versions, first email, BC-id tag and creation time
     only: what pairing and echo checks read. A full sync keeps one instead of the whole contact
     when the contact and its BC contact both still carry the versions of their link (nothing
-    to write); the planner asks to read it (NeedsRead) if it ever needs more."""
+    to write). Asked for anything else, it raises ContentNotRead (the planner then reads it)."""
 
     __slots__ = ()
     KEYS = (
@@ -248,7 +258,7 @@ class GraphStub(Record):
     def get(self, key: str, default: Any = None) -> Any:  # Record.get, inlined: hot too
         index = self._INDEX.get(key)
         if index is None:
-            return default
+            raise ContentNotRead(self._values[1], key)
         value = self._values[index]
         if value is _ABSENT:
             return default
@@ -258,10 +268,6 @@ class GraphStub(Record):
 
 
 _WEAK_ETAG: Final = object()  # a stub's ETag that is `W/"<its changeKey>"` (most are)
-
-
-def is_stub(side: object) -> bool:
-    return isinstance(side, GraphStub)
 
 
 def graph_stub(

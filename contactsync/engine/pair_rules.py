@@ -1,9 +1,9 @@
 """The per-pair rules behind `planner.plan_contact` (the case table is in planner.py).
 
-A side is a wire dict, `None` (known not to exist: deleted, or absent from a complete listing)
-or `UNREAD` (not read this time: unknown, never taken as deleted). An Outlook side may also be
-a stub (engine/compact.py: ids, versions, email and tag only); a rule that needs more of it
-answers NeedsRead(graph_id) instead, and the caller plans again with the contact read.
+A side is a contact (a wire dict or a compact record of one), `None` (known not to exist:
+deleted, or absent from a complete listing) or `UNREAD` (not read this time: unknown, never
+taken as deleted). The rules read contacts and nothing else: what a full sync keeps of an
+unchanged contact is the planner's and the snapshot's business (engine/compact.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from contactsync.engine.actions import (
     UpdateOutlook,
 )
 from contactsync.engine.bcfilter import ContactFilter
-from contactsync.engine.compact import is_stub
 from contactsync.engine.echoes import bc_echo, outlook_echo, parse_time
 from contactsync.engine.links import Link, LinkOrigin, SyncMode, canon_bc_id
 from contactsync.schemas.setup import OutlookDeletePolicy, UserSetup
@@ -79,12 +78,8 @@ def bc_changed(bc: Mapping[str, Any], link: Link) -> bool:
 
 
 def outlook_changed(outlook: Mapping[str, Any], link: Link) -> bool:
-    """A stub (content not kept) whose version moved counts as changed; callers that then
-    need its content ask to read it (`needs_content`)."""
     if outlook_echo(m.graph_change_key(outlook), link.graph_change_key):
         return False
-    if is_stub(outlook):
-        return True
     return m.content_hash(m.canonical_from_graph(outlook)) != link.synced_hash
 
 
@@ -100,11 +95,6 @@ def unchanged_pair(bc: Side, outlook: Side, link: Link, contact_filter: ContactF
     if m.bc_id_of(outlook) not in ("", canon_bc_id(link.bc_id)):
         return False
     return bc_echo(bc, link) and bc_skip_reason(bc, contact_filter) is None
-
-
-def needs_content(outlook: Side, graph_id: str) -> list[Action] | None:
-    """[NeedsRead] when `outlook` is a stub, whose content the rule about to run needs."""
-    return [NeedsRead(graph_id=graph_id)] if is_stub(outlook) else None
 
 
 class _Context:
@@ -268,8 +258,6 @@ def _plan_unlinked(ctx: _Context, bc: Side, outlook: Side) -> list[Action]:
         reason = bc_skip_reason(bc, ctx.filter)
         if isinstance(outlook, Mapping):
             graph_id = m.as_text(outlook.get("id"))
-            if (read := needs_content(outlook, graph_id)) is not None:
-                return read
             ours = m.bc_id_of(outlook) == canon_bc_id(bc_id)
             if reason is not None and ours:
                 return [DeleteFromOutlook(graph_id, reason, bc_id, _if_match(outlook))]
@@ -285,8 +273,6 @@ def _plan_unlinked(ctx: _Context, bc: Side, outlook: Side) -> list[Action]:
         return _create_in_outlook(ctx, bc)
     if isinstance(outlook, Mapping):
         graph_id, tag = m.as_text(outlook.get("id")), m.bc_id_of(outlook)
-        if (read := needs_content(outlook, graph_id)) is not None:
-            return read  # unlinked: whatever happens to it reads its content
         if tag and bc is None:
             return [DeleteFromOutlook(graph_id, Reason.BC_DELETED, tag, _if_match(outlook))]
         if tag:
@@ -306,8 +292,6 @@ def _remove(
     if isinstance(outlook, Mapping):
         if_match = _if_match(outlook)
         if outlook_changed(outlook, link):
-            if (read := needs_content(outlook, link.graph_id)) is not None:
-                return read
             contact = m.canonical_from_graph(outlook)
             bc_contact = m.canonical_from_bc(bc) if bc is not None else None
             actions += _audit(link.bc_id, link.graph_id, reason, contact, bc_contact)
@@ -326,7 +310,7 @@ def _plan_linked(ctx: _Context, bc: Side, outlook: Side, link: Link) -> list[Act
                 return [NeedsRead(bc_id=link.bc_id)]
             return [DropLink(link.bc_id, link.graph_id, Reason.DELETED_IN_OUTLOOK)]
         if isinstance(outlook, Mapping) and outlook_changed(outlook, link):
-            return [NeedsRead(bc_id=link.bc_id), *(needs_content(outlook, link.graph_id) or ())]
+            return [NeedsRead(bc_id=link.bc_id)]
         return []
     reason = bc_skip_reason(bc, ctx.filter)
     if reason is not None:
@@ -340,10 +324,6 @@ def _plan_linked(ctx: _Context, bc: Side, outlook: Side, link: Link) -> list[Act
     outlook_moved = outlook_changed(outlook, link)
     # A tag naming another BC contact contradicts the link: the link wins, the push retags.
     retag = m.bc_id_of(outlook) not in ("", canon_bc_id(link.bc_id))
-    if (bc_moved or retag or outlook_moved) and (
-        read := needs_content(outlook, link.graph_id)
-    ) is not None:
-        return read
     if bc_moved or retag:
         return _push(ctx, bc, outlook, Reason.CONFLICT, outlook_moved, link.origin)
     if outlook_moved:

@@ -5,8 +5,9 @@ Two levels, no I/O:
 - `plan_contact(bc, outlook, link, setup, mode)`: the actions for one pair (rules in
   pair_rules.py). A side is a wire dict (or a compact record of one, engine/compact.py),
   `None` (known not to exist: deleted, or absent from a complete listing) or `UNREAD` (not
-  read: unknown, never taken as deleted). An Outlook side may be a stub (ids, versions, email,
-  tag): a rule that needs more of it answers NeedsRead(graph_id).
+  read: unknown, never taken as deleted). A full sync's snapshot may hold an unchanged Outlook
+  contact as a stub (ids, versions, email, tag: engine/compact.py); the rules never know: one
+  that reads more of it ends in ContentNotRead, which this module answers with NeedsRead.
 - `plan_user(bc, outlook, links, setup, mode)`: pairs a user's contacts and plans every pair.
   Snapshots say what was read: a full listing (`complete`: an absent id is gone), a partial one
   (one changed BC contact, a Graph delta with its removed ids), or None (not read at all).
@@ -105,6 +106,7 @@ from contactsync.engine.actions import (
     summarize,
 )
 from contactsync.engine.bcfilter import ContactFilter
+from contactsync.engine.compact import ContentNotRead
 from contactsync.engine.echoes import bc_stale, parse_time
 from contactsync.engine.links import Link, SyncMode, canon_bc_id
 from contactsync.engine.pair_rules import (
@@ -229,9 +231,12 @@ def plan_user(
     flt = ContactFilter.parse(setup.contact_filter)
 
     def pair(bc_state: Side, outlook_state: Side, link: Link | None) -> list[Action]:
-        actions = plan_contact(
-            bc_state, outlook_state, link, setup, mode, contact_filter=flt, since=since
-        )
+        try:
+            actions = plan_contact(
+                bc_state, outlook_state, link, setup, mode, contact_filter=flt, since=since
+            )
+        except ContentNotRead as unread:  # a full sync's stub: read the contact, plan again
+            return [NeedsRead(graph_id=unread.graph_id)]
         for action in actions:
             if isinstance(action, CreateInOutlook) and not outlook.complete and (
                 canon_bc_id(action.bc_id) not in outlook.searched

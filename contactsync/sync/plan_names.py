@@ -19,6 +19,8 @@ from contactsync.engine.actions import (
     UpdateBc,
     UpdateOutlook,
 )
+from contactsync.engine.compact import ContentNotRead
+from contactsync.engine.mapping import graph_email
 from contactsync.logs import redact_text
 
 
@@ -35,8 +37,11 @@ def _email(contact: Mapping[str, Any]) -> str:
 
 def label(contact: Mapping[str, Any]) -> str:
     """'Display Name <m***@domain>' (or whichever of the two is known)."""
-    name = str(contact.get("displayName") or "").strip()
-    email = redact_text(_email(contact))
+    try:
+        name = str(contact.get("displayName") or "").strip()
+        email = redact_text(_email(contact))
+    except ContentNotRead:  # a full sync's stub of an unchanged contact: no name kept
+        name, email = "", redact_text(graph_email(contact))
     if name and email:
         return f"{name} <{email}>"
     return name or (f"<{email}>" if email else "")

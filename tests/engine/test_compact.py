@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contactsync.engine import mapping as m
-from contactsync.engine.compact import Compactor, GraphStub, Record, graph_stub
+from contactsync.engine.compact import (
+    Compactor,
+    ContentNotRead,
+    GraphStub,
+    Record,
+    graph_stub,
+)
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot, plan_user
 from contactsync.schemas.setup import UserSetup
@@ -78,6 +85,8 @@ def test_a_stub_keeps_what_pairing_reads() -> None:
     assert m.graph_email(stub) == "eva@contoso.example"
     assert m.bc_id_of(stub) == "c2ce6f44"
     assert m.graph_change_key(stub) == "EQAAAB"
+    with pytest.raises(ContentNotRead):  # what it does not keep is never read as "blank"
+        stub.get("displayName", "")
     assert graph_stub(GRAPH_WIRE, "AAMkAGI2", "other", "c2ce6f44") is None  # version moved
     assert graph_stub(GRAPH_WIRE, "AAMkAGI2", "EQAAAB", "another") is None  # tag differs
 
