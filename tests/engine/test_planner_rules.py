@@ -21,6 +21,7 @@ from contactsync.engine.actions import (
     FindInBc,
     FindInOutlook,
     NeedsRead,
+    Reason,
     SaveLink,
     Skip,
     UpdateBc,
