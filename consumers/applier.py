@@ -48,12 +48,12 @@ from contactsync.clients.errors import (
     CREDENTIAL_FAILURES,
     RetryableError,
     ServiceError,
-    ServiceUnavailable,
 )
 from contactsync.credential_health import CREDENTIAL_PAUSE_S, when_credential_works
 from contactsync.engine.bcfilter import FilterError
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot
+from contactsync.errors import KafkaUnavailable, StoreUnavailable
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
@@ -297,7 +297,7 @@ class Applier:
                                   if wave < len(segments)], sent)
         except OperationalError as exc:  # the database is away or locked: worth retrying
             self._flush_quietly(sent)
-            raise ServiceUnavailable(f"state store unavailable: {exc}", service="store") from exc
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
         except BaseException:
             self._flush_quietly(sent)  # the results of the work done so far still go out
             raise
@@ -455,8 +455,7 @@ class Applier:
                 self._results_topic, value=encode(wrap(result, trace_id=c.trace_id)),
                 key=c.command.user_id.encode())
         except KafkaError as exc:
-            raise ServiceUnavailable(f"could not publish a sync result: {exc}",
-                                     service="kafka") from exc
+            raise KafkaUnavailable(f"could not publish a sync result: {exc}") from exc
 
     def _flush_quietly(self, sent: list[tuple[_Command, Any]]) -> None:
         """Flush what was sent; the commands whose results the broker acked count as done."""
@@ -478,8 +477,7 @@ class Applier:
                 future.get(timeout=SEND_TIMEOUT_S)
         except KafkaError as exc:
             # Retried as a group: the work is idempotent, a result may then appear twice.
-            raise ServiceUnavailable(f"could not publish sync results: {exc}",
-                                     service="kafka") from exc
+            raise KafkaUnavailable(f"could not publish sync results: {exc}") from exc
         self.published += len(futures)
 
 

@@ -40,10 +40,10 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy.exc import OperationalError
 
 from contactsync import tracing
-from contactsync.clients.errors import ServiceUnavailable
 from contactsync.engine.bcfilter import ContactFilter, FilterError
 from contactsync.engine.echoes import change_key_of, outlook_echo
 from contactsync.engine.links import canon_bc_id
+from contactsync.errors import KafkaUnavailable, StoreUnavailable
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import (
     BC_CONTACT_CHANGES,
@@ -216,7 +216,7 @@ class Router:
         try:
             outgoing = self.route(records)
         except OperationalError as exc:  # the database is away or locked: worth retrying
-            raise ServiceUnavailable(f"state store unavailable: {exc}", service="store") from exc
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
         self._publish(outgoing)
 
     def route(self, records: Sequence[WorkRecord]) -> list[_Outgoing]:
@@ -319,7 +319,6 @@ class Router:
         except KafkaError as exc:
             # The broker is away or slow: the Worker retries the whole group (duplicates are
             # harmless: every command's effect is idempotent).
-            raise ServiceUnavailable(f"could not publish sync commands: {exc}",
-                                     service="kafka") from exc
+            raise KafkaUnavailable(f"could not publish sync commands: {exc}") from exc
         self.routed += len(outgoing)
         _log().debug("routed", commands=len(outgoing))

@@ -64,10 +64,11 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from contactsync.clients.bc import BcClient
-from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
+from contactsync.clients.errors import NotFound, ServiceError
 from contactsync.credential_health import when_credential_works
 from contactsync.engine.links import canon_bc_id
 from contactsync.engine.rails import mass_delete_stop
+from contactsync.errors import KafkaUnavailable
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
 from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, DEADLETTER, topic_name
@@ -320,8 +321,7 @@ class BcChangeFeed:
             for future in futures:
                 future.get(timeout=SEND_TIMEOUT_S)
         except KafkaError as exc:
-            raise ServiceUnavailable(f"could not publish BC contact changes: {exc}",
-                                     service="kafka") from exc
+            raise KafkaUnavailable(f"could not publish BC contact changes: {exc}") from exc
         # Every message is on the broker: now, and only now, the round counts.
         report.upserts = len(fresh)
         report.watermark_after = highest

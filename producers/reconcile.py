@@ -31,7 +31,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.errors import CoordinatorNotAvailableError, KafkaError
 
-from contactsync.clients.errors import ServiceUnavailable
+from contactsync.errors import KafkaUnavailable
 from contactsync.kafka.io import make_consumer, make_producer
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.logs import get_logger
@@ -222,8 +222,7 @@ class CommandPublisher:
             self._producer.flush(timeout=SEND_TIMEOUT_S)
             return [int(f.get(timeout=SEND_TIMEOUT_S).partition) for f in futures]
         except KafkaError as exc:
-            raise ServiceUnavailable(f"could not publish reconcile commands: {exc}",
-                                     service="kafka") from exc
+            raise KafkaUnavailable(f"could not publish reconcile commands: {exc}") from exc
 
     def close(self) -> None:
         if self._producer is not None and self._owns_producer:
@@ -331,8 +330,7 @@ def _subscribed(admin: KafkaAdminClient, group_id: str, topic: str) -> int:
     except CoordinatorNotAvailableError:
         return 0  # no group has ever committed on this broker: nobody consumes
     except KafkaError as exc:
-        raise ServiceUnavailable(f"could not describe the consumer group {group_id}: {exc}",
-                                 service="kafka") from exc
+        raise KafkaUnavailable(f"could not describe the consumer group {group_id}: {exc}") from exc
     count = 0
     for member in group.get("members") or []:
         metadata = member.get("member_metadata")
@@ -352,8 +350,7 @@ class ResultWaiter:
         partitions = self.consumer.partitions_for_topic(self.topic)
         if not partitions:
             self.consumer.close()
-            raise ServiceUnavailable(f"no topic {self.topic}: run `contactsync topics ensure`",
-                                     service="kafka")
+            raise KafkaUnavailable(f"no topic {self.topic}: run `contactsync topics ensure`")
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self.consumer.assign(tps)
         for tp, end in self.consumer.end_offsets(tps).items():

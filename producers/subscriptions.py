@@ -58,9 +58,10 @@ from kafka.errors import KafkaError
 
 from contactsync import metrics
 from contactsync.clients.bc import BcClient, parse_bc_datetime
-from contactsync.clients.errors import NotFound, ServiceError, ServiceUnavailable
+from contactsync.clients.errors import NotFound, ServiceError
 from contactsync.clients.graph import GraphClient, is_loopback, new_client_state
 from contactsync.credential_health import when_credential_works
+from contactsync.errors import KafkaUnavailable
 from contactsync.kafka.io import make_producer
 from contactsync.kafka.topics import GRAPH_LIFECYCLE, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
@@ -414,8 +415,7 @@ class SubscriptionKeeper:
                 future.get(timeout=SEND_TIMEOUT_S)
                 self._unsent.remove(command)
         except KafkaError as exc:
-            raise ServiceUnavailable(f"could not publish sync commands: {exc}",
-                                     service="kafka") from exc
+            raise KafkaUnavailable(f"could not publish sync commands: {exc}") from exc
 
     # --- the role ------------------------------------------------------------------------
 

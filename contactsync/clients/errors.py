@@ -1,4 +1,6 @@
-"""One exception tree for both services (Graph and Business Central).
+"""One exception tree for both services (Graph and Business Central), beneath the project's
+error root (`contactsync.errors`: ContactsyncError > ServiceError > RetryableError >
+ServiceUnavailable are defined there and re-exported here).
 
     ServiceError                      every failure talking to Graph or BC
     ├── RetryableError                worth trying again later (the executor retries, then DLQ)
@@ -24,32 +26,18 @@ from __future__ import annotations
 import email.utils
 import time
 
-
-class ServiceError(Exception):
-    def __init__(
-        self,
-        message: str,
-        *,
-        service: str = "",
-        status: int | None = None,
-        code: str = "",
-        url: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.service = service
-        self.status = status
-        self.code = code
-        self.url = url  # the request's URL without its query: a retry line names it
-
-    def __str__(self) -> str:
-        where = f"{self.service} " if self.service else ""
-        status = f"HTTP {self.status} " if self.status is not None else ""
-        code = f"{self.code}: " if self.code else ""
-        return f"{where}{status}{code}{self.args[0] if self.args else ''}".strip()
-
-
-class RetryableError(ServiceError):
-    """A failure that may succeed later without any change on our side."""
+from contactsync.errors import (
+    RetryableError as RetryableError,
+)
+from contactsync.errors import (
+    ServiceError as ServiceError,
+)
+from contactsync.errors import (
+    ServiceUnavailable as ServiceUnavailable,
+)
+from contactsync.errors import (
+    server_retry_after as server_retry_after,
+)
 
 
 class Throttled(RetryableError):
@@ -66,30 +54,10 @@ class Throttled(RetryableError):
         self.retry_after = retry_after
 
 
-class ServiceUnavailable(RetryableError):
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        service: str = "",
-        status: int | None = None,
-        code: str = "",
-        url: str = "",
-    ) -> None:
-        super().__init__(message, service=service, status=status, code=code, url=url)
-        self.retry_after = retry_after  # a 503's Retry-After is honoured like a 429's
-
-
-def server_retry_after(error: RetryableError) -> float | None:
-    """The wait the service asked for (a 429's or a 503's Retry-After), or None."""
-    if isinstance(error, Throttled | ServiceUnavailable):
-        return error.retry_after
-    return None
-
-
 class TokenUnavailable(ServiceUnavailable):
     """Getting a token failed for a reason that passes by itself (Entra unreachable or 5xx)."""
+
+    credential = True  # past the retry budget the worker pauses, the records stay
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "no token available"
@@ -110,6 +78,8 @@ class Unauthorized(ServiceError):
 class CredentialRejected(Unauthorized):
     """Entra refused the credential: nothing works until an admin fixes it. The message is one
     sentence naming what to set; work waiting for a token stays unconsumed meanwhile."""
+
+    credential = True
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "the Azure credential was refused"

@@ -6,8 +6,8 @@ Three pieces, usable on their own:
   per sliding window). It awaits instead of failing, so we stay under the service's limits
   instead of discovering them through 429s (docs/architecture.md decision 10). `pause()` lets a
   429's Retry-After hold back every request of that principal, not just the one that got it.
-* `RetryPolicy` + `backoff_delay()` / `retry_delay()`: jittered exponential backoff as pure
-  functions (the random source is a parameter), so they are tested without sleeping.
+* `RetryPolicy` + `backoff_delay()` / `retry_delay()` (defined in `contactsync.retry`, the one
+  policy the Kafka worker uses too): jittered exponential backoff as pure functions.
 * `retrying()`: runs an async call, retries `RetryableError`s per the policy, honours
   the Retry-After of a 429 or a 503, and never repeats a non-idempotent call after an
   *ambiguous* failure (the request may have been applied) unless the caller gives
@@ -28,7 +28,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from contactsync.clients.errors import RetryableError, Throttled, server_retry_after
+from contactsync.clients.errors import RetryableError, Throttled
+from contactsync.retry import RetryPolicy as RetryPolicy  # the one policy, shared with the worker
+from contactsync.retry import backoff_delay as backoff_delay
+from contactsync.retry import retry_delay as retry_delay
 
 log = logging.getLogger(__name__)
 # One line per retry, at WARNING: a command waiting on a slow or hung service says so
@@ -159,54 +162,8 @@ class RequestBudget:
 
 
 # --------------------------------------------------------------------------------------------
-# Backoff policy (pure)
+# Retrying (the policy and its delays: contactsync.retry)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to retry.
-
-    `max_attempts` counts the first try. Backoff for retry n (0-based) is
-    `min(max_delay, base_delay * multiplier**n)`, then "full jitter" scaled by `jitter`
-    (1.0 = uniform in [0, d], 0.0 = exactly d). A Throttled error's Retry-After is used
-    instead of the backoff (never less than it); one longer than `max_retry_after` is not
-    waited out: the error is raised so the caller can defer the work instead of blocking.
-    """
-
-    max_attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 1.0
-    max_retry_after: float = 300.0
-
-    @classmethod
-    def fast(cls, max_attempts: int = 5) -> RetryPolicy:
-        """Millisecond delays, for tests."""
-        return cls(max_attempts=max_attempts, base_delay=0.001, max_delay=0.01)
-
-
-def backoff_delay(policy: RetryPolicy, retry_number: int, rand: float) -> float:
-    """Delay before retry `retry_number` (0-based); `rand` is uniform in [0, 1)."""
-    ceiling = min(policy.max_delay, policy.base_delay * policy.multiplier ** max(0, retry_number))
-    jitter = min(1.0, max(0.0, policy.jitter))
-    return ceiling * (1.0 - jitter) + ceiling * jitter * rand
-
-
-def retry_delay(
-    policy: RetryPolicy, retry_number: int, error: RetryableError, rand: float
-) -> float | None:
-    """Seconds to wait before retrying after `error`, or None if we should give up now."""
-    if retry_number + 1 >= policy.max_attempts:
-        return None
-    asked = server_retry_after(error)  # a 429's, or a 503's (Graph and BC send one too)
-    if asked is not None:
-        if asked > policy.max_retry_after:
-            return None
-        # Honour Retry-After; add a little jitter so a herd of waiters does not re-arrive at once.
-        return asked + backoff_delay(policy, 0, rand) * 0.1
-    return backoff_delay(policy, retry_number, rand)
 
 
 def default_is_ambiguous(error: RetryableError) -> bool:

@@ -5,12 +5,13 @@
 
 - A record that does not decode (`MessageError`) goes straight to the dead-letter topic: the
   error is deterministic, retrying cannot help.
-- A group whose handler raises `RetryableError` is retried with jittered exponential backoff
-  (honouring a 429's or a 503's Retry-After) for at most `RetryPolicy.timeout` seconds, then every
-  record of the group is dead-lettered: the service is down for all of them alike.
-- A failing Azure credential is nobody's record's fault: `CredentialRejected` (Entra refused
-  it, or Graph or BC answered 401 to our token), and a
-  `TokenUnavailable` past the retry budget, pause the worker instead. The batch's records are
+- A group whose handler raises a retryable error (`contactsync.errors`: the root says whether)
+  is retried with jittered exponential backoff (honouring a 429's or a 503's Retry-After) for at
+  most `RetryPolicy.timeout` seconds, then every record of the group is dead-lettered: the
+  service is down for all of them alike.
+- A failing Azure credential is nobody's record's fault: an error whose `credential` is set
+  (Entra refused it, or Graph or BC answered 401 to our token; or no token past the retry
+  budget) pauses the worker instead. The batch's records are
   left unfinished (the consumer seeks back to them) and polling resumes after
   `credential_pause` seconds, so the backlog waits on the topic, neither consumed nor
   dead-lettered, until the credential works again (`contactsync.credential_health` logs it
@@ -40,18 +41,14 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.structs import OffsetAndMetadata
 
 from contactsync import metrics
-from contactsync.clients.errors import (
-    CredentialRejected,
-    RetryableError,
-    ServiceError,
-    TokenUnavailable,
-    server_retry_after,
-)
 from contactsync.credential_health import CREDENTIAL_PAUSE_S, HEALTH
+from contactsync.errors import ServiceError, is_credential_failure, is_retryable
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
 from contactsync.kafka.topics import DEADLETTER, await_topics, topic_name
 from contactsync.logs import get_logger
+from contactsync.retry import WORKER_RETRY, retry_delay
+from contactsync.retry import RetryPolicy as RetryPolicy  # the one policy (tests, roles)
 from contactsync.schemas.envelope import Envelope, MessageError, decode
 from contactsync.settings import Settings
 
@@ -97,20 +94,6 @@ def by_key(record: WorkRecord) -> Hashable:
     if record.key is None:
         return by_record(record)
     return (record.topic, record.partition, "key", record.key)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    initial_delay: float = 0.3
-    max_delay: float = 10.0
-    timeout: float = 60.0  # total retry budget of one group
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Doubling from `initial_delay`, jittered; past `max_delay` a random delay below it."""
-        base = self.initial_delay * (2 ** (attempt - 1))
-        if base >= self.max_delay:
-            return rng.uniform(0, self.max_delay)
-        return rng.uniform(base / 2, base)
 
 
 class OffsetTracker:
@@ -199,7 +182,7 @@ class Worker:
         self.handler = handler
         self.dead_letters = dead_letters
         self.group_by = group_by
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or WORKER_RETRY
         self.poll_timeout_ms = poll_timeout_ms
         self.tracker = OffsetTracker()
         self._owned_producer = owned_producer
@@ -332,28 +315,27 @@ class Worker:
                           outcome.attempts)
 
     def _attempt(self, group: list[WorkRecord]) -> _Outcome:
-        deadline = time.monotonic() + self.retry.timeout
+        """Run the handler, retrying what the error root calls retryable within the policy."""
+        budget = self.retry.timeout
+        deadline = time.monotonic() + budget if budget is not None else float("inf")
         attempt = 0
         while True:
             attempt += 1
             try:
                 self.handler(group)
                 return _Outcome(None, attempt)
-            except RetryableError as exc:
-                delay = self.retry.delay(attempt, self._rng)
-                delay = max(delay, server_retry_after(exc) or 0.0)  # a 429's or a 503's
-                if time.monotonic() + delay > deadline:
-                    return _Outcome(exc, attempt, retryable=True,
-                                    credential=isinstance(exc, TokenUnavailable))
+            except Exception as exc:
+                credential = is_credential_failure(exc)
+                if not is_retryable(exc):
+                    return _Outcome(exc, attempt, credential=credential)
+                delay = retry_delay(self.retry, attempt - 1, exc, self._rng.random())
+                if delay is None or time.monotonic() + delay > deadline:
+                    return _Outcome(exc, attempt, retryable=True, credential=credential)
                 _log().info("retryable failure; backing off", attempt=attempt,
                             delay=round(delay, 3), error=str(exc), topic=group[0].topic,
                             partition=group[0].partition, offset=group[0].offset)
                 if self._stop.wait(delay):
                     return _Outcome(exc, attempt, retryable=True, stopped=True)
-            except CredentialRejected as exc:
-                return _Outcome(exc, attempt, credential=True)
-            except Exception as exc:
-                return _Outcome(exc, attempt)
 
     def _dead_letter(self, records: list[Any], reason: str, error_type: str,
                      attempts: int) -> None:

@@ -37,7 +37,7 @@ from tests.store.legacy import mark_sharing
 pytestmark = pytest.mark.kafka
 
 MAILBOX = "user1@contoso.test"
-FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, timeout=0.5)
+FAST = RetryPolicy(max_attempts=1000, base_delay=0.01, max_delay=0.05, timeout=0.5)
 
 
 @dataclass

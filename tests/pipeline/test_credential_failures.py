@@ -39,7 +39,7 @@ __all__ = ["entra"]
 pytestmark = pytest.mark.kafka
 
 MAILBOX = "user1@contoso.test"
-FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, timeout=0.5)
+FAST = RetryPolicy(max_attempts=1000, base_delay=0.01, max_delay=0.05, timeout=0.5)
 
 
 @dataclass

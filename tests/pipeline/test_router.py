@@ -42,7 +42,7 @@ from tests.store.legacy import mark_sharing
 
 pytestmark = pytest.mark.kafka
 
-FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, timeout=0.5)
+FAST = RetryPolicy(max_attempts=1000, base_delay=0.01, max_delay=0.05, timeout=0.5)
 SEATTLE, REDMOND, HOLDER, OFF = "sea@contoso.test", "red@contoso.test", "holder@contoso.test", \
     "off@contoso.test"
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)

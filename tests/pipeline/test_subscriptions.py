@@ -58,7 +58,7 @@ from tests.kafka_fixtures import read_topic
 pytestmark = pytest.mark.kafka
 
 ANN, BOB, OFF = "ann@contoso.test", "bob@contoso.test", "off@contoso.test"
-FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, timeout=2.0)
+FAST = RetryPolicy(max_attempts=1000, base_delay=0.01, max_delay=0.05, timeout=2.0)
 
 
 @dataclass

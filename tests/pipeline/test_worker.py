@@ -34,7 +34,7 @@ from contactsync.settings import Settings
 
 pytestmark = pytest.mark.kafka
 
-FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, timeout=0.5)
+FAST = RetryPolicy(max_attempts=1000, base_delay=0.01, max_delay=0.05, timeout=0.5)
 
 
 class Crash(BaseException):
@@ -126,7 +126,7 @@ def test_retryable_failures_are_retried_then_processed_once(settings: Settings):
 
     group = _group()
     worker = build_worker(settings, group, [SYNC_COMMANDS], flaky,
-                          retry=RetryPolicy(initial_delay=0.01, timeout=5))
+                          retry=RetryPolicy(max_attempts=1000, base_delay=0.01, timeout=5))
     try:
         _run_until(worker, lambda: len(calls) == 3)
         worker.run_once()
@@ -261,10 +261,9 @@ def test_offset_tracker_commits_only_contiguous_finished_work():
 
 
 def test_retry_policy_backs_off_and_stays_bounded():
-    import random
+    from contactsync.retry import WORKER_RETRY, backoff_delay
 
-    policy = RetryPolicy(initial_delay=0.3, max_delay=10.0)
-    rng = random.Random(1)
-    delays = [policy.delay(n, rng) for n in range(1, 12)]
-    assert 0.15 <= delays[0] <= 0.3 and 0.3 <= delays[1] <= 0.6
-    assert all(0 <= d <= 10.0 for d in delays)
+    ceilings = [backoff_delay(WORKER_RETRY, n, 0.999) for n in range(0, 12)]
+    assert 0.29 <= ceilings[0] <= 0.3 and 0.59 <= ceilings[1] <= 0.6
+    assert all(0 <= backoff_delay(WORKER_RETRY, n, r) <= 10.0 for n in range(12)
+               for r in (0.0, 0.5, 0.999))

@@ -212,7 +212,7 @@ def test_reconcile_commands_share_the_partition_of_the_users_real_time_commands(
     producer.flush(timeout=10)
     producer.close(timeout=5)
     router = Router(system.settings, system.store)
-    worker = router.build_worker(retry=RetryPolicy(initial_delay=0.01, timeout=0.5))
+    worker = router.build_worker(retry=RetryPolicy(max_attempts=1000, base_delay=0.01, timeout=0.5))
     try:
         deadline = time.monotonic() + 30
         while router.routed < len(users):
