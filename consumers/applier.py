@@ -12,18 +12,19 @@ one per contact id wins) and a single Graph delta read answers every hint. A `sy
 order.
 
 Every command gets one `SyncResult` (ok / stopped by the safety rail / failed with a reason /
-expired: its deadline passed before the applier took it, so it is not run late), acked by the
-broker before the handler returns. A coalesced segment's counts go on its first
-command's result; the others carry its status with zero counts (summing results never counts
-one write twice). A setup stopped for sharing another's folder gets `stopped` results. An
-unknown or disabled user yields a failed result (no retry, no dead letter). A `RetryableError`
-from the services propagates: the Worker retries the group, then dead-letters it. A
-non-retryable service error (a mailbox that does not exist, refused credentials, ...) fails the
-command's result and the stream goes on.
+expired: its deadline passed before the applier took it, so it is not run late); the handler
+returns them and the worker publishes them, committing only once the broker acked them. A
+coalesced segment's counts go on its first command's result; the others carry its status with
+zero counts (summing results never counts one write twice). A setup stopped for sharing
+another's folder gets `stopped` results. An unknown or disabled user yields a failed result (no
+retry, no dead letter). A `RetryableError` from the services propagates: the Worker retries the
+group, then dead-letters it. A non-retryable service error (a mailbox that does not exist,
+refused credentials, ...) fails the command's result and the stream goes on.
 
-The Graph and BC clients are async: the applier owns ONE event loop, created in the worker's
-thread, with the clients opened once on it (`open_services`) and reused across batches; `close`
-(called by `run` on the way out, in that same thread) closes them and the loop.
+The Graph and BC clients are async: the applier runs them on its `Bridge` (one event loop,
+created in the worker's thread), with the clients opened once on it (`open_services`) and reused
+across batches; `close` (called by `run` on the way out, in that same thread) closes them and
+the loop.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
 from sqlalchemy.exc import OperationalError
 
 from contactsync import metrics, tracing
@@ -53,12 +52,12 @@ from contactsync.credential_health import CREDENTIAL_PAUSE_S, when_credential_wo
 from contactsync.engine.bcfilter import FilterError
 from contactsync.engine.links import SyncMode
 from contactsync.engine.planner import BcSnapshot
-from contactsync.errors import KafkaUnavailable, StoreUnavailable
-from contactsync.kafka.io import make_producer
+from contactsync.errors import StoreUnavailable
+from contactsync.kafka.bridge import Bridge
+from contactsync.kafka.publish import Outgoing, Publish, carrying
 from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
-from contactsync.schemas.envelope import encode, wrap
 from contactsync.schemas.messages import (
     BcChangeKind,
     CommandKind,
@@ -78,7 +77,6 @@ APPLY_SPAN = "applier apply"
 TOPICS = (SYNC_COMMANDS,)
 UNKNOWN_USER = "unknown user"
 NEAR_REAL_TIME = (CommandKind.BC_CHANGE, CommandKind.GRAPH_HINT)
-SEND_TIMEOUT_S = 30.0
 # A full sync of a large folder can take minutes: allow it between two polls.
 MAX_POLL_INTERVAL_MS = 15 * 60 * 1000
 FINISHED_REMEMBERED = 10_000
@@ -183,17 +181,13 @@ class Applier:
         settings: Settings,
         store: Store,
         *,
-        producer: KafkaProducer | None = None,
         services_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self._producer = producer
-        self._owns_producer = producer is None
         self._services_factory = services_factory or (lambda: open_services(settings, store))
         self._results_topic = topic_name(settings, SYNC_RESULTS)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
+        self.bridge = Bridge()
         self._stack: AsyncExitStack | None = None
         self._services: Services | None = None
         self.published = 0  # results published, for logs and tests
@@ -230,35 +224,17 @@ class Applier:
             self.close()
 
     def close(self) -> None:
-        """Close the clients and the loop (in the thread that made them), then our producer."""
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            try:
-                if self._stack is not None:
-                    loop.run_until_complete(self._stack.aclose())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-                self._stack = None
-                self._services = None
-                self._loop_thread = None
-        if self._producer is not None and self._owns_producer:
-            self._producer.close(timeout=10)
-            self._producer = None
-
-    # --- the event loop and the services ---
+        """Close the clients, then the loop (in the thread that made them)."""
+        try:
+            if self._stack is not None and self.bridge.open:
+                self.bridge.run(self._stack.aclose())
+        finally:
+            self._stack = None
+            self._services = None
+            self.bridge.close()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        loop = self._ensure_loop()
-        return loop.run_until_complete(coro)
-
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            self._loop_thread = threading.get_ident()
-        elif self._loop_thread != threading.get_ident():
-            raise RuntimeError("the applier's event loop is used from another thread")
-        return self._loop
+        return self.bridge.run(coro)
 
     def _services_now(self) -> Services:
         if self._services is None:
@@ -274,18 +250,19 @@ class Applier:
 
     # --- applying ---
 
-    def handle(self, records: Sequence[WorkRecord]) -> None:
-        """One poll's commands, each user's in offset order; results acked before returning.
+    def handle(self, records: Sequence[WorkRecord]) -> Publish | None:
+        """One poll's commands, each user's in offset order; returns their results.
 
         Users are independent: their near-real-time segments of one "wave" (the first segment
         of every user, then the second, ...) run concurrently on the loop, so one user's reads
         and writes wait on the network while another's go out. A retried poll skips the
-        commands whose results were already acked."""
+        commands whose results were already acked (a failure half way still publishes the
+        results of the work done: the error carries them)."""
         commands = [_Command(r, r.payload) for r in records if isinstance(r.payload, SyncCommand)
                     and str(r.envelope.event_id) not in self._finished]
         if not commands:
-            return
-        sent: list[tuple[_Command, Any]] = []
+            return None
+        sent: list[tuple[_Command, Outgoing]] = []
         try:
             chains: list[tuple[UserSetup, list[list[_Command]]]] = []
             for user_id, user_commands in _by_user(self._drop_expired(commands, sent)):
@@ -296,18 +273,26 @@ class Applier:
                 self._apply_wave([(setup, segments[wave]) for setup, segments in chains
                                   if wave < len(segments)], sent)
         except OperationalError as exc:  # the database is away or locked: worth retrying
-            self._flush_quietly(sent)
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
-        except BaseException:
-            self._flush_quietly(sent)  # the results of the work done so far still go out
+            raise carrying(StoreUnavailable(f"state store unavailable: {exc}"),
+                           self._results(sent)) from exc
+        except Exception as exc:
+            carrying(exc, self._results(sent))  # the work done so far still goes out
             raise
         finally:
             self._prepared.clear()
-        self._await([future for _, future in sent])
-        self._remember_finished(c for c, _ in sent)
+        return self._results(sent)
+
+    def _results(self, sent: list[tuple[_Command, Outgoing]]) -> Publish:
+        """The results to publish; once acked, their commands count as finished."""
+
+        def acked() -> None:
+            self._remember_finished(c for c, _ in sent)
+            self.published += len(sent)
+
+        return Publish([message for _, message in sent], then=acked)
 
     def _drop_expired(self, commands: list[_Command],
-                      sent: list[tuple[_Command, Any]]) -> list[_Command]:
+                      sent: list[tuple[_Command, Outgoing]]) -> list[_Command]:
         """Commands past their deadline get an `expired` result instead of running late."""
         now = datetime.now(UTC)
         live = []
@@ -324,7 +309,7 @@ class Applier:
         return live
 
     def _setup_or_refuse(self, user_id: str, commands: list[_Command],
-                         sent: list[tuple[_Command, Any]]) -> UserSetup | None:
+                         sent: list[tuple[_Command, Outgoing]]) -> UserSetup | None:
         setup = self.store.setups.get(user_id)
         if setup is not None and setup.enabled and setup.stopped_reason:
             _log().warning("commands for a stopped setup", user_id=user_id,
@@ -343,7 +328,7 @@ class Applier:
         return setup
 
     def _apply_wave(self, wave: list[tuple[UserSetup, list[_Command]]],
-                    sent: list[tuple[_Command, Any]]) -> None:
+                    sent: list[tuple[_Command, Outgoing]]) -> None:
         """Near-real-time segments of different users concurrently, then every segment's
         outcome in turn (those that raised last, so the others' results still go out)."""
         concurrent = [(setup, seg) for setup, seg in wave
@@ -437,48 +422,14 @@ class Applier:
 
     # --- results ---
 
-    def _get_producer(self) -> KafkaProducer:
-        if self._producer is None:
-            self._producer = make_producer(self.settings,
-                                           client_id="contactsync-applier")
-        return self._producer
-
-    def _send(self, c: _Command, outcome: _Outcome) -> Any:
+    def _send(self, c: _Command, outcome: _Outcome) -> Outgoing:
         result = SyncResult(
             user_id=c.command.user_id, command_id=c.event_id, kind=c.command.kind,
             run_id=c.command.run_id, status=outcome.status, dry_run=c.command.dry_run,
             summary=outcome.summary, skipped=outcome.skipped, reason=outcome.reason,
             duration_ms=outcome.duration_ms, plan=outcome.plan,
         )
-        try:
-            return self._get_producer().send(
-                self._results_topic, value=encode(wrap(result, trace_id=c.trace_id)),
-                key=c.command.user_id.encode())
-        except KafkaError as exc:
-            raise KafkaUnavailable(f"could not publish a sync result: {exc}") from exc
-
-    def _flush_quietly(self, sent: list[tuple[_Command, Any]]) -> None:
-        """Flush what was sent; the commands whose results the broker acked count as done."""
-        if self._producer is None:
-            return
-        try:
-            self._producer.flush(timeout=SEND_TIMEOUT_S)
-        except Exception as exc:
-            _log().warning("could not flush sync results", error=str(exc))
-        self._remember_finished(c for c, future in sent
-                                if future.is_done and future.succeeded())
-
-    def _await(self, futures: list[Any]) -> None:
-        if not futures:
-            return
-        try:
-            self._get_producer().flush(timeout=SEND_TIMEOUT_S)
-            for future in futures:
-                future.get(timeout=SEND_TIMEOUT_S)
-        except KafkaError as exc:
-            # Retried as a group: the work is idempotent, a result may then appear twice.
-            raise KafkaUnavailable(f"could not publish sync results: {exc}") from exc
-        self.published += len(futures)
+        return Outgoing(self._results_topic, c.command.user_id, result, trace_id=c.trace_id)
 
 
 def _span_attributes(setup: UserSetup, segment: list[_Command]) -> dict[str, str | int]:

@@ -21,8 +21,8 @@
 Routing reads the enabled setups and their parsed filters from a cache refreshed every
 `refresh_seconds`, and looks the links of a whole poll group up in one query. Commands keep the
 incoming envelope's trace id; their event id is derived from the input's event id and the user,
-so a redelivered input yields the very same command ids. The handler returns only once every
-command is acked by the broker (acks=all), so offsets are committed past published work only.
+so a redelivered input yields the very same command ids. The handler returns the commands; the
+worker publishes them and commits past a poll only once every command is acked (acks=all).
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
 from opentelemetry.trace import SpanKind
 from sqlalchemy.exc import OperationalError
 
@@ -43,8 +41,8 @@ from contactsync import tracing
 from contactsync.engine.bcfilter import ContactFilter, FilterError
 from contactsync.engine.echoes import change_key_of, outlook_echo
 from contactsync.engine.links import canon_bc_id
-from contactsync.errors import KafkaUnavailable, StoreUnavailable
-from contactsync.kafka.io import make_producer
+from contactsync.errors import StoreUnavailable
+from contactsync.kafka.publish import Outgoing, Publish
 from contactsync.kafka.topics import (
     BC_CONTACT_CHANGES,
     GRAPH_LIFECYCLE,
@@ -54,7 +52,6 @@ from contactsync.kafka.topics import (
 )
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
-from contactsync.schemas.envelope import encode, wrap
 from contactsync.schemas.messages import (
     BcChangeKind,
     BcContactChanged,
@@ -72,7 +69,6 @@ GROUP_ID = "contactsync-router"
 TOPICS = (BC_CONTACT_CHANGES, GRAPH_NOTIFICATIONS, GRAPH_LIFECYCLE)
 MISSED_REASON = "missed notifications"
 _COMMAND_IDS = uuid.UUID("5b0c1c1e-8f57-4c53-9d7e-3a1f0d2b6c41")  # namespace of command ids
-SEND_TIMEOUT_S = 30.0
 
 
 def _log() -> Any:
@@ -161,15 +157,6 @@ class SetupCache:
         return users
 
 
-@dataclass
-class _Outgoing:
-    user_id: str
-    command: SyncCommand
-    trace_id: str
-    event_id: str
-    headers: list[tuple[str, bytes]]  # the trace context
-
-
 class Router:
     """The router role: `handle` is the Worker's handler; `run` polls until stopped."""
 
@@ -179,13 +166,10 @@ class Router:
         store: Store,
         *,
         refresh_seconds: float = 5.0,
-        producer: KafkaProducer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.cache = SetupCache(store, refresh_seconds)
-        self._producer = producer
-        self._owns_producer = producer is None
         self._commands_topic = topic_name(settings, SYNC_COMMANDS)
         self.routed = 0  # commands published, for logs and tests
 
@@ -202,31 +186,32 @@ class Router:
             worker.run(stop)
         finally:
             worker.close()
-            self.close()
 
     def close(self) -> None:
-        if self._producer is not None and self._owns_producer:
-            self._producer.close(timeout=10)
-            self._producer = None
+        """Nothing of its own to close: the worker holds the producer."""
 
     # --- routing ---
 
-    def handle(self, records: Sequence[WorkRecord]) -> None:
-        """Route one poll group and wait until every command is on the broker."""
+    def handle(self, records: Sequence[WorkRecord]) -> Publish:
+        """Route one poll group: the commands, for the worker to publish."""
         try:
             outgoing = self.route(records)
         except OperationalError as exc:  # the database is away or locked: worth retrying
             raise StoreUnavailable(f"state store unavailable: {exc}") from exc
-        self._publish(outgoing)
 
-    def route(self, records: Sequence[WorkRecord]) -> list[_Outgoing]:
+        def routed() -> None:
+            self.routed += len(outgoing)
+
+        return Publish(outgoing, then=routed)
+
+    def route(self, records: Sequence[WorkRecord]) -> list[Outgoing]:
         """The commands for these records, in record order (no I/O but the DB reads)."""
         users = self.cache.users()
         bc_ids = {r.payload.contact_id for r in records
                   if isinstance(r.payload, BcContactChanged)}
         holders = self.store.links.users_for_bc_ids(bc_ids) if bc_ids else {}
         echo_keys = self._link_change_keys(records)
-        out: list[_Outgoing] = []
+        out: list[Outgoing] = []
         hinted: set[tuple[str, CommandKind]] = set()
         for record in records:
             payload = record.payload
@@ -276,7 +261,7 @@ class Router:
         held = link_keys.get((note.user_id, note.contact_id))
         return _may_be_echo(note) and outlook_echo(change_key_of(note.etag), held)
 
-    def _once(self, out: list[_Outgoing], seen: set[tuple[str, CommandKind]], record: WorkRecord,
+    def _once(self, out: list[Outgoing], seen: set[tuple[str, CommandKind]], record: WorkRecord,
               user_id: str, kind: CommandKind, reason: str) -> None:
         if (user_id, kind) in seen or not self.cache.is_enabled(user_id):
             return
@@ -284,41 +269,10 @@ class Router:
         out.append(self._outgoing(record, user_id,
                                   SyncCommand(user_id=user_id, kind=kind, reason=reason)))
 
-    @staticmethod
-    def _outgoing(record: WorkRecord, user_id: str, command: SyncCommand) -> _Outgoing:
+    def _outgoing(self, record: WorkRecord, user_id: str, command: SyncCommand) -> Outgoing:
         with tracing.span("router route", parent=record.headers, kind=SpanKind.CONSUMER,
                           attributes={"contactsync.command": str(command.kind)}):
             headers = tracing.headers()
-        return _Outgoing(user_id, command, record.envelope.trace_id,
-                         command_event_id(record.envelope.event_id, user_id, command.kind),
-                         headers)
-
-    # --- publishing ---
-
-    def _get_producer(self) -> KafkaProducer:
-        if self._producer is None:
-            self._producer = make_producer(self.settings,
-                                           client_id="contactsync-router")
-        return self._producer
-
-    def _publish(self, outgoing: Sequence[_Outgoing]) -> None:
-        if not outgoing:
-            return
-        producer = self._get_producer()
-        try:
-            futures = [
-                producer.send(self._commands_topic,
-                              value=encode(wrap(o.command, trace_id=o.trace_id,
-                                                event_id=o.event_id)),
-                              key=o.user_id.encode(), headers=o.headers or None)
-                for o in outgoing
-            ]
-            producer.flush(timeout=SEND_TIMEOUT_S)
-            for future in futures:
-                future.get(timeout=SEND_TIMEOUT_S)
-        except KafkaError as exc:
-            # The broker is away or slow: the Worker retries the whole group (duplicates are
-            # harmless: every command's effect is idempotent).
-            raise KafkaUnavailable(f"could not publish sync commands: {exc}") from exc
-        self.routed += len(outgoing)
-        _log().debug("routed", commands=len(outgoing))
+        return Outgoing(self._commands_topic, user_id, command, record.envelope.trace_id,
+                        command_event_id(record.envelope.event_id, user_id, command.kind),
+                        headers or None)

@@ -69,12 +69,14 @@ from contactsync.credential_health import when_credential_works
 from contactsync.engine.links import canon_bc_id
 from contactsync.engine.rails import mass_delete_stop
 from contactsync.errors import KafkaUnavailable
+from contactsync.kafka.bridge import Bridge
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
+from contactsync.kafka.publish import Outgoing, Publisher
 from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, DEADLETTER, topic_name
 from contactsync.logs import get_logger
 from contactsync.schemas.contacts import BcContact
-from contactsync.schemas.envelope import MessageError, decode, encode, wrap
+from contactsync.schemas.envelope import MessageError, decode
 from contactsync.schemas.messages import BcChangeKind, BcContactChanged, BcNotification
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
@@ -92,7 +94,6 @@ _RAIL_FLOOR: int = UserSetup.model_fields["max_delete_floor"].default
 DEFAULT_OVERLAP = timedelta(seconds=2)
 DEFAULT_COALESCE_S = 0.05  # at most ~20 queries a second however many hints come
 MIN_GATHER_S = 0.005  # hints already on their way still share the round
-SEND_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 30.0
 _CONTACT_ID = re.compile(r"contacts\(([^)]+)\)\s*$", re.IGNORECASE)
 _EVENT_IDS = uuid.UUID("0d7c3a52-2f0e-4b8e-9c41-6a2b1f9e7d13")  # namespace of message ids
@@ -165,8 +166,7 @@ class BcChangeFeed:
         self.store = store
         self.bc = bc_client
         self.producer = producer
-        self.loop = loop or asyncio.new_event_loop()
-        self._owns_loop = loop is None
+        self.bridge = Bridge(loop)  # its own loop unless given one (the caller's clients')
         self.poll_interval = poll_interval
         self.fallback_poll_interval = fallback_poll_interval
         self.deletion_scan_interval = deletion_scan_interval
@@ -192,6 +192,10 @@ class BcChangeFeed:
         self._was_subscribed: bool | None = None
 
     # --- setup ---------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.bridge.loop
 
     @property
     def company_id(self) -> str:
@@ -225,7 +229,7 @@ class BcChangeFeed:
         """Ask BC whether contacts have webhooks; make sure the company has a watermark."""
         if self.webhooks is None:
             try:
-                self.webhooks = self.loop.run_until_complete(self.bc.webhook_supported())
+                self.webhooks = self.bridge.run(self.bc.webhook_supported())
             except ServiceError as exc:
                 _log().warning("could not ask BC about webhooks; polling as without them",
                                error=str(exc))
@@ -277,7 +281,7 @@ class BcChangeFeed:
         advanced; the pending deletions stay for the next round."""
         self.start()
         try:
-            report = self.loop.run_until_complete(self._round())
+            report = self.bridge.run(self._round())
         except BaseException:
             self.failed_rounds += 1
             raise
@@ -317,9 +321,7 @@ class BcChangeFeed:
                                               last_modified=modified)
                     futures.append(self._send(change, None, contact.etag or str(modified)))
                     fresh[contact.id] = (modified, contact.etag)
-            self.producer.flush(timeout=SEND_TIMEOUT_S)
-            for future in futures:
-                future.get(timeout=SEND_TIMEOUT_S)
+            Publisher(self.producer).await_acks(futures)
         except KafkaError as exc:
             raise KafkaUnavailable(f"could not publish BC contact changes: {exc}") from exc
         # Every message is on the broker: now, and only now, the round counts.
@@ -344,7 +346,7 @@ class BcChangeFeed:
         """Linked BC ids that are no longer in BC: queued as deletions for the next round
         (which is requested). Raises a `ServiceError` when BC fails; nothing is queued then."""
         self.start()
-        gone = self.loop.run_until_complete(self._missing_persons())
+        gone = self.bridge.run(self._missing_persons())
         self._scanned_gone.update(gone)
         for contact_id in gone:
             self._pending_deletes.setdefault(contact_id, _PendingDelete(contact_id, None, None))
@@ -399,9 +401,8 @@ class BcChangeFeed:
     def _send(self, change: BcContactChanged, trace_id: str | None, version: str) -> Any:
         event_id = uuid.uuid5(_EVENT_IDS, f"{self.company_id}\x1f{change.contact_id}\x1f"
                                           f"{change.kind}\x1f{version}").hex
-        value = encode(wrap(change, trace_id=trace_id, event_id=event_id))
-        return self.producer.send(self._changes_topic, key=change.contact_id.encode(),
-                                  value=value)
+        return Publisher(self.producer).send(Outgoing(
+            self._changes_topic, change.contact_id, change, trace_id=trace_id, event_id=event_id))
 
     def _remember(self, fresh: Mapping[str, tuple[datetime | None, str]],
                   watermark: datetime) -> None:
@@ -509,8 +510,7 @@ class BcChangeFeed:
         if self._consumer is not None and self._owns_consumer:
             self._consumer.close(autocommit=False)
             self._consumer = None
-        if self._owns_loop and not self.loop.is_closed():
-            self.loop.close()
+        self.bridge.close()  # a loop it was given stays open
 
 
 def run_bc_changes(
@@ -525,26 +525,25 @@ def run_bc_changes(
     if not (settings.bc_base_url and settings.bc_company):
         raise ConfigError("no Business Central configured: set CONTACTSYNC_BC_BASE_URL and "
                           "CONTACTSYNC_BC_COMPANY")
-    loop = asyncio.new_event_loop()
+    bridge = Bridge()
     credential = azure_credential(settings)
     producer = make_producer(settings, client_id="contactsync-bc-changes")
     bc: BcClient | None = None
     try:
-        bc = when_credential_works(lambda: loop.run_until_complete(BcClient.create(
+        bc = when_credential_works(lambda: bridge.run(BcClient.create(
             settings.bc_base_url, settings.bc_company, credential, scope=settings.bc_scope)),
             stop)
         if bc is None:
             return
-        BcChangeFeed(settings, store, bc, producer, loop=loop, poll_interval=poll_interval,
+        BcChangeFeed(settings, store, bc, producer, loop=bridge.loop, poll_interval=poll_interval,
                      fallback_poll_interval=fallback_poll_interval,
                      deletion_scan_interval=settings.bc_deletion_scan_seconds).run(stop)
     finally:
         try:
             if bc is not None:
-                loop.run_until_complete(bc.aclose())
+                bridge.run(bc.aclose())
             if credential is not None:
-                loop.run_until_complete(credential.close())
-            loop.run_until_complete(loop.shutdown_asyncgens())
+                bridge.run(credential.close())
         finally:
-            loop.close()
+            bridge.close()
             producer.close(timeout=10)

@@ -54,20 +54,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
 from contactsync import metrics
 from contactsync.clients.bc import BcClient, parse_bc_datetime
 from contactsync.clients.errors import NotFound, ServiceError
 from contactsync.clients.graph import GraphClient, is_loopback, new_client_state
 from contactsync.credential_health import when_credential_works
-from contactsync.errors import KafkaUnavailable
+from contactsync.kafka.bridge import Bridge
 from contactsync.kafka.io import make_producer
+from contactsync.kafka.publish import Outgoing, Publish, Publisher
 from contactsync.kafka.topics import GRAPH_LIFECYCLE, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
 from contactsync.producers.legacy_lifecycle import drain_old_lifecycle
-from contactsync.schemas.envelope import encode, wrap
 from contactsync.schemas.messages import CommandKind, GraphLifecycle, LifecycleEvent, SyncCommand
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
@@ -82,7 +81,6 @@ RENEW_WHEN_LEFT = 1 / 3  # renew once less than this share of the lifetime remai
 DEFAULT_INTERVAL = 300.0
 CREATED_REASON = "subscription created"
 RECREATED_REASON = "subscription recreated"
-SEND_TIMEOUT_S = 30.0
 GRAPH_PATH = "/webhooks/graph"
 GRAPH_LIFECYCLE_PATH = "/webhooks/graph/lifecycle"
 BC_PATH = "/webhooks/bc"
@@ -144,8 +142,7 @@ class SubscriptionKeeper:
         self.graph = graph
         self.bc = bc
         self.producer = producer
-        self.loop = loop or asyncio.new_event_loop()
-        self._owns_loop = loop is None
+        self.bridge = Bridge(loop)  # its own loop unless given one (the caller's clients')
         self.clock = clock
         self.graph_lifetime = graph_lifetime
         self.bc_lifetime = bc_lifetime
@@ -155,6 +152,8 @@ class SubscriptionKeeper:
         self.bc_url = base + BC_PATH
         self._commands_topic = topic_name(settings, SYNC_COMMANDS)
         self._unsent: list[SyncCommand] = []  # sync commands the broker has not acked yet
+        self._in_handler = False
+        self._next_pass = 0.0  # monotonic
 
     # --- Graph, per user -----------------------------------------------------------------
 
@@ -401,33 +400,50 @@ class SubscriptionKeeper:
         self._flush_unsent()
 
     def _flush_unsent(self) -> None:
-        """Publish the queued sync commands; each stays queued until the broker acked it."""
-        if not self._unsent:
+        """Publish the queued sync commands; each stays queued until the broker acked it.
+        Inside the worker's handler the worker publishes them (`handle` returns them)."""
+        if not self._unsent or self._in_handler:
             return
-        try:
-            futures = [
-                (c, self.producer.send(self._commands_topic, key=c.user_id.encode(),
-                                       value=encode(wrap(c))))
-                for c in self._unsent
-            ]
-            self.producer.flush(timeout=SEND_TIMEOUT_S)
-            for command, future in futures:
-                future.get(timeout=SEND_TIMEOUT_S)
-                self._unsent.remove(command)
-        except KafkaError as exc:
-            raise KafkaUnavailable(f"could not publish sync commands: {exc}") from exc
+        unsent = list(self._unsent)
+        Publisher(self.producer).publish(
+            [Outgoing(self._commands_topic, c.user_id, c) for c in unsent])
+        for command in unsent:
+            self._unsent.remove(command)
 
     # --- the role ------------------------------------------------------------------------
 
-    def handle(self, records: Sequence[WorkRecord]) -> None:
+    def handle(self, records: Sequence[WorkRecord]) -> Publish | None:
         """The Worker's handler: lifecycle events only (change notifications are the
-        router's)."""
-        for record in records:
-            if isinstance(record.payload, GraphLifecycle):
-                self.loop.run_until_complete(self.handle_lifecycle(record.payload))
+        router's); returns the sync commands its re-creations queued."""
+        self._in_handler = True
+        try:
+            for record in records:
+                if isinstance(record.payload, GraphLifecycle):
+                    self.bridge.run(self.handle_lifecycle(record.payload))
+        finally:
+            self._in_handler = False
+        unsent = list(self._unsent)
+        if not unsent:
+            return None
+
+        def acked() -> None:
+            self._unsent = [c for c in self._unsent if c not in unsent]
+
+        return Publish([Outgoing(self._commands_topic, c.user_id, c) for c in unsent],
+                       then=acked)
+
+    def _pass_if_due(self) -> None:
+        """Between polls: a pass every `interval` seconds (the first at once)."""
+        if time.monotonic() < self._next_pass:
+            return
+        try:
+            self.bridge.run(self.run_once())
+        except Exception as exc:  # the store or the broker away: next pass
+            _log().warning("subscription pass failed", error=str(exc))
+        self._next_pass = time.monotonic() + self.interval
 
     def _act_on_lifecycle(self, event: GraphLifecycle) -> KeeperReport:
-        return self.loop.run_until_complete(self.handle_lifecycle(event))
+        return self.bridge.run(self.handle_lifecycle(event))
 
     def build_worker(self, *, retry: RetryPolicy | None = None, **consumer_overrides: Any
                      ) -> Worker:
@@ -439,27 +455,15 @@ class SubscriptionKeeper:
         until `stop` is set."""
         drain_old_lifecycle(self.settings, GROUP_ID, self._act_on_lifecycle)
         worker = worker or self.build_worker()
-        worker._stop = stop  # its retry back-off then ends when we stop
-        next_pass = time.monotonic()
+        self._next_pass = time.monotonic()
         try:
-            while not stop.is_set():
-                if time.monotonic() >= next_pass:
-                    try:
-                        self.loop.run_until_complete(self.run_once())
-                    except Exception as exc:  # the store or the broker away: next pass
-                        _log().warning("subscription pass failed", error=str(exc))
-                    next_pass = time.monotonic() + self.interval
-                worker.run_once()
+            worker.run(stop, between=self._pass_if_due)
         finally:
-            try:
-                worker.commit()
-            finally:
-                worker.close()
-                self.close()
+            worker.close()
+            self.close()
 
     def close(self) -> None:
-        if self._owns_loop and not self.loop.is_closed():
-            self.loop.close()
+        self.bridge.close()  # a loop it was given stays open
 
 
 def run_subscriptions(
@@ -470,12 +474,12 @@ def run_subscriptions(
     interval: float = DEFAULT_INTERVAL,
 ) -> None:
     """The `subscriptions` role against the configured tenant, until `stop` is set."""
-    loop = asyncio.new_event_loop()
+    bridge = Bridge()
     producer = make_producer(settings, client_id="contactsync-subscriptions")
     try:
         def enter() -> tuple[Any, Services]:
             cm = open_services(settings, store)
-            return cm, loop.run_until_complete(cm.__aenter__())
+            return cm, bridge.run(cm.__aenter__())
 
         opened = when_credential_works(enter, stop)
         if opened is None:
@@ -483,12 +487,11 @@ def run_subscriptions(
         services_cm, services = opened
         try:
             SubscriptionKeeper(settings, store, services.graph, services.bc, producer,
-                               loop=loop, interval=interval).run(stop)
+                               loop=bridge.loop, interval=interval).run(stop)
         finally:
-            loop.run_until_complete(services_cm.__aexit__(None, None, None))
+            bridge.run(services_cm.__aexit__(None, None, None))
     finally:
         try:
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            bridge.close()
         finally:
-            loop.close()
             producer.close(timeout=10)

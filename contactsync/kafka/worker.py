@@ -1,7 +1,12 @@
 """The at-least-once consumer loop the router and the applier share (docs/architecture.md 9).
 
     poll a batch -> decode envelopes -> group (by record, by key, ...) -> handler(group)
-      -> commit, per partition, up to the first record not finished
+      -> send what the handlers returned -> await the acks once -> commit, per partition, up
+         to the first record not finished
+
+- Handlers do not publish: they return a `Publish` (`kafka.publish`); a group's records are
+  finished once every message it returned is acked. Messages the broker does not take hold
+  the worker back (backoff, then the unfinished records are fetched again), never dead-letter.
 
 - A record that does not decode (`MessageError`) goes straight to the dead-letter topic: the
   error is deterministic, retrying cannot help.
@@ -45,9 +50,10 @@ from contactsync.credential_health import CREDENTIAL_PAUSE_S, HEALTH
 from contactsync.errors import ServiceError, is_credential_failure, is_retryable
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
+from contactsync.kafka.publish import SEND_TIMEOUT_S, Outgoing, Publish, Publisher, carried
 from contactsync.kafka.topics import DEADLETTER, await_topics, topic_name
 from contactsync.logs import get_logger
-from contactsync.retry import WORKER_RETRY, retry_delay
+from contactsync.retry import WORKER_RETRY, backoff_delay, retry_delay
 from contactsync.retry import RetryPolicy as RetryPolicy  # the one policy (tests, roles)
 from contactsync.schemas.envelope import Envelope, MessageError, decode
 from contactsync.settings import Settings
@@ -81,7 +87,8 @@ class WorkRecord:
         return list(getattr(self.record, "headers", None) or [])
 
 
-Handler = Callable[[Sequence[WorkRecord]], None]
+# A handler returns what it wants published (or None); the worker publishes it.
+Handler = Callable[[Sequence[WorkRecord]], Publish | None]
 GroupBy = Callable[[WorkRecord], Hashable]
 
 
@@ -143,6 +150,7 @@ class _Outcome:
     retryable: bool = False
     stopped: bool = False
     credential: bool = False  # the credential failed: pause, leave the records on the topic
+    publish: Publish | None = None  # what the handler returned (or its error carried)
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -174,6 +182,7 @@ class Worker:
         retry: RetryPolicy | None = None,
         poll_timeout_ms: int = 500,
         owned_producer: KafkaProducer | None = None,
+        publisher: Publisher | None = None,
         rng: random.Random | None = None,
         credential_pause: float = CREDENTIAL_PAUSE_S,
     ) -> None:
@@ -194,14 +203,25 @@ class Worker:
         self.credential_pause = credential_pause
         self._paused_until: float | None = None
         self._refused_by: set[str] = set()  # services that answered 401 to our token
+        self.publisher = publisher
+        # Sent this poll, not yet acked: (records finished by the acks, futures, then).
+        self._inflight: list[tuple[list[Any], list[Any], Any]] = []
+        self._publish_failures = 0  # in a row: the backoff before polling again
 
     # --- the loop ---
 
-    def run(self, stop: threading.Event) -> None:
-        """Poll and process until `stop` is set; commits finished work on the way out."""
+    def run(self, stop: threading.Event, *,
+            between: Callable[[], None] | None = None) -> None:
+        """Poll and process until `stop` is set; commits finished work on the way out.
+        `between` (a role's timed work: a pass, a timer round) runs before each poll, in this
+        thread; it publishes through `publish` and handles its own failures."""
         self._stop = stop
         try:
             while not stop.is_set():
+                if between is not None:
+                    between()
+                    if stop.is_set():
+                        break
                 self.run_once()
         finally:
             self.commit()
@@ -240,6 +260,7 @@ class Worker:
             if self._stop.is_set() or self._paused_until is not None:
                 break  # the rest stays uncommitted and is delivered again
             self._run_group(group)
+        self._settle()
         if self._paused_until is not None:
             self._rewind({TopicPartition(r.topic, r.partition) for r in records})
         self.commit()
@@ -283,6 +304,66 @@ class Worker:
                 _log().debug("could not seek back", error=str(exc), topic=tp.topic,
                              partition=tp.partition)
 
+    # --- publishing what the handlers returned ---
+
+    def _hand_over(self, records: list[Any], publish: Publish | None) -> None:
+        """Send `publish`'s messages; `records` finish once every one is acked (`_settle`)."""
+        if publish is None or not publish.messages:
+            if publish is not None and publish.then is not None:
+                publish.then()
+            for record in records:
+                self._finished(record)
+            return
+        if self.publisher is None:
+            raise RuntimeError("this worker has no producer for its handler's messages")
+        try:
+            futures = [self.publisher.send(m) for m in publish.messages]
+        except Exception as exc:
+            self._publish_failed(exc)
+            return
+        self._inflight.append((records, futures, publish.then))
+
+    def _settle(self) -> None:
+        """Wait for the poll's acks (one flush); finish the records whose messages all landed."""
+        inflight, self._inflight = self._inflight, []
+        if not inflight:
+            return
+        assert self.publisher is not None
+        with contextlib.suppress(Exception):  # each future tells its own outcome below
+            self.publisher.producer.flush(timeout=SEND_TIMEOUT_S)
+        failure: Exception | None = None
+        for records, futures, then in inflight:
+            try:
+                for future in futures:
+                    future.get(timeout=SEND_TIMEOUT_S)
+            except Exception as exc:
+                failure = failure or exc
+                continue
+            if then is not None:
+                then()
+            for record in records:
+                self._finished(record)
+        if failure is not None:
+            self._publish_failed(failure)
+        else:
+            self._publish_failures = 0
+
+    def _publish_failed(self, error: Exception) -> None:
+        """The broker did not take a handler's messages: nothing is finished past them. Back
+        off, then fetch from the first unfinished record again (handlers are idempotent);
+        never dead-lettered: the dead-letter topic is on the same broker."""
+        self._publish_failures += 1
+        delay = backoff_delay(self.retry, self._publish_failures - 1, self._rng.random())
+        _log().warning("could not publish; backing off", error=str(error),
+                       retry_in_s=round(delay, 3))
+        self._paused_until = time.monotonic() + delay
+
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Publish outside a handler (a role's own pass) and wait for the acks."""
+        if self.publisher is None:
+            raise RuntimeError("this worker has no producer")
+        self.publisher.publish(messages)
+
     def _run_group(self, group: list[WorkRecord]) -> None:
         outcome = self._attempt(group)
         if outcome.stopped:
@@ -299,8 +380,7 @@ class Worker:
             while self._refused_by:  # the API takes our token again
                 HEALTH.succeeded(self._refused_by.pop())
         if outcome.error is None:
-            for work in group:
-                self._finished(work.record)
+            self._hand_over([w.record for w in group], outcome.publish)
             return
         if not outcome.retryable and len(group) > 1:
             for work in group:  # isolate the bad record(s)
@@ -322,10 +402,12 @@ class Worker:
         while True:
             attempt += 1
             try:
-                self.handler(group)
-                return _Outcome(None, attempt)
+                return _Outcome(None, attempt, publish=self.handler(group))
             except Exception as exc:
                 credential = is_credential_failure(exc)
+                done = carried(exc)
+                if done is not None:  # published now; a retry does not repeat that work
+                    self._hand_over([], done)
                 if not is_retryable(exc):
                     return _Outcome(exc, attempt, credential=credential)
                 delay = retry_delay(self.retry, attempt - 1, exc, self._rng.random())
@@ -394,11 +476,13 @@ def build_worker(
     **consumer_overrides: Any,
 ) -> Worker:
     """A worker on the settings' broker: consumer in the role's group `group_id` (prefixed like
-    the topics), dead letters to `deadletter`. Returns once the topics have their leaders."""
+    the topics), one producer for the handler's messages and the dead letters. Returns once the
+    topics have their leaders."""
     await_topics(settings, [*topic_bases, DEADLETTER])
     consumer = role_consumer(settings, group_id, **consumer_overrides)
-    producer = make_producer(settings, client_id=f"contactsync-{group_id}-dlq")
+    producer = make_producer(settings, client_id=f"contactsync-{group_id}")
     sink = DeadLetterSink(producer, topic_name(settings, DEADLETTER))
     topics = [topic_name(settings, base) for base in topic_bases]
     return Worker(consumer, topics, handler, sink, group_by=group_by, retry=retry,
-                  owned_producer=producer, credential_pause=credential_pause)
+                  owned_producer=producer, publisher=Publisher(producer),
+                  credential_pause=credential_pause)
