@@ -140,7 +140,9 @@ class Settings(BaseSettings):
     # --- Reconcile job (producers/reconcile.py) ---
     reconcile_schedule: str = Field(
         default="nightly",
-        description="nightly (02:00 UTC) | off | every N[s|m|h|d] | 5-field cron, in UTC",
+        description="nightly (02:00) | hourly | off | every N[s|m|h|d] | @daily-style alias | "
+                    "5-field cron with names; UTC unless a time zone follows "
+                    "(nightly Europe/Berlin)",
     )
     reconcile_jitter: float = Field(
         default=3600.0, ge=0,

@@ -43,6 +43,44 @@ def test_off_never_fires_and_bad_specs_say_what_is_expected():
             parse_schedule(bad)
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0 6 * * mon-fri", datetime(2026, 11, 26, 6, 0, tzinfo=UTC)),  # Thursday
+    ("0 6 * * SAT,sun", datetime(2026, 11, 28, 6, 0, tzinfo=UTC)),
+    ("0 0 1 jan *", datetime(2027, 1, 1, 0, 0, tzinfo=UTC)),
+    ("@daily", datetime(2026, 11, 27, 0, 0, tzinfo=UTC)),
+    ("@hourly", datetime(2026, 11, 26, 2, 0, tzinfo=UTC)),
+    ("@weekly", datetime(2026, 11, 29, 0, 0, tzinfo=UTC)),  # Sunday midnight
+    # 02:00 in Berlin is 01:00 UTC in November (CET, UTC+1): today's has passed.
+    ("nightly Europe/Berlin", datetime(2026, 11, 27, 1, 0, tzinfo=UTC)),
+    ("0 2 * * fri Europe/Berlin", datetime(2026, 11, 27, 1, 0, tzinfo=UTC)),
+    ("@daily America/New_York", datetime(2026, 11, 26, 5, 0, tzinfo=UTC)),  # EST, UTC-5
+    ("0 2 * * * UTC", datetime(2026, 11, 26, 2, 0, tzinfo=UTC)),
+])
+def test_named_days_aliases_and_time_zones_name_their_next_slot(text: str, expected: datetime):
+    assert parse_schedule(text).next_after(NOW) == expected
+
+
+def test_a_time_zone_keeps_local_time_across_daylight_saving():
+    berlin = parse_schedule("30 3 * * * Europe/Berlin")
+    summer = berlin.next_after(datetime(2026, 7, 1, 12, 0, tzinfo=UTC))
+    winter = berlin.next_after(datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
+    assert (summer, winter) == (datetime(2026, 7, 2, 1, 30, tzinfo=UTC),
+                                datetime(2026, 12, 2, 2, 30, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(("typo", "words"), [
+    ("0 2 * * fryday", "bad day-of-week field"),
+    ("@dayly", "not understood"),
+    ("0 2 * * * Europe/Berlinn", "unknown time zone 'Europe/Berlinn'"),
+])
+def test_a_typo_is_one_sentence_saying_what_is_expected(typo: str, words: str):
+    with pytest.raises(ScheduleError, match=words) as caught:
+        parse_schedule(typo)
+    message = str(caught.value)
+    assert "\n" not in message and message.count(". ") == 0, "one sentence"
+    assert typo in message
+
+
 def test_the_spread_gives_each_user_one_point_of_its_own_share_of_the_window():
     users = [f"u{i}" for i in range(50)]
     plan = spread(users + users[:3], 600.0, random.Random(7))
