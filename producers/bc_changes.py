@@ -35,48 +35,51 @@ the hint's resource, `.../contacts(<id>)`: BC has nothing else to read for a del
   a round that fails publishes again next time, never skips. The overlap re-reads contacts
   committed out of order around the watermark; those already published with the same ETag are
   not published again (remembered in memory; after a restart one duplicate is harmless).
-- Offsets of `bc.notifications` are committed only after the round that answered them
-  succeeded (at least once, decision 9). A failed round is retried with backoff; a record that
-  cannot be decoded goes to `deadletter`.
+- The feed runs on the one Kafka worker (`kafka.worker`, group `contactsync-bc-changes` on
+  `bc.notifications`): a poll's hints are one group, the handler answers them with one round
+  and returns its messages; the worker publishes them, and once every one is acked the
+  watermark advances and the hints' offsets are committed (at least once, decision 9). A failed
+  round is retried with the one retry policy's backoff, never dead-lettered (a deletion hint
+  holds the only copy of its id); a record that cannot be decoded, or is not a hint, goes to
+  `deadletter`. The timer's rounds and the deletion scans run between the worker's polls.
 - First start of a company (no watermark stored): the watermark starts at *now minus overlap*.
   History is not replayed into the stream (that would flood it with every contact ever); the
   reconcile job (`full_sync`) covers the past. Our clock stands in for BC's there, so a skew
   larger than the overlap can miss edits of the first seconds; reconcile covers those too.
 
-The BC client is async: the feed runs it on one event loop of its own (`loop`), in the thread
+The BC client is async: the feed runs it on its `Bridge` (one event loop, `loop`), in the thread
 that calls `run` / `run_round`. Build the client on that same loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import re
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaProducer
 
 from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import NotFound, ServiceError
 from contactsync.credential_health import when_credential_works
 from contactsync.engine.links import canon_bc_id
 from contactsync.engine.rails import mass_delete_stop
-from contactsync.errors import KafkaUnavailable
+from contactsync.errors import ContactsyncError
 from contactsync.kafka.bridge import Bridge
-from contactsync.kafka.deadletter import DeadLetterSink
-from contactsync.kafka.io import make_producer, role_consumer
-from contactsync.kafka.publish import Outgoing, Publisher
-from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, DEADLETTER, topic_name
+from contactsync.kafka.publish import Outgoing, Publish, Publisher
+from contactsync.kafka.topics import BC_CONTACT_CHANGES, BC_NOTIFICATIONS, topic_name
+from contactsync.kafka.worker import Worker, WorkRecord, build_worker, by_record
 from contactsync.logs import get_logger
+from contactsync.retry import RetryPolicy, backoff_delay
 from contactsync.schemas.contacts import BcContact
-from contactsync.schemas.envelope import MessageError, decode
 from contactsync.schemas.messages import BcChangeKind, BcContactChanged, BcNotification
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
@@ -94,7 +97,9 @@ _RAIL_FLOOR: int = UserSetup.model_fields["max_delete_floor"].default
 DEFAULT_OVERLAP = timedelta(seconds=2)
 DEFAULT_COALESCE_S = 0.05  # at most ~20 queries a second however many hints come
 MIN_GATHER_S = 0.005  # hints already on their way still share the round
-MAX_BACKOFF_S = 30.0
+# Hints are retried until BC and the broker are back (never dead-lettered: a deletion hint
+# carries the only copy of its contact id), backing off up to 30 s.
+HINTS_RETRY = RetryPolicy(max_attempts=sys.maxsize, base_delay=1.0, max_delay=30.0)
 _CONTACT_ID = re.compile(r"contacts\(([^)]+)\)\s*$", re.IGNORECASE)
 _EVENT_IDS = uuid.UUID("0d7c3a52-2f0e-4b8e-9c41-6a2b1f9e7d13")  # namespace of message ids
 
@@ -136,11 +141,19 @@ class RoundReport:
 
 
 @dataclass
-class _Intake:
-    """Polled, not yet committed: what the next successful round settles."""
+class _Round:
+    """A round queried, not yet acked: what settling it changes."""
 
-    positions: dict[TopicPartition, int] = field(default_factory=dict)
-    dead: list[tuple[Any, str, str]] = field(default_factory=list)  # record, reason, type
+    report: RoundReport
+    deletes: list[_PendingDelete]
+    highest: datetime
+    started: float  # perf_counter
+    messages: list[Outgoing] = field(default_factory=list)
+    fresh: dict[str, tuple[datetime | None, str]] = field(default_factory=dict)
+
+
+class UnexpectedType(ContactsyncError):
+    """A record on bc.notifications that is not a BC notification (dead-lettered)."""
 
 
 class BcChangeFeed:
@@ -151,7 +164,7 @@ class BcChangeFeed:
         settings: Settings,
         store: Store,
         bc_client: BcClient,
-        producer: KafkaProducer,
+        producer: KafkaProducer | None,
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
@@ -159,7 +172,6 @@ class BcChangeFeed:
         deletion_scan_interval: float = DEFAULT_DELETION_SCAN_INTERVAL,
         overlap: timedelta = DEFAULT_OVERLAP,
         coalesce_seconds: float = DEFAULT_COALESCE_S,
-        consumer: KafkaConsumer | None = None,
         group_id: str = GROUP_ID,
     ) -> None:
         self.settings = settings
@@ -173,16 +185,14 @@ class BcChangeFeed:
         self.overlap = overlap
         self.coalesce_seconds = coalesce_seconds
         self.group_id = group_id
-        self._consumer = consumer
-        self._owns_consumer = consumer is None
         self._changes_topic = topic_name(settings, BC_CONTACT_CHANGES)
-        self._hints_topic = topic_name(settings, BC_NOTIFICATIONS)
-        self._dead_letters = DeadLetterSink(producer, topic_name(settings, DEADLETTER))
         self._pending_deletes: dict[str, _PendingDelete] = {}
         self._round_requested = False
         self._last_round_at = float("-inf")  # monotonic start of the last round
         self._published: dict[str, tuple[datetime | None, str]] = {}  # id -> (modified, etag)
-        self._intake = _Intake()
+        self._next_timer = 0.0  # monotonic: the timer's next round
+        self._retry_at = 0.0  # monotonic: after a failed timer round, not before this
+        self._failures = 0  # timer rounds failed in a row
         self.webhooks: bool | None = None  # None until `start`
         self.rounds = 0  # successful rounds, for logs and tests
         self.failed_rounds = 0
@@ -281,60 +291,69 @@ class BcChangeFeed:
         advanced; the pending deletions stay for the next round."""
         self.start()
         try:
-            report = self.bridge.run(self._round())
+            done = self.bridge.run(self._collect())
+            Publisher(self._producer()).publish(done.messages)
         except BaseException:
             self.failed_rounds += 1
             raise
-        self.rounds += 1
-        return report
+        return self._settle_round(done)
 
-    async def _round(self) -> RoundReport:
-        started = time.perf_counter()
+    def round_to_publish(self) -> Publish:
+        """One round's query now; its messages for the worker to publish, and the watermark
+        advanced once the broker acked every one of them."""
+        self.start()
+        try:
+            done = self.bridge.run(self._collect())
+        except BaseException:
+            self.failed_rounds += 1
+            raise
+        return Publish(done.messages, then=lambda: self._settle_round(done))
+
+    async def _collect(self) -> _Round:
+        """The pending deletions, then the query: what to publish; nothing advanced yet."""
         self._last_round_at = time.monotonic()
         watermark = self.watermark()
         self._round_requested = False
-        deletes = list(self._pending_deletes.values())
-        report = RoundReport(watermark, watermark)
-        futures: list[Any] = []
-        fresh: dict[str, tuple[datetime | None, str]] = {}
-        highest = watermark
-        try:
-            for d in deletes:  # they happened before the query below: it cannot return them
-                change = BcContactChanged(company_id=self.company_id, contact_id=d.contact_id,
-                                          kind=BcChangeKind.DELETED,
-                                          last_modified=d.last_modified)
-                futures.append(self._send(change, d.trace_id, "deleted"))
-            report.deletes = len(deletes)
-            flt = BcClient.changed_since_filter(watermark, self.overlap)
-            async for page in self.bc.iter_contact_pages(flt):
-                for raw in page:
-                    contact = BcContact.model_validate(raw)
-                    modified = contact.last_modified_date_time
-                    if modified is not None:
-                        modified = _aware(modified)
-                        highest = max(highest, modified)
-                    if self._published.get(contact.id) == (modified, contact.etag):
-                        report.unchanged += 1
-                        continue
-                    change = BcContactChanged(company_id=self.company_id, contact_id=contact.id,
-                                              kind=BcChangeKind.UPSERT, snapshot=contact,
-                                              last_modified=modified)
-                    futures.append(self._send(change, None, contact.etag or str(modified)))
-                    fresh[contact.id] = (modified, contact.etag)
-            Publisher(self.producer).await_acks(futures)
-        except KafkaError as exc:
-            raise KafkaUnavailable(f"could not publish BC contact changes: {exc}") from exc
-        # Every message is on the broker: now, and only now, the round counts.
-        report.upserts = len(fresh)
-        report.watermark_after = highest
-        if highest > watermark:
-            report.watermark_after = _aware(self.store.state.advance_watermark(self.company_id,
-                                                                               highest))
-        for d in deletes:
+        done = _Round(RoundReport(watermark, watermark), list(self._pending_deletes.values()),
+                      highest=watermark, started=time.perf_counter())
+        for d in done.deletes:  # they happened before the query below: it cannot return them
+            change = BcContactChanged(company_id=self.company_id, contact_id=d.contact_id,
+                                      kind=BcChangeKind.DELETED, last_modified=d.last_modified)
+            done.messages.append(self._outgoing(change, d.trace_id, "deleted"))
+        done.report.deletes = len(done.deletes)
+        flt = BcClient.changed_since_filter(watermark, self.overlap)
+        async for page in self.bc.iter_contact_pages(flt):
+            for raw in page:
+                contact = BcContact.model_validate(raw)
+                modified = contact.last_modified_date_time
+                if modified is not None:
+                    modified = _aware(modified)
+                    done.highest = max(done.highest, modified)
+                if self._published.get(contact.id) == (modified, contact.etag):
+                    done.report.unchanged += 1
+                    continue
+                change = BcContactChanged(company_id=self.company_id, contact_id=contact.id,
+                                          kind=BcChangeKind.UPSERT, snapshot=contact,
+                                          last_modified=modified)
+                done.messages.append(self._outgoing(change, None, contact.etag or str(modified)))
+                done.fresh[contact.id] = (modified, contact.etag)
+        return done
+
+    def _settle_round(self, done: _Round) -> RoundReport:
+        """Every message is on the broker: now, and only now, the round counts."""
+        report = done.report
+        report.upserts = len(done.fresh)
+        report.watermark_after = done.highest
+        if done.highest > report.watermark_before:
+            report.watermark_after = _aware(self.store.state.advance_watermark(
+                self.company_id, done.highest))
+        for d in done.deletes:
             if self._pending_deletes.get(d.contact_id) == d:
                 del self._pending_deletes[d.contact_id]
-        self._remember(fresh, report.watermark_after)
-        report.duration_s = time.perf_counter() - started
+        self._remember(done.fresh, report.watermark_after)
+        report.duration_s = time.perf_counter() - done.started
+        self.rounds += 1
+        self._next_timer = time.monotonic() + self.interval
         _log().info("bc round", company=self.company_id, upserts=report.upserts,
                     deletes=report.deletes, unchanged=report.unchanged,
                     watermark=report.watermark_after.isoformat())
@@ -398,11 +417,12 @@ class BcChangeFeed:
             _log().warning("bc deletion scan failed; trying again later", error=str(exc),
                            retry_in_s=self.deletion_scan_interval)
 
-    def _send(self, change: BcContactChanged, trace_id: str | None, version: str) -> Any:
+    def _outgoing(self, change: BcContactChanged, trace_id: str | None,
+                  version: str) -> Outgoing:
         event_id = uuid.uuid5(_EVENT_IDS, f"{self.company_id}\x1f{change.contact_id}\x1f"
                                           f"{change.kind}\x1f{version}").hex
-        return Publisher(self.producer).send(Outgoing(
-            self._changes_topic, change.contact_id, change, trace_id=trace_id, event_id=event_id))
+        return Outgoing(self._changes_topic, change.contact_id, change, trace_id=trace_id,
+                        event_id=event_id)
 
     def _remember(self, fresh: Mapping[str, tuple[datetime | None, str]],
                   watermark: datetime) -> None:
@@ -416,101 +436,73 @@ class BcChangeFeed:
 
     # --- the role ------------------------------------------------------------------------
 
-    def _get_consumer(self) -> KafkaConsumer:
-        if self._consumer is None:
-            self._consumer = role_consumer(self.settings, self.group_id, self._hints_topic)
-        return self._consumer
+    def handle(self, records: Sequence[WorkRecord]) -> Publish | None:
+        """The worker's handler: a poll's hints (gathered for `coalesce_seconds` after the last
+        round started), answered by ONE round; their offsets are committed once the round's
+        messages are acked. A record that is not a hint is dead-lettered by the worker."""
+        for record in records:
+            if not isinstance(record.payload, BcNotification):
+                raise UnexpectedType(f"not a bc.notification: {record.envelope.type}")
+            self.add_hint(record.payload, record.envelope.trace_id)
+        return self.round_to_publish() if self._round_requested else None
 
-    def _take(self, polled: Mapping[TopicPartition, Iterable[Any]]) -> int:
-        count = 0
-        for tp in sorted(polled):
-            for record in polled[tp]:
-                count += 1
-                self._intake.positions[tp] = max(self._intake.positions.get(tp, 0),
-                                                 record.offset + 1)
-                self._round_requested = True
-                try:
-                    envelope = decode(record.value)
-                except MessageError as exc:
-                    self._intake.dead.append((record, str(exc), type(exc).__name__))
-                    continue
-                if not isinstance(envelope.payload, BcNotification):
-                    self._intake.dead.append(
-                        (record, f"not a bc.notification: {envelope.type}", "UnexpectedType"))
-                    continue
-                self.add_hint(envelope.payload, envelope.trace_id)
-        return count
+    def _gather_seconds(self) -> float:
+        return max(MIN_GATHER_S, self._last_round_at + self.coalesce_seconds - time.monotonic())
 
-    def _poll(self, consumer: KafkaConsumer, timeout_s: float) -> int:
-        """Poll hints; once some arrived, keep gathering until `coalesce_seconds` after the
-        last round started (a few milliseconds at least)."""
-        got = self._take(consumer.poll(timeout_ms=max(0, int(timeout_s * 1000))))
-        if not got:
-            return 0
-        deadline = max(time.monotonic() + MIN_GATHER_S,
-                       self._last_round_at + self.coalesce_seconds)
-        while (left := deadline - time.monotonic()) > 0:
-            more = self._take(consumer.poll(timeout_ms=max(1, int(left * 1000))))
-            if not more:
-                break
-            got += more
-        return got
+    def build_worker(self, *, retry: RetryPolicy | None = None, **consumer_overrides: Any
+                     ) -> Worker:
+        return build_worker(self.settings, self.group_id, (BC_NOTIFICATIONS,), self.handle,
+                            group_by=_hints_together, retry=retry or HINTS_RETRY,
+                            gather=self._gather_seconds, **consumer_overrides)
 
-    def _settle(self, consumer: KafkaConsumer) -> None:
-        """After a successful round: dead letters out, then the offsets committed."""
-        for record, reason, error_type in self._intake.dead:
-            self._dead_letters.send(record, reason=reason, error_type=error_type, attempts=1)
-        self._intake.dead.clear()
-        positions, self._intake.positions = self._intake.positions, {}
-        if not positions:
+    def _timed(self) -> None:
+        """Between polls: a deletion scan when due, and a round when the timer (or a scan)
+        asks for one. A failed round is tried again after a backoff (the one policy's)."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        self._scan_if_due()
+        if not (self._round_requested or now >= self._next_timer):
             return
         try:
-            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in positions.items()})
-        except Exception as exc:  # rebalanced away: the hints come again, costing one query
-            _log().warning("offset commit failed", error=str(exc))
+            self.run_round()
+        except Exception as exc:  # BC or the broker away: all of it again later
+            self._failures += 1
+            delay = backoff_delay(HINTS_RETRY, self._failures - 1, random.random())
+            self._retry_at = time.monotonic() + delay
+            self._round_requested = True
+            _log().warning("bc round failed; retrying", error=str(exc),
+                           retry_in_s=round(delay, 3))
+            return
+        self._failures = 0
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, worker: Worker | None = None) -> None:
         """Rounds on hints and on the timer until `stop` is set (a first round right away)."""
         self.start()
-        consumer = self._get_consumer()
-        next_timer = time.monotonic()  # catch up at once from the stored watermark
-        backoff = 0.0
-        retry_at = 0.0
+        worker = worker or self.build_worker()
+        if self.producer is None and worker.publisher is not None:
+            self.producer = worker.publisher.producer  # the timer's rounds share it
+        self._next_timer = time.monotonic()  # catch up at once from the stored watermark
         try:
-            while not stop.is_set():
-                now = time.monotonic()
-                wait = max(0.0, min(next_timer - now, 0.5))
-                if backoff:
-                    wait = min(wait, max(0.0, retry_at - now))
-                self._poll(consumer, wait)
-                if not backoff:
-                    self._scan_if_due()
-                now = time.monotonic()
-                due = self._round_requested or now >= next_timer
-                if not due or (backoff and now < retry_at) or stop.is_set():
-                    continue
-                try:
-                    self.run_round()
-                    self._settle(consumer)
-                except Exception as exc:  # BC or the broker away: all of it again later
-                    backoff = min(max(backoff * 2, 1.0), MAX_BACKOFF_S)
-                    retry_at = time.monotonic() + backoff
-                    self._round_requested = True
-                    _log().warning("bc round failed; retrying", error=str(exc),
-                                   retry_in_s=backoff)
-                    continue
-                backoff = 0.0
-                next_timer = time.monotonic() + self.interval
+            worker.run(stop, between=self._timed)
         finally:
+            worker.close()
             self.close()
 
+    def _producer(self) -> KafkaProducer:
+        if self.producer is None:
+            raise RuntimeError("the BC change feed has no producer: run it on a worker")
+        return self.producer
+
     def close(self) -> None:
-        """Close the consumer (uncommitted hints come again) and, if the feed made it, the
-        loop. The BC client and the producer belong to the caller."""
-        if self._consumer is not None and self._owns_consumer:
-            self._consumer.close(autocommit=False)
-            self._consumer = None
+        """Close the loop if the feed made it. The BC client and a producer given to it
+        belong to the caller."""
         self.bridge.close()  # a loop it was given stays open
+
+
+def _hints_together(record: WorkRecord) -> Hashable:
+    """Every hint of a poll in one group (one round answers them); anything else alone."""
+    return "hints" if isinstance(record.payload, BcNotification) else by_record(record)
 
 
 def run_bc_changes(
@@ -527,7 +519,6 @@ def run_bc_changes(
                           "CONTACTSYNC_BC_COMPANY")
     bridge = Bridge()
     credential = azure_credential(settings)
-    producer = make_producer(settings, client_id="contactsync-bc-changes")
     bc: BcClient | None = None
     try:
         bc = when_credential_works(lambda: bridge.run(BcClient.create(
@@ -535,7 +526,7 @@ def run_bc_changes(
             stop)
         if bc is None:
             return
-        BcChangeFeed(settings, store, bc, producer, loop=bridge.loop, poll_interval=poll_interval,
+        BcChangeFeed(settings, store, bc, None, loop=bridge.loop, poll_interval=poll_interval,
                      fallback_poll_interval=fallback_poll_interval,
                      deletion_scan_interval=settings.bc_deletion_scan_seconds).run(stop)
     finally:
@@ -546,4 +537,3 @@ def run_bc_changes(
                 bridge.run(credential.close())
         finally:
             bridge.close()
-            producer.close(timeout=10)

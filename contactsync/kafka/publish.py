@@ -44,7 +44,7 @@ class Publish:
     """What a handler returns: its messages, and `then`, called once every one is acked."""
 
     messages: list[Outgoing] = field(default_factory=list)
-    then: Callable[[], None] | None = None
+    then: Callable[[], object] | None = None
 
 
 def carrying(error: BaseException, publish: Publish) -> BaseException:

@@ -48,6 +48,7 @@ from kafka.structs import OffsetAndMetadata
 from contactsync import metrics
 from contactsync.credential_health import CREDENTIAL_PAUSE_S, HEALTH
 from contactsync.errors import ServiceError, is_credential_failure, is_retryable
+from contactsync.kafka.codec import decode_fast
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
 from contactsync.kafka.publish import SEND_TIMEOUT_S, Outgoing, Publish, Publisher, carried
@@ -55,7 +56,7 @@ from contactsync.kafka.topics import DEADLETTER, await_topics, topic_name
 from contactsync.logs import get_logger
 from contactsync.retry import WORKER_RETRY, backoff_delay, retry_delay
 from contactsync.retry import RetryPolicy as RetryPolicy  # the one policy (tests, roles)
-from contactsync.schemas.envelope import Envelope, MessageError, decode
+from contactsync.schemas.envelope import Envelope, MessageError
 from contactsync.settings import Settings
 
 LAG_EVERY_SECONDS = 5.0  # how often a worker measures its lag (one ListOffsets request)
@@ -185,8 +186,12 @@ class Worker:
         publisher: Publisher | None = None,
         rng: random.Random | None = None,
         credential_pause: float = CREDENTIAL_PAUSE_S,
+        gather: Callable[[], float] | None = None,
     ) -> None:
         self.consumer = consumer
+        # Once a poll returned records: seconds to keep polling for more, so that they are
+        # handled together (the BC feed answers every hint gathered with one query).
+        self.gather = gather
         self.topics = list(topics)
         self.handler = handler
         self.dead_letters = dead_letters
@@ -240,6 +245,14 @@ class Worker:
         polled: dict[TopicPartition, list[Any]] = self.consumer.poll(
             timeout_ms=self.poll_timeout_ms
         )
+        if polled and self.gather is not None:
+            deadline = time.monotonic() + self.gather()
+            while (left := deadline - time.monotonic()) > 0:
+                more = self.consumer.poll(timeout_ms=max(1, int(left * 1000)))
+                if not more:
+                    break
+                for tp, batch in more.items():
+                    polled.setdefault(tp, []).extend(batch)
         records = [r for tp in sorted(polled) for r in polled[tp]]
         if records:  # Kafka timestamps are the produce times, in ms
             oldest = min(r.timestamp for r in records) / 1000
@@ -249,7 +262,7 @@ class Worker:
         groups: dict[Hashable, list[WorkRecord]] = {}
         for r in records:
             try:
-                envelope = decode(r.value)
+                envelope = decode_fast(r.value)
             except MessageError as exc:
                 self._dead_letter([r], str(exc), type(exc).__name__, attempts=1)
                 continue
@@ -473,6 +486,7 @@ def build_worker(
     group_by: GroupBy = by_record,
     retry: RetryPolicy | None = None,
     credential_pause: float = CREDENTIAL_PAUSE_S,
+    gather: Callable[[], float] | None = None,
     **consumer_overrides: Any,
 ) -> Worker:
     """A worker on the settings' broker: consumer in the role's group `group_id` (prefixed like
@@ -485,4 +499,4 @@ def build_worker(
     topics = [topic_name(settings, base) for base in topic_bases]
     return Worker(consumer, topics, handler, sink, group_by=group_by, retry=retry,
                   owned_producer=producer, publisher=Publisher(producer),
-                  credential_pause=credential_pause)
+                  credential_pause=credential_pause, gather=gather)
