@@ -51,7 +51,7 @@ from contactsync.errors import ServiceError, is_credential_failure, is_retryable
 from contactsync.kafka.codec import decode_fast
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
-from contactsync.kafka.publish import SEND_TIMEOUT_S, Outgoing, Publish, Publisher, carried
+from contactsync.kafka.publish import SEND_TIMEOUT_S, Publish, Publisher, carried
 from contactsync.kafka.topics import DEADLETTER, await_topics, topic_name
 from contactsync.logs import get_logger
 from contactsync.retry import WORKER_RETRY, backoff_delay, retry_delay
@@ -219,7 +219,8 @@ class Worker:
             between: Callable[[], None] | None = None) -> None:
         """Poll and process until `stop` is set; commits finished work on the way out.
         `between` (a role's timed work: a pass, a timer round) runs before each poll, in this
-        thread; it publishes through `publish` and handles its own failures."""
+        thread; it publishes with the worker's producer (`publisher.publish`, acks awaited) and
+        handles its own failures."""
         self._stop = stop
         try:
             while not stop.is_set():
@@ -370,12 +371,6 @@ class Worker:
         _log().warning("could not publish; backing off", error=str(error),
                        retry_in_s=round(delay, 3))
         self._paused_until = time.monotonic() + delay
-
-    def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Publish outside a handler (a role's own pass) and wait for the acks."""
-        if self.publisher is None:
-            raise RuntimeError("this worker has no producer")
-        self.publisher.publish(messages)
 
     def _run_group(self, group: list[WorkRecord]) -> None:
         outcome = self._attempt(group)
