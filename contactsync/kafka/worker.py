@@ -414,8 +414,9 @@ class Worker:
             except Exception as exc:
                 credential = is_credential_failure(exc)
                 done = carried(exc)
-                if done is not None:  # published now; a retry does not repeat that work
+                if done is not None:  # acked now, so that a retry skips that work
                     self._hand_over([], done)
+                    self._settle()
                 if not is_retryable(exc):
                     return _Outcome(exc, attempt, credential=credential)
                 delay = retry_delay(self.retry, attempt - 1, exc, self._rng.random())
