@@ -201,6 +201,8 @@ class Router:
 
         def routed() -> None:
             self.routed += len(outgoing)
+            if outgoing:
+                _log().debug("routed", commands=len(outgoing))
 
         return Publish(outgoing, then=routed)
 
