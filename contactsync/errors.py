@@ -2,6 +2,8 @@
 `ContactsyncError`, and says itself whether trying again later can help.
 
     ContactsyncError                  .retryable, .credential, .retry_after, .service
+    ├── BrokerError                   Kafka cannot be used as configured (kafka.errors)
+    ├── StoreError                    a refused store operation: setup exists, ... (store.records)
     └── ServiceError                  talking to another system failed: Graph, BC, Kafka, store
         └── RetryableError            worth trying again later (retried, then dead-lettered)
             └── ServiceUnavailable    away, slow or 5xx; .retry_after if the service sent one

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contactsync.errors import ContactsyncError
 
-class BrokerError(RuntimeError):
+
+class BrokerError(ContactsyncError, RuntimeError):
     """Kafka cannot be used as configured (no broker, refused security settings, missing
     topics), or the local development broker could not be fetched, started or stopped; the
     message says what to do."""

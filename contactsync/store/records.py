@@ -7,8 +7,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from contactsync.errors import ContactsyncError
 
-class StoreError(Exception):
+
+class StoreError(ContactsyncError):  # the project's error root (contactsync.errors)
     """Base of the store's own errors."""
 
 
