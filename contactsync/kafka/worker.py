@@ -48,7 +48,6 @@ from kafka.structs import OffsetAndMetadata
 from contactsync import metrics
 from contactsync.credential_health import CREDENTIAL_PAUSE_S, HEALTH
 from contactsync.errors import ServiceError, is_credential_failure, is_retryable
-from contactsync.kafka.codec import decode_fast
 from contactsync.kafka.deadletter import DeadLetterSink
 from contactsync.kafka.io import make_producer, role_consumer
 from contactsync.kafka.publish import SEND_TIMEOUT_S, Publish, Publisher, carried
@@ -56,7 +55,7 @@ from contactsync.kafka.topics import DEADLETTER, await_topics, topic_name
 from contactsync.logs import get_logger
 from contactsync.retry import WORKER_RETRY, backoff_delay, retry_delay
 from contactsync.retry import RetryPolicy as RetryPolicy  # the one policy (tests, roles)
-from contactsync.schemas.envelope import Envelope, MessageError
+from contactsync.schemas.envelope import Envelope, MessageError, decode
 from contactsync.settings import Settings
 
 LAG_EVERY_SECONDS = 5.0  # how often a worker measures its lag (one ListOffsets request)
@@ -263,7 +262,7 @@ class Worker:
         groups: dict[Hashable, list[WorkRecord]] = {}
         for r in records:
             try:
-                envelope = decode_fast(r.value)
+                envelope = decode(r.value)
             except MessageError as exc:
                 self._dead_letter([r], str(exc), type(exc).__name__, attempts=1)
                 continue

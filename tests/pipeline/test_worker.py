@@ -268,22 +268,3 @@ def test_retry_policy_backs_off_and_stays_bounded():
     assert all(0 <= backoff_delay(WORKER_RETRY, n, r) <= 10.0 for n in range(12)
                for r in (0.0, 0.5, 0.999))
 
-
-def test_the_fast_decode_reads_our_bytes_as_the_strict_one_and_fails_the_same_way():
-    import json
-
-    from contactsync.kafka.codec import decode_fast
-    from contactsync.schemas.envelope import MessageError, decode
-
-    good = _command("user-1", "why")
-    assert decode_fast(good) == decode(good)
-    data = json.loads(good)
-    for bad in (b"{not json", None, json.dumps({**data, "type": "nope"}).encode(),
-                json.dumps({**data, "schema_version": 99}).encode(),
-                json.dumps({**data, "payload": {**data["payload"], "kind": "x"}}).encode()):
-        errors = []
-        for read in (decode, decode_fast):
-            with pytest.raises(MessageError) as caught:
-                read(bad)
-            errors.append((type(caught.value), str(caught.value)))
-        assert errors[0] == errors[1], "a dead letter's reason does not depend on the path"
