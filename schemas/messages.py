@@ -137,7 +137,9 @@ class DeadLetter(_Payload):
     reason: str
     error_type: str = ""
     attempts: int = 1
-    failed_at: datetime
+    failed_at: datetime = Field(description="When the worker gave up: the last failure")
+    # v2: when the first attempt failed (v1 letters lack it: read failed_at for both).
+    first_failed_at: datetime | None = None
     headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -150,7 +152,7 @@ MESSAGE_TYPES: dict[str, tuple[type[BaseModel], int]] = {
     "bc.contact.changed": (BcContactChanged, 1),
     "sync.command": (SyncCommand, 2),  # v2: expires_at
     "sync.result": (SyncResult, 2),  # v2: status `expired`, a dry run's plan
-    "deadletter": (DeadLetter, 1),
+    "deadletter": (DeadLetter, 2),  # v2: first_failed_at
 }
 
 

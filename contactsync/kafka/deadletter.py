@@ -74,7 +74,8 @@ def _is_utf8(raw: bytes | None) -> bool:
 
 
 def build_dead_letter(
-    record: SourceRecord, *, reason: str, error_type: str, attempts: int, failed_at: datetime
+    record: SourceRecord, *, reason: str, error_type: str, attempts: int, failed_at: datetime,
+    first_failed_at: datetime | None = None,
 ) -> tuple[bytes | None, bytes, Headers]:
     """(key, value, headers) of the dead-letter record for `record`."""
     headers = list(record.headers or [])
@@ -88,6 +89,7 @@ def build_dead_letter(
         error_type=error_type,
         attempts=attempts,
         failed_at=failed_at,
+        first_failed_at=first_failed_at or failed_at,
         headers={name: _text(value) for name, value in headers},
     )
     if not _is_utf8(record.value):
@@ -104,11 +106,12 @@ class DeadLetterSink:
         self.topic = topic
         self.ack_timeout = ack_timeout
 
-    def send(self, record: SourceRecord, *, reason: str, error_type: str, attempts: int) -> None:
+    def send(self, record: SourceRecord, *, reason: str, error_type: str, attempts: int,
+             first_failed_at: datetime | None = None) -> None:
         """Returns once the dead letter is on the broker (acks=all); raises otherwise."""
         key, value, headers = build_dead_letter(
             record, reason=reason, error_type=error_type, attempts=attempts,
-            failed_at=datetime.now(UTC),
+            failed_at=datetime.now(UTC), first_failed_at=first_failed_at,
         )
         future = self.producer.send(self.topic, value=value, key=key, headers=headers)
         future.get(timeout=self.ack_timeout)
@@ -143,6 +146,8 @@ class DeadLetterEntry:
             "dlq_offset": self.offset,
             "failed_at": (letter.failed_at.isoformat() if letter else
                           datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).isoformat()),
+            "first_failed_at": (
+                (letter.first_failed_at or letter.failed_at).isoformat() if letter else None),
             "source_topic": letter.source_topic if letter else None,
             "source_partition": letter.partition if letter else None,
             "source_offset": letter.offset if letter else None,

@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -151,6 +152,7 @@ class _Outcome:
     stopped: bool = False
     credential: bool = False  # the credential failed: pause, leave the records on the topic
     publish: Publish | None = None  # what the handler returned (or its error carried)
+    first_failed_at: datetime | None = None  # when the first attempt failed
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -399,28 +401,32 @@ class Worker:
         if outcome.retryable:
             reason = f"gave up after {outcome.attempts} attempts: {reason}"
         self._dead_letter([w.record for w in group], reason, type(outcome.error).__name__,
-                          outcome.attempts)
+                          outcome.attempts, outcome.first_failed_at)
 
     def _attempt(self, group: list[WorkRecord]) -> _Outcome:
         """Run the handler, retrying what the error root calls retryable within the policy."""
         budget = self.retry.timeout
         deadline = time.monotonic() + budget if budget is not None else float("inf")
         attempt = 0
+        first_failed: datetime | None = None
         while True:
             attempt += 1
             try:
                 return _Outcome(None, attempt, publish=self.handler(group))
             except Exception as exc:
+                first_failed = first_failed or datetime.now(UTC)
                 credential = is_credential_failure(exc)
                 done = carried(exc)
                 if done is not None:  # acked now, so that a retry skips that work
                     self._hand_over([], done)
                     self._settle()
                 if not is_retryable(exc):
-                    return _Outcome(exc, attempt, credential=credential)
+                    return _Outcome(exc, attempt, credential=credential,
+                                    first_failed_at=first_failed)
                 delay = retry_delay(self.retry, attempt - 1, exc, self._rng.random())
                 if delay is None or time.monotonic() + delay > deadline:
-                    return _Outcome(exc, attempt, retryable=True, credential=credential)
+                    return _Outcome(exc, attempt, retryable=True, credential=credential,
+                                    first_failed_at=first_failed)
                 _log().info("retryable failure; backing off", attempt=attempt,
                             delay=round(delay, 3), error=str(exc), topic=group[0].topic,
                             partition=group[0].partition, offset=group[0].offset)
@@ -428,13 +434,13 @@ class Worker:
                     return _Outcome(exc, attempt, retryable=True, stopped=True)
 
     def _dead_letter(self, records: list[Any], reason: str, error_type: str,
-                     attempts: int) -> None:
+                     attempts: int, first_failed_at: datetime | None = None) -> None:
         for record in records:
             delay = 0.5
             while True:
                 try:
                     self.dead_letters.send(record, reason=reason, error_type=error_type,
-                                           attempts=attempts)
+                                           attempts=attempts, first_failed_at=first_failed_at)
                     break
                 except Exception as exc:
                     # Never commit past a record whose dead letter is not on the broker.

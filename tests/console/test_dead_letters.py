@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from starlette.testclient import TestClient
@@ -20,6 +21,8 @@ from tests.pipeline.test_dlq_cli import Failed  # a source record, as the worker
 
 pytestmark = pytest.mark.kafka
 
+FIRST_FAILURE = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
+
 
 @pytest.fixture
 def console(kafka_settings: Settings, store: Store) -> Iterator[TestClient]:
@@ -32,7 +35,8 @@ def console(kafka_settings: Settings, store: Store) -> Iterator[TestClient]:
                                     (11, b"bob@contoso.com", "not a message"),
                                     (12, b"carol@contoso.com", "unknown user")):
             sink.send(Failed(source, 0, offset, key, b'{"broken": ' + key, []),
-                      reason=reason, error_type="MalformedMessage", attempts=3)
+                      reason=reason, error_type="MalformedMessage", attempts=3,
+                      first_failed_at=FIRST_FAILURE)
     finally:
         producer.close(timeout=5)
     with TestClient(create_console_app(kafka_settings, store)) as client:
@@ -54,6 +58,9 @@ def test_dead_letters_listed_by_reason_and_replayed_once(console: TestClient, st
     assert len(rows) == 3
     carol = next(where for where, row in rows.items() if "carol@contoso.com" in row)
     assert '{"broken": carol@contoso.com' in rows[carol]
+    # First and last failure: when it first failed, and when the worker gave up (now).
+    assert "2026-03-01T08:30:00" in rows[carol]
+    assert datetime.now(UTC).isoformat()[:10] in rows[carol]
     assert 'class="replayed">no<' in rows[carol]
 
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]

@@ -171,7 +171,13 @@ def test_permanent_failures_are_dead_lettered_after_bounded_retries(settings: Se
     assert letters[0].error_type == "ServiceUnavailable"
     assert letters[0].attempts == attempts["always-503"]
     assert "gave up after" in letters[0].reason
+    # An admin sees how long it kept failing: the first failure precedes the last by the
+    # retries in between; a record that failed once has one time for both.
+    first, last = letters[0].first_failed_at, letters[0].failed_at
+    assert first is not None and first < last
     assert (letters[1].error_type, letters[1].attempts) == ("ValueError", 1)
+    assert letters[1].first_failed_at is not None
+    assert (letters[1].failed_at - letters[1].first_failed_at).total_seconds() < 1
 
 
 def test_one_bad_record_does_not_fail_its_group(settings: Settings):
