@@ -191,8 +191,6 @@ class Applier:
         self._stack: AsyncExitStack | None = None
         self._services: Services | None = None
         self.published = 0  # results published, for logs and tests
-        # Reports of near-real-time segments run concurrently, by their first command (id()).
-        self._prepared: dict[int, SyncReport | BaseException] = {}
         self._sessions = Sessions()  # each user's folder id and known versions, between runs
         # Event ids whose results were acked: a poll retried after a failure skips them.
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -278,8 +276,6 @@ class Applier:
         except Exception as exc:
             carrying(exc, self._results(sent))  # the work done so far still goes out
             raise
-        finally:
-            self._prepared.clear()
         return self._results(sent)
 
     def _results(self, sent: list[tuple[_Command, Outgoing]]) -> Publish:
@@ -331,8 +327,11 @@ class Applier:
                     sent: list[tuple[_Command, Outgoing]]) -> None:
         """Near-real-time segments of different users concurrently, then every segment's
         outcome in turn (those that raised last, so the others' results still go out)."""
-        concurrent = [(setup, seg) for setup, seg in wave
-                      if seg[0].command.kind in NEAR_REAL_TIME and not seg[0].command.dry_run]
+        # What each segment's side-by-side run answered (None: it runs on its own below).
+        ran_together: list[SyncReport | BaseException | None] = [None] * len(wave)
+        together = [i for i, (_, seg) in enumerate(wave)
+                    if seg[0].command.kind in NEAR_REAL_TIME and not seg[0].command.dry_run]
+        concurrent = [wave[i] for i in together]
         if len(concurrent) > 1:
             services = self._services_now()
 
@@ -348,11 +347,12 @@ class Applier:
                     for setup, seg in concurrent), return_exceptions=True)
 
             reports = self._run(side_by_side())
-            for (_, seg), report in zip(concurrent, reports, strict=True):
-                self._prepared[id(seg[0].command)] = report
-        for setup, segment in sorted(wave, key=lambda item: isinstance(
-                self._prepared.get(id(item[1][0].command)), BaseException)):
-            outcome = self._apply_segment(setup, segment)
+            for i, report in zip(together, reports, strict=True):
+                ran_together[i] = report
+        for i in sorted(range(len(wave)),
+                        key=lambda i: isinstance(ran_together[i], BaseException)):
+            setup, segment = wave[i]
+            outcome = self._apply_segment(setup, segment, ran_together[i])
             for i, c in enumerate(segment):
                 sent.append((c, self._send(c, outcome if i == 0 else outcome.merged())))
 
@@ -362,14 +362,16 @@ class Applier:
         while len(self._finished) > FINISHED_REMEMBERED:
             self._finished.popitem(last=False)
 
-    def _apply_segment(self, setup: UserSetup, segment: list[_Command]) -> _Outcome:
-        if id(segment[0].command) in self._prepared:  # applied side by side, in its own span
-            return self._apply_segment_traced(setup, segment)
+    def _apply_segment(self, setup: UserSetup, segment: list[_Command],
+                       ran_together: SyncReport | BaseException | None = None) -> _Outcome:
+        if ran_together is not None:  # applied side by side, in its own span
+            return self._apply_segment_traced(setup, segment, ran_together)
         with tracing.span(APPLY_SPAN, parent=segment[0].record.headers,
                           attributes=_span_attributes(setup, segment)):
-            return self._apply_segment_traced(setup, segment)
+            return self._apply_segment_traced(setup, segment, None)
 
-    def _apply_segment_traced(self, setup: UserSetup, segment: list[_Command]) -> _Outcome:
+    def _apply_segment_traced(self, setup: UserSetup, segment: list[_Command],
+                              ran_together: SyncReport | BaseException | None) -> _Outcome:
         first = segment[0].command
         started = time.perf_counter()
         try:
@@ -377,7 +379,7 @@ class Applier:
                 if first.dry_run:  # a dry-run near-real-time command stands alone
                     return _Outcome(ResultStatus.FAILED,
                                     "dry_run applies to sync and full_sync commands only")
-                report = self._apply_changes(setup, [c.command for c in segment])
+                report = self._apply_changes(setup, [c.command for c in segment], ran_together)
             else:
                 mode = SyncMode.FULL if first.kind is CommandKind.FULL_SYNC else SyncMode.SYNC
                 services = self._services_now()
@@ -407,12 +409,12 @@ class Applier:
                     **{k: v for k, v in outcome.summary.items() if v})
         return outcome
 
-    def _apply_changes(self, setup: UserSetup, commands: list[SyncCommand]) -> SyncReport:
-        prepared = self._prepared.pop(id(commands[0]), None)
-        if isinstance(prepared, BaseException):
-            raise prepared  # mapped to an outcome (or retried) as if it had been raised here
-        if prepared is not None:
-            return prepared
+    def _apply_changes(self, setup: UserSetup, commands: list[SyncCommand],
+                       ran_together: SyncReport | BaseException | None) -> SyncReport:
+        if isinstance(ran_together, BaseException):
+            raise ran_together  # mapped to an outcome (or retried) as if raised here
+        if ran_together is not None:
+            return ran_together
         services = self._services_now()
         bc_changes = merge_bc_changes(commands)
         hint = any(c.kind is CommandKind.GRAPH_HINT for c in commands)
