@@ -286,7 +286,11 @@ def test_lifecycle_events_left_on_graph_notifications_at_the_upgrade_are_acted_o
     runner = threading.Thread(target=rig.keeper.run, args=(stop, rig.keeper.build_worker()))
     runner.start()
     try:
-        wait_for(lambda: [s.subscription_id for s in rig.stored(ANN)] != [sid],
+        # Acted on: a new subscription stored, and once the keeper's first pass has run, Graph
+        # holds that one only (the emulator, unlike Graph, still had the "removed" one).
+        wait_for(lambda: [s.subscription_id for s in rig.stored(ANN)] != [sid]
+                 and [s["id"] for s in rig.graph_subs(ANN)]
+                 == [s.subscription_id for s in rig.stored(ANN)],
                  "the drained lifecycle event acted on", timeout=30)
     finally:
         stop.set()
