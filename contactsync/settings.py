@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     webhook_public_url: str = Field(default="", description="Public base URL of the webhook")
     webhook_max_body_bytes: int = 1_000_000
 
-    # --- Reconcile job (producers/reconcile.py) ---
+    # --- Reconcile job (producers/reconcile/) ---
     reconcile_schedule: str = Field(
         default="nightly",
         description="nightly (02:00) | hourly | off | every N[s|m|h|d] | @daily-style alias | "

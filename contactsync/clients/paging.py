@@ -17,7 +17,7 @@ async def prefetched_pages(
 ) -> AsyncGenerator[list[T], None]:
     """Each page's items, following `next_page` (None after the last page). The next page is
     requested before this one is handed over, so the service serves it while the caller works
-    on this one (a caller converting a long page gives the loop turns: sync/runner.py)."""
+    on this one (a caller converting a long page gives the loop turns: sync/full.py)."""
     page = await first()
     while True:
         request = next_page(page)
