@@ -65,6 +65,7 @@ async def plan_and_apply(
         if not plan.reads:
             break
         bc_snap, outlook_snap = await reader(plan.reads, bc_snap, outlook_snap)
+        del plan  # not two plans of a 100,000-contact run alive at once
         plan = plan_now()
 
     # Only a dry run reports the writes themselves: a full sync's are 100,000 Graph bodies.
