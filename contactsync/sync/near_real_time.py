@@ -80,11 +80,15 @@ class Known:
         self.bc_client, self.graph_client = bc, graph
 
     def saw_bc(self, contacts: Iterable[Contact]) -> None:
+        if not self.bc.max_items:  # a one-shot session's: kept nowhere
+            return
         for contact in contacts:
             if _bc_version(contact):
                 self.bc.put(m.as_text(contact.get("id")), contact)
 
     def saw_outlook(self, contacts: Iterable[Contact], bc_id: str = "") -> None:
+        if not self.outlook.max_items:
+            return
         for contact in contacts:
             key = m.graph_change_key(contact)
             if not key:

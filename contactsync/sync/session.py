@@ -40,7 +40,9 @@ class UserSession:
     @classmethod
     def fresh(cls, setup: UserSetup, *, graph: GraphClient, bc: BcClient,
               store: Store) -> UserSession:
-        known = Known(bc, graph, setup.mailbox, KnownContacts(), KnownContacts())
+        # A one-shot run's session ends with it: copying the versions it sees and writes would
+        # only cost memory (a Full sync writes 100,000 contacts; issue 15's RSS bound).
+        known = Known(bc, graph, setup.mailbox, KnownContacts(0), KnownContacts(0))
         return cls(setup, graph, bc, store, known)
 
     def refuse_stopped(self) -> None:
