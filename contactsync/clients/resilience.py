@@ -64,11 +64,26 @@ BC_LIMITS = BudgetLimits(5, 6_000, 300.0)
 GRAPH_MAILBOX_LIMITS = BudgetLimits(4, 10_000, 600.0)
 
 
+# The window is counted in slices: admissions less than a hundredth of the window apart share
+# one (time, count) entry instead of one timestamp each. Per-request stamps held 100,000 floats
+# for the ten minutes of Graph's window after a Full sync, scattered across the heap, and they
+# kept ~140 MB of freed listings from going back to the system (measured at 100,000 contacts).
+SLICES_PER_WINDOW = 100
+
+
+@dataclass(slots=True)
+class _Slice:
+    opened: float  # its first admission
+    last: float  # its last admission: the whole slice leaves the window when this one does
+    count: int
+
+
 @dataclass
 class _PrincipalState:
     sem: asyncio.Semaphore
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    stamps: deque[float] = field(default_factory=deque)
+    slices: deque[_Slice] = field(default_factory=deque)
+    admitted: int = 0  # the slices' counts summed: requests within the window
     paused_until: float = 0.0
 
 
@@ -109,12 +124,32 @@ class RequestBudget:
         """Requests admitted for `principal` within the current window (for tests/metrics)."""
         state = self._state(principal)
         self._expire(state, self._clock())
-        return len(state.stamps)
+        return state.admitted
 
     def _expire(self, state: _PrincipalState, now: float) -> None:
         start = now - self.limits.window_seconds
-        while state.stamps and state.stamps[0] <= start:
-            state.stamps.popleft()
+        while state.slices and state.slices[0].last <= start:
+            state.admitted -= state.slices.popleft().count
+
+    def _record(self, state: _PrincipalState, now: float, requests: int) -> None:
+        newest = state.slices[-1] if state.slices else None
+        width = self.limits.window_seconds / SLICES_PER_WINDOW
+        if newest is not None and now - newest.opened < width:
+            newest.last, newest.count = now, newest.count + requests
+        else:
+            state.slices.append(_Slice(now, now, requests))
+        state.admitted += requests
+
+    def _room_at(self, state: _PrincipalState, needed: int) -> float:
+        """When `needed` more requests fit: once enough of the oldest slices left the window.
+        A slice leaves with its last admission, so this is never earlier than per-request
+        stamps would allow (at most a slice's width later)."""
+        freed = 0
+        for piece in state.slices:
+            freed += piece.count
+            if freed >= needed:
+                return piece.last + self.limits.window_seconds
+        return state.slices[-1].last + self.limits.window_seconds
 
     async def acquire(self, principal: str) -> None:
         state = self._state(principal)
@@ -140,14 +175,11 @@ class RequestBudget:
                     await self._sleep(state.paused_until - now)
                     continue
                 self._expire(state, now)
-                room = self.limits.max_requests - len(state.stamps)
+                room = self.limits.max_requests - state.admitted
                 if room >= requests:
-                    state.stamps.extend([now] * requests)
+                    self._record(state, now, requests)
                     return
-                # Wait until enough of the oldest stamps leave the window.
-                oldest_needed = state.stamps[requests - room - 1]
-                wait = oldest_needed + self.limits.window_seconds - now
-                await self._sleep(max(wait, 0.001))
+                await self._sleep(max(self._room_at(state, requests - room) - now, 0.001))
 
     def release(self, principal: str) -> None:
         self._state(principal).sem.release()

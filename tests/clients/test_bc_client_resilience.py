@@ -180,3 +180,27 @@ async def test_budget_concurrency_and_pause() -> None:
 def test_invalid_limits_rejected() -> None:
     with pytest.raises(ValueError):
         RequestBudget(BudgetLimits(0, 1, 1))
+
+
+async def test_budget_never_admits_more_than_the_window_allows_under_bursts() -> None:
+    """The window is counted in slices (a hundredth of it each): whatever the pattern of
+    requests, no stretch of `window_seconds` ever holds more admissions than the limit."""
+    clock = FakeClock()
+    limits = BudgetLimits(8, 50, 100.0)
+    budget = RequestBudget(limits, clock=clock, sleep=clock.sleep)
+    rng = random.Random(7)
+    admitted: list[float] = []
+    for _ in range(400):
+        clock.now += rng.choice([0.0, 0.05, 0.3, 2.0, 7.5])
+        size = rng.choice([1, 1, 1, 5, 19])
+        if size == 1:
+            async with budget.slot("mailbox"):
+                admitted.append(clock.now)
+        else:
+            await budget.charge("mailbox", size)
+            admitted.extend([clock.now] * size)
+    for i, start in enumerate(admitted):
+        inside = sum(1 for t in admitted[i:] if t < start + limits.window_seconds)
+        assert inside <= limits.max_requests, f"{inside} requests within 100 s from t={start}"
+    # It waited (the limit bound), and not far beyond what per-request stamps would allow.
+    assert clock.now < len(admitted) / limits.max_requests * limits.window_seconds * 1.2
