@@ -90,6 +90,7 @@ def make_producer(target: KafkaTarget, **overrides: Any) -> KafkaProducer:
         "delivery_timeout_ms": 120_000,
         "request_timeout_ms": 30_000,
         "client_id": "contactsync",
+        "metrics_enabled": False,
     }
     config.update(overrides)
     return connect(KafkaProducer, target, **config)
@@ -105,6 +106,7 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "max_poll_records": 200,
         "client_id": f"contactsync-{group_id or 'reader'}",
+        "metrics_enabled": False,
     }
     config.update(overrides)
     return connect(KafkaConsumer, target, *topics, **config)
