@@ -91,6 +91,9 @@ GROUP_ID = "contactsync-bc-changes"
 DEFAULT_POLL_INTERVAL = 30.0
 DEFAULT_FALLBACK_POLL_INTERVAL = 5.0
 DEFAULT_DELETION_SCAN_INTERVAL = 60.0
+# The store's word on a live BC subscription is re-read at most this often: not once per round
+# (a query per round cost about 0.03 ms of CPU per propagated change); the mode follows within it.
+SUBSCRIBED_TTL_S = 5.0
 PERSONS = "type eq 'Person'"
 _RAIL_SHARE: float = UserSetup.model_fields["max_delete_share"].default
 _RAIL_FLOOR: int = UserSetup.model_fields["max_delete_floor"].default
@@ -200,6 +203,7 @@ class BcChangeFeed:
         self._scanned_gone: set[str] = set()  # queued by a scan, still linked: not again
         self._next_scan = 0.0  # monotonic; the first scan at once (deletions while stopped)
         self._was_subscribed: bool | None = None
+        self._subscribed_until = float("-inf")  # monotonic: `_was_subscribed` holds until
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -214,7 +218,10 @@ class BcChangeFeed:
     def subscribed(self) -> bool:
         """Is a BC subscription on this company's contacts live? BC must offer webhooks on
         contacts and the subscriptions role must hold an unexpired one (it stores none when
-        BC refused the POST)."""
+        BC refused the POST). Re-read from the store at most every SUBSCRIBED_TTL_S."""
+        if self._was_subscribed is not None and time.monotonic() < self._subscribed_until:
+            return self._was_subscribed
+        self._subscribed_until = time.monotonic() + SUBSCRIBED_TTL_S
         live = False
         if self.webhooks:
             now = datetime.now(UTC)
@@ -244,9 +251,10 @@ class BcChangeFeed:
                 _log().warning("could not ask BC about webhooks; polling as without them",
                                error=str(exc))
                 self.webhooks = False
+            self._subscribed_until = float("-inf")  # known now: ask the store afresh
             _log().info("bc change feed", company=self.company_id, webhooks=self.webhooks,
                         interval_s=self.interval)
-        self.watermark()
+            self.watermark()  # each round reads it again: once here is enough
 
     def watermark(self) -> datetime:
         """The stored watermark; on a company's first start, now minus the overlap (stored)."""
