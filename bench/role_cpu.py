@@ -8,7 +8,9 @@ are CPU, not wall time, and need no profiler.
 
 BENCH_PYSPY=1 also samples the process with py-spy (a dev tool: `pip install py-spy`) while
 each rate runs, only threads holding the GIL (running Python), and prints per role where that
-CPU went, in ms per propagated change (`summarise`).
+CPU went, in ms per propagated change (`summarise`): by package, by library (the innermost
+library on the stack, the standard library it calls counted as its cost: the floor a library
+sets), and the heaviest functions; then every role's GIL time by library.
 """
 
 from __future__ import annotations
@@ -95,8 +97,11 @@ def summarise(raw: Path, landed: int, webhook_thread: str = "", top: int = 8) ->
     total: Counter[str] = Counter()
     inclusive: dict[str, Counter[str]] = {}
     package: dict[str, Counter[str]] = {}
+    library: dict[str, Counter[str]] = {}
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue  # a frame name with a space in it, cut by py-spy's raw format
         frames = stack.split(";")
         role = role_of(frames[0].split(": ", 1)[-1], webhook_thread)
         n = int(count)
@@ -104,6 +109,7 @@ def summarise(raw: Path, landed: int, webhook_thread: str = "", top: int = 8) ->
         names = {_frame(frame) for frame in frames[1:]}
         inclusive.setdefault(role, Counter()).update(dict.fromkeys(names, n))
         package.setdefault(role, Counter())[_package(frames[-1])] += n
+        library.setdefault(role, Counter())[_library(frames[1:])] += n
     lines = []
     for role, samples in total.most_common():
         if samples * per_sample_ms < 0.05:
@@ -112,15 +118,51 @@ def summarise(raw: Path, landed: int, webhook_thread: str = "", top: int = 8) ->
                      "by package: " + ", ".join(
                          f"{name} {n * per_sample_ms:.2f}"
                          for name, n in package[role].most_common(top)))
+        lines.append("      by library (the innermost on the stack, stdlib it calls "
+                     "included): " + ", ".join(f"{name} {n * per_sample_ms:.2f}"
+                                               for name, n in library[role].most_common(top)))
         heavy = [(f, n) for f, n in inclusive[role].most_common()
                  if n < samples * 0.9 and not f.startswith(_BOILERPLATE)]
         lines.append("      heaviest: " + ", ".join(
             f"{name} {n * per_sample_ms:.2f}" for name, n in heavy[:top]))
+    every = sum(library.values(), Counter())
+    lines.append(f"    all roles: {every.total() * per_sample_ms:.2f} ms/change holding the GIL; "
+                 "by library: " + ", ".join(f"{name} {n * per_sample_ms:.2f}"
+                                            for name, n in every.most_common(top + 2)))
     return "\n".join(lines)
 
 
 _BOILERPLATE = ("Thread.", "BaseEventLoop.", "_run_module", "_run_code", "<module>",
                 "Handle._run", "Pipeline.", "run (", "Runner.run", "Task.", "Worker.run")
+
+
+# Standard library modules a library calls: their time is that library's (a kafka-python
+# thread's select and locks are kafka-python's cost).
+_STDLIB = frozenset({
+    "threading", "selectors", "socket", "ssl", "asyncio", "contextlib", "concurrent", "weakref",
+    "enum", "collections", "functools", "typing", "abc", "import machinery", "uuid", "logging",
+    "queue", "<string>", "re", "copy", "dataclasses", "datetime", "json", "random", "hashlib",
+    "struct", "urllib", "warnings", "inspect", "types", "email", "http", "ipaddress",
+    "_weakrefset"})
+_LIBRARIES = {"kafka": "kafka-python", "httpx": "http", "httpcore": "http", "anyio": "http",
+              "h11": "http", "sniffio": "http", "urllib3": "http", "kiota_http": "msgraph-sdk",
+              "kiota_abstractions": "msgraph-sdk", "kiota_serialization_json": "msgraph-sdk",
+              "msgraph": "msgraph-sdk", "msgraph_core": "msgraph-sdk", "starlette": "starlette",
+              "uvicorn": "uvicorn", "sqlalchemy": "sqlalchemy", "pydantic": "pydantic",
+              "pydantic_core": "pydantic", "contactsync": "ours", "structlog": "structlog",
+              "opentelemetry": "opentelemetry", "trace": "opentelemetry",
+              "propagate": "opentelemetry", "prometheus_client": "prometheus"}
+
+
+def _library(frames: list[str]) -> str:
+    """Whose cost a sample is: the innermost frame outside the standard library it calls."""
+    for frame in reversed(frames):
+        package = _package(frame)
+        if package.startswith("<codegen"):  # kafka-python's generated protocol code
+            return "kafka-python"
+        if package not in _STDLIB:
+            return _LIBRARIES.get(package, package)
+    return _package(frames[-1]) if frames else "?"
 
 
 def _frame(frame: str) -> str:
