@@ -24,6 +24,7 @@ from contactsync.engine.actions import (
     NeedsRead,
     Reason,
     SaveLink,
+    SaveLinkSeen,
     Skip,
     UpdateBc,
     UpdateOutlook,
@@ -116,8 +117,8 @@ class _Context:
     def link(self, bc_id: str, graph_id: str, *, bc: Mapping[str, Any] | None = None,
              outlook: Mapping[str, Any] | None = None, **kw: Any) -> SaveLink:
         """`bc`, `outlook`: the sides as planned from, kept with the link (engine/synced.py)."""
-        return SaveLink(Link(user_id=self.setup.user_id, bc_id=bc_id, graph_id=graph_id, **kw),
-                        bc, outlook)
+        link = Link(user_id=self.setup.user_id, bc_id=bc_id, graph_id=graph_id, **kw)
+        return SaveLink(link) if bc is None and outlook is None else SaveLinkSeen(link, bc, outlook)
 
 
 def _if_match(outlook: Mapping[str, Any]) -> str | None:
@@ -154,7 +155,6 @@ def _create_in_outlook(ctx: _Context, bc: Mapping[str, Any]) -> list[Action]:
             "",
             synced_hash=m.content_hash(contact),
             origin=LinkOrigin.BC,
-            bc=bc,
             **_bc_versions(bc),
         ),
     ]
