@@ -79,6 +79,11 @@ GRAPH_LIFETIME = timedelta(minutes=4200)  # under the documented 4,230 (referenc
 BC_LIFETIME = timedelta(days=3)  # BC's own, not ours to choose (reference c.4)
 RENEW_WHEN_LEFT = 1 / 3  # renew once less than this share of the lifetime remains
 DEFAULT_INTERVAL = 300.0
+# A pass that could not keep every subscription (the webhook not up yet at a deployment, a
+# refused handshake, a service away) comes again after 30 s, then 60, 120, ... up to the
+# interval: a webhook that starts after the keeper is subscribed within 30 s, not 5 minutes
+# later, and a BC that refuses subscriptions for good costs a warning per interval, as before.
+FAILED_PASS_RETRY = 30.0
 CREATED_REASON = "subscription created"
 RECREATED_REASON = "subscription recreated"
 GRAPH_PATH = "/webhooks/graph"
@@ -127,6 +132,7 @@ class SubscriptionKeeper:
         graph_lifetime: timedelta = GRAPH_LIFETIME,
         bc_lifetime: timedelta = BC_LIFETIME,
         interval: float = DEFAULT_INTERVAL,
+        failed_pass_retry: float = FAILED_PASS_RETRY,
     ) -> None:
         base = settings.webhook_public_url.rstrip("/")
         if not base:
@@ -147,6 +153,8 @@ class SubscriptionKeeper:
         self.graph_lifetime = graph_lifetime
         self.bc_lifetime = bc_lifetime
         self.interval = interval
+        self.failed_pass_retry = failed_pass_retry
+        self._failed_passes = 0  # passes in a row that could not keep everything
         self.graph_url = base + GRAPH_PATH
         self.lifecycle_url = base + GRAPH_LIFECYCLE_PATH
         self.bc_url = base + BC_PATH
@@ -436,11 +444,19 @@ class SubscriptionKeeper:
         """Between polls: a pass every `interval` seconds (the first at once)."""
         if time.monotonic() < self._next_pass:
             return
+        failed = True
         try:
-            self.bridge.run(self.run_once())
+            failed = bool(self.bridge.run(self.run_once()).failed)
         except Exception as exc:  # the store or the broker away: next pass
             _log().warning("subscription pass failed", error=str(exc))
-        self._next_pass = time.monotonic() + self.interval
+        self._failed_passes = self._failed_passes + 1 if failed else 0
+        self._next_pass = time.monotonic() + self._until_next_pass()
+
+    def _until_next_pass(self) -> float:
+        if not self._failed_passes:
+            return self.interval
+        doublings = min(self._failed_passes - 1, 16)  # a BC refusing for good fails every pass
+        return min(self.interval, self.failed_pass_retry * float(2**doublings))
 
     def _act_on_lifecycle(self, event: GraphLifecycle) -> KeeperReport:
         return self.bridge.run(self.handle_lifecycle(event))

@@ -359,3 +359,48 @@ def test_the_bc_change_feed_polls_fast_without_a_live_bc_subscription(
                         poll_interval=30, fallback_poll_interval=5)
     feed.start()
     assert feed.interval == (30 if bc_side == "live" else 5)
+
+
+def test_a_webhook_that_starts_after_the_keeper_is_subscribed_without_waiting_an_interval(
+    kafka_settings: Settings,
+) -> None:
+    """At a deployment the keeper may make its first pass before the webhook answers Graph's
+    handshake: that pass fails, and the next comes soon after (not `interval` later), so
+    Outlook changes are noticed within a minute of the webhook coming up."""
+    ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
+    store = Store.open(kafka_settings.database_url)
+    emulators = start_emulators(graph_config=GraphEmulatorConfig.fast(),
+                                bc_config=BcEmulatorConfig.for_tests())
+    webhook = BackgroundServer(create_webhook_app(kafka_settings, StoreRegistry(store)))
+    settings = kafka_settings.model_copy(update={"webhook_public_url": webhook.url})
+    emulators.graph.add_user(ANN)
+    store.setups.add(UserSetup(user_id=ANN, mailbox=ANN))
+    loop = asyncio.new_event_loop()
+    graph = GraphClient.create(emulators.graph_base_url)
+    producer: KafkaProducer = make_producer(settings.kafka_bootstrap_servers)
+    keeper = SubscriptionKeeper(settings, store, graph, None, producer, loop=loop,
+                                failed_pass_retry=0.5)  # the interval stays 5 minutes
+    stop = threading.Event()
+    runner = threading.Thread(target=keeper.run, args=(stop, keeper.build_worker()))
+    runner.start()
+    try:
+        wait_for(lambda: _subscription_attempts(emulators), "a first pass that meets no webhook")
+        assert store.subscriptions.list_all(service=SubscriptionService.GRAPH) == []
+        webhook.start()
+        wait_for(lambda: store.subscriptions.list_all(service=SubscriptionService.GRAPH),
+                 "the subscription made once the webhook answers", timeout=20)
+        assert len(emulators.graph.subscriptions()) == 1
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+        producer.close(timeout=5)
+        loop.run_until_complete(graph.close())
+        loop.close()
+        webhook.stop()
+        emulators.stop()
+        store.close()
+
+
+def _subscription_attempts(emulators: RunningEmulators) -> int:
+    return sum(int(row["count"]) for row in emulators.graph.counters_snapshot()["by_route"]
+               if row["method"] == "POST" and "subscriptions" in str(row.get("route", row)))
