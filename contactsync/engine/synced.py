@@ -82,6 +82,12 @@ def synced_text(bc: dict[str, Any] | None, outlook: dict[str, Any] | None) -> st
     return orjson.dumps(content).decode() if content else None
 
 
+def synced_content(bc: Contact | None, outlook: Contact | None) -> str | None:
+    """`synced_text` of two contacts (either may be unknown: None)."""
+    return synced_text(None if bc is None else bc_side(bc),
+                       None if outlook is None else outlook_side(outlook))
+
+
 def _loaded(text: str | None) -> dict[str, Any]:
     if not text:
         return {}

@@ -4,20 +4,12 @@ version, with what the planner reads, and never when a user's filter needs more 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from contactsync.engine import mapping as m
 from contactsync.engine.compact import graph_stub
 from contactsync.engine.links import Link
-from contactsync.engine.synced import (
-    bc_at_link,
-    bc_side,
-    outlook_at_link,
-    outlook_side,
-    synced_text,
-)
+from contactsync.engine.synced import bc_at_link, outlook_at_link, synced_content
 
 BC = {"@odata.etag": 'W/"e1"', "id": "b1", "type": "Person", "displayName": "Eva Lind",
       "email": "eva@contoso.example", "city": "Seattle", "addressLine1": "", "addressLine2": "2nd",
@@ -28,10 +20,6 @@ OUTLOOK = {"@odata.etag": 'W/"k1"', "id": "g1", "changeKey": "k1",
                               {"address": "eva@home.example", "name": "home"}],
            "businessPhones": [], "categories": ["Business Central", "VIP"],
            "singleValueExtendedProperties": [{"id": m.BC_ID_PROPERTY, "value": "b1"}]}
-def synced_content(bc: Mapping[str, Any], outlook: Mapping[str, Any]) -> str | None:
-    return synced_text(bc_side(bc), outlook_side(outlook))
-
-
 LINK = Link("u", "b1", "g1", bc_etag='W/"e1"', graph_change_key="k1",
             bc_modified=datetime(2026, 1, 1, tzinfo=UTC))
 
