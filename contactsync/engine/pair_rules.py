@@ -24,7 +24,6 @@ from contactsync.engine.actions import (
     NeedsRead,
     Reason,
     SaveLink,
-    SaveLinkSeen,
     Skip,
     UpdateBc,
     UpdateOutlook,
@@ -117,8 +116,8 @@ class _Context:
     def link(self, bc_id: str, graph_id: str, *, bc: Mapping[str, Any] | None = None,
              outlook: Mapping[str, Any] | None = None, **kw: Any) -> SaveLink:
         """`bc`, `outlook`: the sides as planned from, kept with the link (engine/synced.py)."""
-        link = Link(user_id=self.setup.user_id, bc_id=bc_id, graph_id=graph_id, **kw)
-        return SaveLink(link) if bc is None and outlook is None else SaveLinkSeen(link, bc, outlook)
+        return SaveLink(Link(user_id=self.setup.user_id, bc_id=bc_id, graph_id=graph_id, **kw),
+                        bc, outlook)
 
 
 def _if_match(outlook: Mapping[str, Any]) -> str | None:
@@ -155,6 +154,7 @@ def _create_in_outlook(ctx: _Context, bc: Mapping[str, Any]) -> list[Action]:
             "",
             synced_hash=m.content_hash(contact),
             origin=LinkOrigin.BC,
+            bc=bc,
             **_bc_versions(bc),
         ),
     ]

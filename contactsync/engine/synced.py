@@ -49,8 +49,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def bc_side(bc: Contact) -> dict[str, Any] | None:
-    """What is kept of a BC contact (None without an ETag: nothing to write against)."""
+def _bc_side(bc: Contact) -> dict[str, Any] | None:
     etag = m.as_text(bc.get(_ETAG))
     if not etag:
         return None
@@ -59,9 +58,8 @@ def bc_side(bc: Contact) -> dict[str, Any] | None:
     return kept
 
 
-def outlook_side(outlook: Contact, bc_id: str = "") -> dict[str, Any] | None:
-    """What is kept of an Outlook contact; `bc_id`: the tag a write of ours just put on it (a
-    PATCH answer leaves the tag out)."""
+def _outlook_side(outlook: Contact, bc_id: str) -> dict[str, Any] | None:
+    """`bc_id`: the tag a write of ours just put on it (a PATCH answer leaves the tag out)."""
     try:
         key = m.graph_change_key(outlook)
         kept = {name: _plain(outlook.get(name) or []) for name in OUTLOOK_LISTS}
@@ -74,18 +72,18 @@ def outlook_side(outlook: Contact, bc_id: str = "") -> dict[str, Any] | None:
     return kept
 
 
-def synced_text(bc: dict[str, Any] | None, outlook: dict[str, Any] | None) -> str | None:
-    """The text kept in the link row for the two sides as kept (`bc_side`, `outlook_side`;
-    None: unknown); None when neither is known."""
-    content = {name: side for name, side in (("bc", bc), ("outlook", outlook))
-               if side is not None}
+def synced_content(bc: Contact | None, outlook: Contact | None, *,
+                   outlook_tag: str = "") -> str | None:
+    """The text kept in the link row for these two contacts (either may be unknown: None);
+    None when neither side can be kept."""
+    content: dict[str, Any] = {}
+    bc_side = None if bc is None else _bc_side(bc)
+    outlook_side = None if outlook is None else _outlook_side(outlook, outlook_tag)
+    if bc_side is not None:
+        content["bc"] = bc_side
+    if outlook_side is not None:
+        content["outlook"] = outlook_side
     return orjson.dumps(content).decode() if content else None
-
-
-def synced_content(bc: Contact | None, outlook: Contact | None) -> str | None:
-    """`synced_text` of two contacts (either may be unknown: None)."""
-    return synced_text(None if bc is None else bc_side(bc),
-                       None if outlook is None else outlook_side(outlook))
 
 
 def _loaded(text: str | None) -> dict[str, Any]:

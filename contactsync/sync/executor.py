@@ -39,7 +39,7 @@ from contactsync.engine.actions import (
 )
 from contactsync.engine.echoes import parse_time
 from contactsync.engine.links import Link, canon_bc_id
-from contactsync.engine.synced import bc_side, outlook_side, synced_text
+from contactsync.engine.synced import synced_content
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord
 
@@ -79,10 +79,9 @@ class _GroupState:
     graph_change_key: str = ""
     bc_etag: str = ""
     bc_modified: datetime | None = None
-    # The sides the group's writes answered, as a link row keeps them (engine/synced.py; not
-    # the whole answers: a chunk holds 500 groups); None: not written, the plan's side is kept.
-    bc_kept: dict[str, Any] | None = None
-    outlook_kept: dict[str, Any] | None = None
+    bc_contact: Mapping[str, Any] | None = None
+    outlook_contact: Mapping[str, Any] | None = None
+    outlook_tag: str = ""  # the BC id our Outlook write tagged it with
 
 
 @dataclass
@@ -147,8 +146,7 @@ class Executor:
                     results[index] = _GroupState(
                         graph_id=str(result.contact["id"]),
                         graph_change_key=m.graph_change_key(result.contact),
-                        outlook_kept=outlook_side(result.contact, action.bc_id),
-                        bc_kept=_created_from(action),
+                        outlook_contact=result.contact, outlook_tag=action.bc_id,
                     )
                 else:
                     results[index] = Failure(action.bc_id, "", _reason(result.error))
@@ -190,7 +188,7 @@ class Executor:
                 bc_id=action.bc_id,
             )
             state.graph_change_key = m.graph_change_key(result)
-            state.outlook_kept = outlook_side(result, action.bc_id)
+            state.outlook_contact, state.outlook_tag = result, action.bc_id
             self._written("outlook", result, action.bc_id)
             self.report.writes["updated_outlook"] += 1
         elif isinstance(action, DeleteFromOutlook):
@@ -234,7 +232,7 @@ class Executor:
             self.on_written(side, contact, bc_id)
 
     def _bc_written(self, state: _GroupState, result: Mapping[str, Any]) -> None:
-        state.bc_kept = bc_side(result)
+        state.bc_contact = result
         state.bc_etag = m.as_text(result.get("@odata.etag"))
         state.bc_modified = parse_time(result.get("lastModifiedDateTime"))
 
@@ -271,19 +269,10 @@ def _completed(link: Link, state: _GroupState) -> Link:
 
 def _content(save: SaveLink, state: _GroupState) -> str | None:
     """Each side as this group's write answered it, else as the plan saw it."""
-    bc, outlook = state.bc_kept, state.outlook_kept
-    planned_bc, planned_outlook = save.sides
-    if bc is None and planned_bc is not None:
-        bc = bc_side(planned_bc)
-    if outlook is None and planned_outlook is not None:
-        outlook = outlook_side(planned_outlook)
-    return synced_text(bc, outlook)
-
-
-def _created_from(create: CreateInOutlook) -> dict[str, Any] | None:
-    """The BC side of a create in Outlook: the contact its body is built from."""
-    body = create.fields
-    return bc_side(body.source) if isinstance(body, m.GraphBodyFromBc) else None
+    bc = save.bc if state.bc_contact is None else state.bc_contact
+    if state.outlook_contact is None:
+        return synced_content(bc, save.outlook)
+    return synced_content(bc, state.outlook_contact, outlook_tag=state.outlook_tag)
 
 
 def _ids_of(group: tuple[Action, ...]) -> tuple[str, str]:
