@@ -10,10 +10,9 @@
   (NeedsRead) before writing to it. When we hold that contact as last read or written, at the
   very version the link recorded, it is used instead of a GET, and the write carries that
   version as If-Match (BC ETag, Graph changeKey): if someone changed the contact meanwhile, the
-  service refuses (412; a contact deleted meanwhile answers 404, handled the same way) and
-  `replan_conflicts` reads the pair afresh and plans it again (BC is master: a conflict
-  pushes BC's values and audits Outlook's). Optimistic concurrency, so a write never rests
-  on a version nobody checked.
+  service refuses (412) and `replan_conflicts` reads the pair afresh and plans it again (BC is
+  master: a conflict pushes BC's values and audits Outlook's). Optimistic concurrency, so a
+  write never rests on a version nobody checked.
 - **Synced content after a restart.** A process that holds nothing yet (a restarted applier,
   a Full sync run in another process) answers the same reads from the link rows: each keeps
   the pair's content as last synced at the link's versions (engine/synced.py), loaded for the
