@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from contactsync.clients.bc import BcClient
-from contactsync.clients.errors import CREDENTIAL_FAILURES, Conflict, NotFound, ServiceError
+from contactsync.clients.errors import CREDENTIAL_FAILURES, Conflict, ServiceError
 from contactsync.clients.graph import GraphClient
 from contactsync.engine import mapping as m
 from contactsync.engine.actions import (
@@ -55,9 +55,7 @@ class Failure:
     bc_id: str
     graph_id: str
     reason: str
-    # The contact written moved on (412) or went (404) since the version planned from (a
-    # read, or the link's synced content): read that pair afresh and plan it again.
-    conflict: bool = False
+    conflict: bool = False  # the other side moved on during the run: plan that pair again
 
 
 @dataclass
@@ -172,8 +170,7 @@ class Executor:
         except ServiceError as exc:
             bc_id, graph_id = _ids_of(group)
             self.report.failures.append(
-                Failure(bc_id, graph_id, _reason(exc),
-                        conflict=isinstance(exc, (Conflict, NotFound)))
+                Failure(bc_id, graph_id, _reason(exc), conflict=isinstance(exc, Conflict))
             )
             return  # its link stays as it was: the next run plans the pair again
         records.saves.extend(pending.saves)

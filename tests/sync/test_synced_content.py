@@ -174,24 +174,3 @@ async def test_a_link_saved_without_content_is_read_as_before(world: World) -> N
 
     assert _requests(world, "graph") == {"GET": 1, "PATCH": 1}
     assert _by_email(await world.folder())["p0@example.com"]["jobTitle"] == "From BC"
-
-
-@pytest.mark.parametrize("deleted", ["bc", "outlook"])
-async def test_a_contact_deleted_behind_our_back_is_read_and_handled_as_before(
-    world: World, deleted: str,
-) -> None:
-    """The side taken from the synced content is gone (its deletion not applied yet): the
-    write answers 404, the pair is read afresh and planned as the GET would have: a BC contact
-    deleted leaves the folder, an Outlook contact deleted is created again from BC."""
-    people = await _synced_people(world)
-    bc_id, graph_id = people[2]["id"], await _graph_id(world, "p2@example.com")
-    if deleted == "bc":
-        world.emulators.bc.delete_contact(bc_id)
-        world.emulators.graph.person_update_contact(MAILBOX, graph_id, {"jobTitle": "Mine"})
-        await _restarted(world, read_outlook_delta=True)
-        assert "p2@example.com" not in _by_email(await world.folder())
-    else:
-        world.emulators.graph.person_delete_contact(MAILBOX, graph_id)
-        changed = world.emulators.bc.update_contact(bc_id, {"jobTitle": "From BC"})
-        await _restarted(world, bc_changes=BcSnapshot.changes([changed]))
-        assert _by_email(await world.folder())["p2@example.com"]["jobTitle"] == "From BC"
