@@ -266,10 +266,9 @@ def _completed(link: Link, state: _GroupState) -> Link:
 
 def _content(save: SaveLink, state: _GroupState) -> str | None:
     """Each side as this group's write answered it, else as the plan saw it."""
-    bc = save.bc if state.bc_contact is None else state.bc_contact
-    if state.outlook_contact is None:
-        return synced_content(bc, save.outlook)
-    return synced_content(bc, state.outlook_contact, outlook_tag=state.outlook_tag)
+    outlook = state.outlook_contact or save.outlook
+    return synced_content(state.bc_contact or save.bc, outlook,
+                          outlook_tag=state.outlook_tag if state.outlook_contact else "")
 
 
 def _ids_of(group: tuple[Action, ...]) -> tuple[str, str]:
