@@ -96,11 +96,6 @@ class UpdateBc:
 @dataclass(frozen=True, slots=True)
 class SaveLink:
     link: Link  # see the module docstring for the empty fields
-    # Each side's contact at the link's version, as the plan saw it (None: unknown); a side
-    # this group writes is the write's answer instead. Kept in the link row (engine/synced.py).
-    # Not part of what the action is (equality, repr): the link is.
-    bc: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
-    outlook: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,7 @@ from contactsync.engine.actions import (
     UpdateOutlook,
 )
 from contactsync.engine.echoes import parse_time
-from contactsync.engine.links import Link, canon_bc_id
-from contactsync.engine.synced import synced_content
+from contactsync.engine.links import Link
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord
 
@@ -70,23 +69,18 @@ class ExecutionReport:
 
 @dataclass
 class _GroupState:
-    """Ids, versions and contacts a group's writes returned, to complete its SaveLink."""
+    """Ids and versions a group's writes returned, to complete its SaveLink."""
 
     bc_id: str = ""
     graph_id: str = ""
     graph_change_key: str = ""
     bc_etag: str = ""
     bc_modified: datetime | None = None
-    bc_contact: Mapping[str, Any] | None = None
-    outlook_contact: Mapping[str, Any] | None = None
-    outlook_tag: str = ""  # the BC id our Outlook write tagged it with
 
 
 @dataclass
 class _Records:
     saves: list[Link] = field(default_factory=list)
-    # (user id, canonical BC id) -> the content kept with the saved link (engine/synced.py)
-    contents: dict[tuple[str, str], str] = field(default_factory=dict)
     drops: list[str] = field(default_factory=list)
     audits: list[AuditRecord] = field(default_factory=list)
 
@@ -144,7 +138,6 @@ class Executor:
                     results[index] = _GroupState(
                         graph_id=str(result.contact["id"]),
                         graph_change_key=m.graph_change_key(result.contact),
-                        outlook_contact=result.contact, outlook_tag=action.bc_id,
                     )
                 else:
                     results[index] = Failure(action.bc_id, "", _reason(result.error))
@@ -174,7 +167,6 @@ class Executor:
             )
             return  # its link stays as it was: the next run plans the pair again
         records.saves.extend(pending.saves)
-        records.contents.update(pending.contents)
         records.drops.extend(pending.drops)
         records.audits.extend(pending.audits)
 
@@ -185,7 +177,6 @@ class Executor:
                 bc_id=action.bc_id,
             )
             state.graph_change_key = m.graph_change_key(result)
-            state.outlook_contact, state.outlook_tag = result, action.bc_id
             self._written("outlook", result, action.bc_id)
             self.report.writes["updated_outlook"] += 1
         elif isinstance(action, DeleteFromOutlook):
@@ -205,11 +196,7 @@ class Executor:
             self.report.writes["updated_bc"] += 1
             self._note_issues(action.issues)
         elif isinstance(action, SaveLink):
-            link = _completed(action.link, state)
-            pending.saves.append(link)
-            content = _content(action, state)
-            if content is not None:
-                pending.contents[(link.user_id, canon_bc_id(link.bc_id))] = content
+            pending.saves.append(_completed(action.link, state))
         elif isinstance(action, DropLink):
             pending.drops.append(action.bc_id)
         elif isinstance(action, Audit):
@@ -229,7 +216,6 @@ class Executor:
             self.on_written(side, contact, bc_id)
 
     def _bc_written(self, state: _GroupState, result: Mapping[str, Any]) -> None:
-        state.bc_contact = result
         state.bc_etag = m.as_text(result.get("@odata.etag"))
         state.bc_modified = parse_time(result.get("lastModifiedDateTime"))
 
@@ -244,7 +230,7 @@ class Executor:
             if records.drops:
                 tx.links.delete_many(self.user_id, records.drops)
             if records.saves:
-                tx.links.upsert_many(records.saves, records.contents)
+                tx.links.upsert_many(records.saves)
             if records.audits:
                 tx.audit.append_many(records.audits)
         self.report.links_saved += len(records.saves)
@@ -262,13 +248,6 @@ def _completed(link: Link, state: _GroupState) -> Link:
         bc_etag=link.bc_etag or state.bc_etag,
         bc_modified=link.bc_modified or state.bc_modified,
     )
-
-
-def _content(save: SaveLink, state: _GroupState) -> str | None:
-    """Each side as this group's write answered it, else as the plan saw it."""
-    outlook = state.outlook_contact or save.outlook
-    return synced_content(state.bc_contact or save.bc, outlook,
-                          outlook_tag=state.outlook_tag if state.outlook_contact else "")
 
 
 def _ids_of(group: tuple[Action, ...]) -> tuple[str, str]:
