@@ -190,6 +190,7 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
     requests0, writes0 = _counts(emu)
     routes0 = _relevant(emu)
     cpu0 = _cpu_seconds(pids)
+    kernel0 = psutil.Process().cpu_times().system
     threads0 = role_cpu.thread_cpu()
     spy = role_cpu.PySpy(f"{rate}") if os.environ.get("BENCH_PYSPY") else None
     started = time.monotonic()
@@ -221,6 +222,7 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
     requests1, writes1 = _counts(emu)
     routes = {k: n - routes0.get(k, 0) for k, n in _relevant(emu).items()}
     cpu1 = _cpu_seconds(pids)
+    kernel1 = psutil.Process().cpu_times().system
     roles = role_cpu.by_role(threads0, role_cpu.thread_cpu(), webhook_thread)
     spied = spy.stop() if spy is not None else None
     seen: dict[tuple[str, str], float] = emu.call("seen")
@@ -250,6 +252,7 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
         "cores": {name: (cpu1[name] - cpu0[name]) / total for name in pids},
         "pipeline_cpu_ms": (cpu1["pipeline"] - cpu0["pipeline"]) * 1000 / landed
         if landed else float("nan"),
+        "pipeline_kernel_ms": (kernel1 - kernel0) * 1000 / landed if landed else float("nan"),
         "routes": {k: n / landed for k, n in sorted(routes.items(), key=lambda kv: -kv[1])
                    if n and landed},
         "role_ms": {role: used * 1000 / landed if landed else float("nan")
@@ -355,7 +358,8 @@ def main() -> None:
                   f"{r['writes_per']:.2f}, echo writes {r['echo_writes']}")
             print("      cores busy: " + ", ".join(f"{name} {used:.2f}" for name, used
                                                   in r["cores"].items())
-                  + f"; pipeline CPU {r['pipeline_cpu_ms']:.1f} ms per propagated change")
+                  + f"; pipeline CPU {r['pipeline_cpu_ms']:.1f} ms per propagated change "
+                  f"({r['pipeline_kernel_ms']:.1f} of it in the kernel)")
             print("      per role, ms per propagated change: " + ", ".join(
                 f"{role} {ms:.2f}" for role, ms in r["role_ms"].items() if ms >= 0.005))
             print("      requests per propagated change, by route: " + ", ".join(
