@@ -67,6 +67,7 @@ from contactsync.kafka.topics import GRAPH_LIFECYCLE, SYNC_COMMANDS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
 from contactsync.producers.legacy_lifecycle import drain_old_lifecycle
+from contactsync.retry import backoff_delay
 from contactsync.schemas.messages import CommandKind, GraphLifecycle, LifecycleEvent, SyncCommand
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
@@ -453,10 +454,14 @@ class SubscriptionKeeper:
         self._next_pass = time.monotonic() + self._until_next_pass()
 
     def _until_next_pass(self) -> float:
+        """The interval; after failed passes the project's backoff from `failed_pass_retry`,
+        doubling up to the interval (no jitter: one keeper per deployment, no herd)."""
         if not self._failed_passes:
             return self.interval
-        doublings = min(self._failed_passes - 1, 16)  # a BC refusing for good fails every pass
-        return min(self.interval, self.failed_pass_retry * float(2**doublings))
+        policy = RetryPolicy(base_delay=self.failed_pass_retry, max_delay=self.interval,
+                             jitter=0.0)
+        # Capped exponent: a BC refusing subscriptions for good fails every pass, forever.
+        return backoff_delay(policy, min(self._failed_passes - 1, 16), 0.0)
 
     def _act_on_lifecycle(self, event: GraphLifecycle) -> KeeperReport:
         return self.bridge.run(self.handle_lifecycle(event))
