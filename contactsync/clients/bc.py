@@ -63,6 +63,7 @@ from contactsync.clients.errors import (
     request_url,
     server_retry_after,
 )
+from contactsync.clients.http_transport import AiohttpTransport
 from contactsync.clients.json_body import parse_json
 from contactsync.clients.paging import prefetched_pages
 from contactsync.clients.resilience import (
@@ -255,8 +256,10 @@ class BcClient:
             )
         tokens = _TokenSource(credential, scope) if credential is not None else None
         owns = http is None
-        client_http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout),
-                                                event_hooks=response_hooks(SERVICE))
+        # HTTP/1.1 on aiohttp's C parser (http_transport.py); httpx's default pool size.
+        client_http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), transport=AiohttpTransport(max_connections=100),
+            event_hooks=response_hooks(SERVICE))
         self = cls(
             client_http, base_url, "", tokens=tokens,
             budget=budget or RequestBudget(limits),

@@ -58,6 +58,7 @@ from contactsync.clients.errors import (
     server_retry_after,
 )
 from contactsync.clients.graph_errors import SERVICE, graph_failure
+from contactsync.clients.http_transport import AiohttpTransport
 from contactsync.clients.json_body import parse_json
 from contactsync.clients.paging import prefetched_pages
 from contactsync.clients.resilience import (
@@ -155,10 +156,12 @@ class GraphTransport:
         options: GraphClientOptions | None = None,
         *,
         http_client: httpx.AsyncClient | None = None,
+        pool: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.options = options or GraphClientOptions()
         self._adapter = adapter
         self._http = http_client
+        self._pool = pool  # closed here: the SDK's transport around it does not pass aclose on
         self._budget = RequestBudget(self.options.limits)
         self._sub_budget = RequestBudget(SUBSCRIPTION_LIMITS)
         self._batch_locks: dict[str, asyncio.Lock] = {}  # batch.py: one batch per mailbox
@@ -195,16 +198,17 @@ class GraphTransport:
             auth = AzureIdentityAuthenticationProvider(
                 credential, scopes=list(scopes), allowed_hosts=[host]
             )
+        # HTTP/1.1 on aiohttp's C parser, not httpx's pure-Python pool (http_transport.py).
+        pool = AiohttpTransport(max_connections=200)
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
-            http2=host not in LOOPBACK_HOSTS,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+            transport=pool,
             event_hooks=response_hooks(SERVICE),
         )
         http = GraphClientFactory.create_with_custom_middleware(sdk_middleware(), client=http)
         adapter = GraphRequestAdapter(auth, client=http)
         adapter.base_url = base  # never a trailing slash: it would give `/v1.0//users` (5.3)
-        return cls(adapter, options, http_client=http)
+        return cls(adapter, options, http_client=http, pool=pool)
 
     @property
     def base_url(self) -> str:
@@ -213,6 +217,8 @@ class GraphTransport:
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def __aenter__(self) -> Self:
         return self
