@@ -56,6 +56,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._ssl = httpx.create_ssl_context()  # read now, as httpx reads it at client creation
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._proxies: dict[tuple[str, str], str | None] = {}
         self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
 
@@ -63,7 +64,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """The session, made on the running loop at the first request (a client may be built
         before any loop runs)."""
         session = self._session
-        if session is None or session.closed:
+        loop = asyncio.get_running_loop()
+        if session is None or session.closed or loop is not self._loop:
+            # A session belongs to its loop; a client used on another one gets a fresh session.
+            self._loop = loop
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections, limit_per_host=0, ssl=self._ssl,
                 keepalive_timeout=KEEPALIVE_SECONDS,
