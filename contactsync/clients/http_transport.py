@@ -38,9 +38,11 @@ from yarl import URL
 # Methods safe to send twice: only these are repeated after a pooled connection turned out
 # to be closed. Writes go back to the client, which looks before it repeats (resilience.py).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# httpx's default keep-alive expiry: an idle connection is dropped before servers (uvicorn:
-# 5 s) close it under us.
-KEEPALIVE_SECONDS = 5.0
+# An idle connection is dropped before the shortest common server idle timeout (uvicorn's 5 s)
+# closes it under us: httpcore looked whether a pooled socket was still open before reusing
+# it, aiohttp only knows once the loop has seen the close (a POST would then fail, and be
+# looked up before it goes again). httpx kept connections 5 s.
+KEEPALIVE_SECONDS = 4.0
 # Headers aiohttp would add on its own; httpx has already written the ones the request needs.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _HTTP_11 = b"HTTP/1.1"
@@ -117,8 +119,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session = self._open_session()
         body = await request.aread()
         method = request.method
+        encoding = request.headers.encoding
         kwargs: dict[str, Any] = {
-            "headers": request.headers.multi_items(),
+            # Names as written (multi_items() would lower-case them), decoded as httpx encoded.
+            "headers": [(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw],
             "data": body or None,
             "allow_redirects": False,
             "timeout": self._timeout(request.extensions.get("timeout", {})),
