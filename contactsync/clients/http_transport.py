@@ -82,7 +82,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 trust_env=False,
             )
             # aiohttp repeats any idempotent method (DELETE, PUT too) on a dropped connection;
-            # we repeat only SAFE_METHODS (`handle_async_request`).
+            # we repeat only SAFE_METHODS (`handle_async_request`). A private switch: the
+            # session takes no argument for it (aiohttp pinned in deploy/requirements.lock).
             session._retry_connection = False
             self._session = session
         return session
@@ -146,8 +147,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             except httpx.HTTPError:
                 raise
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                # Closed before an answer began, on a connection the pool held (a server's idle
-                # timeout): a safe request goes once more on a fresh one.
+                # Closed before an answer began, most often a pooled connection the server had
+                # just closed (its idle timeout): a safe request goes once more, as aiohttp's
+                # own retry would send it.
                 if retry_stale and not isinstance(exc, aiohttp.ClientConnectorError):
                     retry_stale = False
                     continue
