@@ -97,6 +97,27 @@ class UpdateBc:
 class SaveLink:
     link: Link  # see the module docstring for the empty fields
 
+    @property
+    def sides(self) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+        """(BC, Outlook): each side's contact at the link's version as the plan saw it (None:
+        unknown, or the answer of this group's write). Kept in the link row
+        (engine/synced.py)."""
+        return None, None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveLinkSeen(SaveLink):
+    """A SaveLink with the sides the plan saw. A subclass, so the SaveLink of each of a full
+    sync's 100,000 creates stays one slot (its BC side is its create's source)."""
+
+    # Not part of what the action is (equality, repr): the link is.
+    bc: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    outlook: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def sides(self) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+        return self.bc, self.outlook
+
 
 @dataclass(frozen=True, slots=True)
 class DropLink:

@@ -275,6 +275,11 @@ class GraphBodyFromBc(Mapping[str, Any]):
     def __init__(self, bc: Mapping[str, Any], bc_id: str) -> None:
         self._bc, self._bc_id = bc, bc_id
 
+    @property
+    def source(self) -> Mapping[str, Any]:
+        """The BC contact it is built from (what the link of the create keeps: engine/synced.py)."""
+        return self._bc
+
     def _body(self) -> dict[str, Any]:
         last = GraphBodyFromBc._last
         if last is not None and last[0] is self:

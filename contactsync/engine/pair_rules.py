@@ -24,6 +24,7 @@ from contactsync.engine.actions import (
     NeedsRead,
     Reason,
     SaveLink,
+    SaveLinkSeen,
     Skip,
     UpdateBc,
     UpdateOutlook,
@@ -113,8 +114,11 @@ class _Context:
         when = parse_time(modified)
         return when is None or when > self.since
 
-    def link(self, bc_id: str, graph_id: str, **kw: Any) -> SaveLink:
-        return SaveLink(Link(user_id=self.setup.user_id, bc_id=bc_id, graph_id=graph_id, **kw))
+    def link(self, bc_id: str, graph_id: str, *, bc: Mapping[str, Any] | None = None,
+             outlook: Mapping[str, Any] | None = None, **kw: Any) -> SaveLink:
+        """`bc`, `outlook`: the sides as planned from, kept with the link (engine/synced.py)."""
+        link = Link(user_id=self.setup.user_id, bc_id=bc_id, graph_id=graph_id, **kw)
+        return SaveLink(link) if bc is None and outlook is None else SaveLinkSeen(link, bc, outlook)
 
 
 def _if_match(outlook: Mapping[str, Any]) -> str | None:
@@ -180,6 +184,7 @@ def _create_in_bc(ctx: _Context, outlook: Mapping[str, Any]) -> list[Action]:
             graph_change_key=m.graph_change_key(outlook),
             synced_hash=m.content_hash(m.canonical_from_bc(fields)),
             origin=LinkOrigin.OUTLOOK,
+            outlook=outlook,
         ),
     ]
 
@@ -210,6 +215,8 @@ def _push(
             graph_change_key="" if write else m.graph_change_key(outlook),
             synced_hash=m.content_hash(bc_contact),
             origin=origin,
+            bc=bc,
+            outlook=outlook,
             **_bc_versions(bc),
         )
     )
@@ -246,6 +253,8 @@ def _pull(
             graph_change_key=m.graph_change_key(outlook),
             synced_hash=m.content_hash(expected),
             origin=link.origin,
+            bc=bc,
+            outlook=outlook,
             **versions,
         )
     )

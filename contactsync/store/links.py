@@ -3,13 +3,18 @@
 Built for volume: a user's links load in one query, and many upserts go in one statement batch
 in one transaction (benchmarks sync 100,000 contacts per user): an executemany, or on
 PostgreSQL for big batches COPY into a temporary table and one INSERT ... SELECT, twice as fast.
+
+Each row also keeps the pair's content as last synced (`synced_content`, engine/synced.py),
+written with every upsert (NULL when the caller does not know it, so it never outlives the
+versions it belongs to). Loading links never reads it: a full sync loads 100,000 links and
+keeps them small; the near-real-time path asks `synced_contents` for a change's few ids.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, exc, func, or_, select
@@ -31,7 +36,8 @@ _COLUMNS = (
     links.c.origin,
     links.c.updated_at,
 )
-_UPDATED_ON_CONFLICT = [c.name for c in _COLUMNS if c.name not in ("user_id", "bc_id")]
+_WRITTEN = (*_COLUMNS, links.c.synced_content)  # read by `synced_contents` only
+_UPDATED_ON_CONFLICT = [c.name for c in _WRITTEN if c.name not in ("user_id", "bc_id")]
 _ORIGINS = {origin.value: origin for origin in LinkOrigin}  # faster than LinkOrigin(value)
 # Bounded IN lists: SQLite allows 32,766 parameters per statement, PostgreSQL 65,535.
 _IN_CHUNK = 1000
@@ -58,7 +64,7 @@ def _from_row(
     )  # fmt: skip
 
 
-def _to_params(link: Link, now: Any) -> dict[str, Any]:
+def _to_params(link: Link, now: Any, content: str | None = None) -> dict[str, Any]:
     return {
         "user_id": link.user_id,
         "bc_id": canon_bc_id(link.bc_id),  # stored and looked up in one case (GUIDs)
@@ -69,6 +75,7 @@ def _to_params(link: Link, now: Any) -> dict[str, Any]:
         "synced_hash": link.synced_hash,
         "origin": link.origin.value,
         "updated_at": now,
+        "synced_content": content,
     }
 
 
@@ -135,6 +142,18 @@ class LinkRepository(Repository):
                     found[link.bc_id] = link
         return [found[bc_id] for bc_id in sorted(found)]
 
+    def synced_contents(self, user_id: str, bc_ids: Iterable[str]) -> dict[str, str]:
+        """Canonical BC id -> the content its link keeps (engine/synced.py), for a change's
+        few ids; links without one are absent."""
+        found: dict[str, str] = {}
+        with self._reading() as conn:
+            for chunk in _chunks(sorted(set(map(canon_bc_id, bc_ids)))):
+                query = select(links.c.bc_id, links.c.synced_content).where(
+                    links.c.user_id == user_id, links.c.bc_id.in_(chunk),
+                    links.c.synced_content.is_not(None))
+                found.update((bc_id, content) for bc_id, content in conn.execute(query))
+        return found
+
     def count(self, user_id: str) -> int:
         query = select(func.count()).select_from(links).where(links.c.user_id == user_id)
         with self._reading() as conn:
@@ -167,22 +186,26 @@ class LinkRepository(Repository):
                     result[bc_id].append(user_id)
         return dict(result)
 
-    def upsert(self, link: Link) -> Link:
-        """Insert or replace the link of (user, BC id); the store stamps updated_at."""
+    def upsert(self, link: Link, content: str | None = None) -> Link:
+        """Insert or replace the link of (user, BC id) and its synced content; the store stamps
+        updated_at."""
         now = utcnow()
         with self._writing() as conn:
-            self._upsert(conn, [_to_params(link, now)])
+            self._upsert(conn, [_to_params(link, now, content)])
         return dataclasses.replace(link, bc_id=canon_bc_id(link.bc_id), updated_at=now)
 
-    def upsert_many(self, batch: Iterable[Link]) -> int:
+    def upsert_many(self, batch: Iterable[Link],
+                    contents: Mapping[tuple[str, str], str] | None = None) -> int:
         """Upsert many links in one batch (one transaction); returns how many distinct links.
+        `contents`: (user id, canonical BC id) -> the synced content to keep (else none).
 
         A (user, BC id) given twice counts once, the last one winning, as one by one would.
         """
         now = utcnow()
+        contents = contents or {}
         # PostgreSQL refuses to upsert the same key twice in one statement: keep the last.
         by_key = {(link.user_id, canon_bc_id(link.bc_id)): link for link in batch}
-        params = [_to_params(link, now) for link in by_key.values()]
+        params = [_to_params(link, now, contents.get(key)) for key, link in by_key.items()]
         if params:
             with self._writing() as conn:
                 self._upsert(conn, params)
@@ -230,7 +253,7 @@ class LinkRepository(Repository):
 
 def _copy_upsert(conn: Connection, params: list[dict[str, Any]]) -> None:
     """PostgreSQL: COPY the rows into a temporary table, then upsert them in one statement."""
-    names = [column.name for column in _COLUMNS]
+    names = [column.name for column in _WRITTEN]
     to_db = UtcDateTime().process_bind_param  # the same checks (aware) and UTC as executemany
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{_LOAD_TABLE}")
     conn.exec_driver_sql(f"CREATE TEMP TABLE {_LOAD_TABLE} (LIKE {links.name}) ON COMMIT DROP")

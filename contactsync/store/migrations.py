@@ -201,11 +201,18 @@ def _v4_drop_processed_events(conn: Connection) -> None:
     conn.execute(text("DROP TABLE IF EXISTS processed_events"))  # its index goes with it
 
 
+def _v5_link_synced_content(conn: Connection) -> None:
+    """The content as last synced beside each link's versions: the near-real-time path answers
+    a read from it after a restart. Links saved before have none (NULL) and are read."""
+    conn.execute(text("ALTER TABLE links ADD COLUMN synced_content TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "user setups, links, sync state, company watermarks", _v1_core),
     Migration(2, "subscriptions, audit records, processed events", _v2_subscriptions_audit_dedupe),
     Migration(3, "one setup per Outlook folder of a mailbox", _v3_one_setup_per_folder),
     Migration(4, "no processed events table (never read)", _v4_drop_processed_events),
+    Migration(5, "links keep the content as last synced", _v5_link_synced_content),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

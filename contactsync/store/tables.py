@@ -89,6 +89,9 @@ links = Table(
     Column("synced_hash", String, nullable=False),
     Column("origin", String(16), nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Both sides as last synced (engine/synced.py; JSON text), NULL when not known. Read only
+    # by the near-real-time path for the ids a change touches, never with a user's links.
+    Column("synced_content", Text),
     # One Outlook contact is linked to at most one BC contact per user.
     UniqueConstraint("user_id", "graph_id"),
     # The router asks "which users hold a link to this BC contact?".

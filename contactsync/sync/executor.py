@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from contactsync.clients.bc import BcClient
-from contactsync.clients.errors import CREDENTIAL_FAILURES, Conflict, ServiceError
+from contactsync.clients.errors import CREDENTIAL_FAILURES, Conflict, NotFound, ServiceError
 from contactsync.clients.graph import GraphClient
 from contactsync.engine import mapping as m
 from contactsync.engine.actions import (
@@ -38,7 +38,8 @@ from contactsync.engine.actions import (
     UpdateOutlook,
 )
 from contactsync.engine.echoes import parse_time
-from contactsync.engine.links import Link
+from contactsync.engine.links import Link, canon_bc_id
+from contactsync.engine.synced import bc_side, outlook_side, synced_text
 from contactsync.store import Store
 from contactsync.store.records import AuditKind, AuditRecord
 
@@ -54,7 +55,9 @@ class Failure:
     bc_id: str
     graph_id: str
     reason: str
-    conflict: bool = False  # the other side moved on during the run: plan that pair again
+    # The contact written moved on (412) or went (404) since the version planned from (a
+    # read, or the link's synced content): read that pair afresh and plan it again.
+    conflict: bool = False
 
 
 @dataclass
@@ -69,18 +72,24 @@ class ExecutionReport:
 
 @dataclass
 class _GroupState:
-    """Ids and versions a group's writes returned, to complete its SaveLink."""
+    """Ids, versions and contacts a group's writes returned, to complete its SaveLink."""
 
     bc_id: str = ""
     graph_id: str = ""
     graph_change_key: str = ""
     bc_etag: str = ""
     bc_modified: datetime | None = None
+    # The sides the group's writes answered, as a link row keeps them (engine/synced.py; not
+    # the whole answers: a chunk holds 500 groups); None: not written, the plan's side is kept.
+    bc_kept: dict[str, Any] | None = None
+    outlook_kept: dict[str, Any] | None = None
 
 
 @dataclass
 class _Records:
     saves: list[Link] = field(default_factory=list)
+    # (user id, canonical BC id) -> the content kept with the saved link (engine/synced.py)
+    contents: dict[tuple[str, str], str] = field(default_factory=dict)
     drops: list[str] = field(default_factory=list)
     audits: list[AuditRecord] = field(default_factory=list)
 
@@ -138,6 +147,8 @@ class Executor:
                     results[index] = _GroupState(
                         graph_id=str(result.contact["id"]),
                         graph_change_key=m.graph_change_key(result.contact),
+                        outlook_kept=outlook_side(result.contact, action.bc_id),
+                        bc_kept=_created_from(action),
                     )
                 else:
                     results[index] = Failure(action.bc_id, "", _reason(result.error))
@@ -163,10 +174,12 @@ class Executor:
         except ServiceError as exc:
             bc_id, graph_id = _ids_of(group)
             self.report.failures.append(
-                Failure(bc_id, graph_id, _reason(exc), conflict=isinstance(exc, Conflict))
+                Failure(bc_id, graph_id, _reason(exc),
+                        conflict=isinstance(exc, (Conflict, NotFound)))
             )
             return  # its link stays as it was: the next run plans the pair again
         records.saves.extend(pending.saves)
+        records.contents.update(pending.contents)
         records.drops.extend(pending.drops)
         records.audits.extend(pending.audits)
 
@@ -177,6 +190,7 @@ class Executor:
                 bc_id=action.bc_id,
             )
             state.graph_change_key = m.graph_change_key(result)
+            state.outlook_kept = outlook_side(result, action.bc_id)
             self._written("outlook", result, action.bc_id)
             self.report.writes["updated_outlook"] += 1
         elif isinstance(action, DeleteFromOutlook):
@@ -196,7 +210,11 @@ class Executor:
             self.report.writes["updated_bc"] += 1
             self._note_issues(action.issues)
         elif isinstance(action, SaveLink):
-            pending.saves.append(_completed(action.link, state))
+            link = _completed(action.link, state)
+            pending.saves.append(link)
+            content = _content(action, state)
+            if content is not None:
+                pending.contents[(link.user_id, canon_bc_id(link.bc_id))] = content
         elif isinstance(action, DropLink):
             pending.drops.append(action.bc_id)
         elif isinstance(action, Audit):
@@ -216,6 +234,7 @@ class Executor:
             self.on_written(side, contact, bc_id)
 
     def _bc_written(self, state: _GroupState, result: Mapping[str, Any]) -> None:
+        state.bc_kept = bc_side(result)
         state.bc_etag = m.as_text(result.get("@odata.etag"))
         state.bc_modified = parse_time(result.get("lastModifiedDateTime"))
 
@@ -230,7 +249,7 @@ class Executor:
             if records.drops:
                 tx.links.delete_many(self.user_id, records.drops)
             if records.saves:
-                tx.links.upsert_many(records.saves)
+                tx.links.upsert_many(records.saves, records.contents)
             if records.audits:
                 tx.audit.append_many(records.audits)
         self.report.links_saved += len(records.saves)
@@ -248,6 +267,23 @@ def _completed(link: Link, state: _GroupState) -> Link:
         bc_etag=link.bc_etag or state.bc_etag,
         bc_modified=link.bc_modified or state.bc_modified,
     )
+
+
+def _content(save: SaveLink, state: _GroupState) -> str | None:
+    """Each side as this group's write answered it, else as the plan saw it."""
+    bc, outlook = state.bc_kept, state.outlook_kept
+    planned_bc, planned_outlook = save.sides
+    if bc is None and planned_bc is not None:
+        bc = bc_side(planned_bc)
+    if outlook is None and planned_outlook is not None:
+        outlook = outlook_side(planned_outlook)
+    return synced_text(bc, outlook)
+
+
+def _created_from(create: CreateInOutlook) -> dict[str, Any] | None:
+    """The BC side of a create in Outlook: the contact its body is built from."""
+    body = create.fields
+    return bc_side(body.source) if isinstance(body, m.GraphBodyFromBc) else None
 
 
 def _ids_of(group: tuple[Action, ...]) -> tuple[str, str]:

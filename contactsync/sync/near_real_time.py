@@ -10,9 +10,15 @@
   (NeedsRead) before writing to it. When we hold that contact as last read or written, at the
   very version the link recorded, it is used instead of a GET, and the write carries that
   version as If-Match (BC ETag, Graph changeKey): if someone changed the contact meanwhile, the
-  service refuses (412) and `replan_conflicts` reads the pair afresh and plans it again (BC is
-  master: a conflict pushes BC's values and audits Outlook's). Optimistic concurrency, so a
-  write never rests on a version nobody checked.
+  service refuses (412; a contact deleted meanwhile answers 404, handled the same way) and
+  `replan_conflicts` reads the pair afresh and plans it again (BC is master: a conflict
+  pushes BC's values and audits Outlook's). Optimistic concurrency, so a write never rests
+  on a version nobody checked.
+- **Synced content after a restart.** A process that holds nothing yet (a restarted applier,
+  a Full sync run in another process) answers the same reads from the link rows: each keeps
+  the pair's content as last synced at the link's versions (engine/synced.py), loaded for the
+  change's own links in one query on the first miss. The same If-Match guard applies; a link
+  without content (saved before it was kept) is read by GET as before.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from contactsync.engine.actions import ReadRequest
 from contactsync.engine.links import Link, canon_bc_id
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot
 from contactsync.engine.rails import over_floor
+from contactsync.engine.synced import bc_at_link, outlook_at_link
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
 from contactsync.sync.reads import Reader, Snapshots
@@ -131,13 +138,37 @@ def links_for(store: Store, setup: UserSetup, bc_snap: BcSnapshot | None,
     return store.links.for_ids(setup.user_id, bc_ids, graph_ids)
 
 
-class KnownReader(Reader):
-    """`_plan_and_apply`'s reader: reads by id answered from known versions, else by GET;
-    searches as any reader does."""
+class SyncedSides:
+    """One user's link rows' synced content (engine/synced.py): what the other side held when
+    we last synced it, as a contact at the link's version. Read from the store only for the
+    links a read asks about (never with the user's links: a Full sync's 100,000)."""
 
-    def __init__(self, known: Known, links: Sequence[Link], folder_id: str | None) -> None:
+    def __init__(self, store: Store, setup: UserSetup) -> None:
+        self.store, self.user_id = store, setup.user_id
+        self.filter_fields = tuple(setup.contact_filter)  # a synced BC contact must hold them
+
+    def answer(self, bc_links: Mapping[str, Link],
+               graph_links: Mapping[str, Link]) -> tuple[dict[str, Contact], dict[str, Contact]]:
+        """Contacts by the ids asked (BC ids, Graph ids) that the links' content can answer."""
+        wanted = {link.bc_id for link in (*bc_links.values(), *graph_links.values())}
+        if not wanted:
+            return {}, {}
+        texts = self.store.links.synced_contents(self.user_id, wanted)
+        bc_found: dict[str, Contact] = {i: c for i, link in bc_links.items()
+                    if (c := bc_at_link(link, texts.get(link.bc_id), self.filter_fields))}
+        out_found: dict[str, Contact] = {i: c for i, link in graph_links.items()
+                     if (c := outlook_at_link(link, texts.get(link.bc_id)))}
+        return bc_found, out_found
+
+
+class KnownReader(Reader):
+    """`_plan_and_apply`'s reader: reads by id answered from known versions, else from the
+    links' synced content (`synced`), else by GET; searches as any reader does."""
+
+    def __init__(self, known: Known, links: Sequence[Link], folder_id: str | None,
+                 synced: SyncedSides | None = None) -> None:
         super().__init__(known.bc_client, known.graph_client, known.mailbox, folder_id)
-        self.known = known
+        self.known, self.synced = known, synced
         self.by_bc = {link.bc_id: link for link in links}
         self.by_graph = {link.graph_id: link for link in links}
 
@@ -156,6 +187,9 @@ class KnownReader(Reader):
                    if self.known.bc_at(self.by_bc.get(canon_bc_id(i)), i) is None]
         out_read = [i for i in request.graph_ids
                     if self.known.outlook_at(self.by_graph.get(i), i) is None]
+        bc_synced, out_synced = self._synced(bc_read, out_read)
+        bc_read = [i for i in bc_read if i not in bc_synced]
+        out_read = [i for i in out_read if i not in out_synced]
         bc_got, out_got = await asyncio.gather(
             asyncio.gather(*(_found(bc.get_contact(i)) for i in bc_read)),
             asyncio.gather(*(_found(graph.get_contact(mailbox, i)) for i in out_read)),
@@ -163,11 +197,11 @@ class KnownReader(Reader):
         self.known.saw_bc(c for c in bc_got if c is not None)
         self.known.saw_outlook(c for c in out_got if c is not None)
         bc_found, bc_gone = _answers(
-            request.bc_ids, dict(zip(bc_read, bc_got, strict=True)),
+            request.bc_ids, {**dict(zip(bc_read, bc_got, strict=True)), **bc_synced},
             lambda i: self.known.bc_at(self.by_bc.get(i), i),
             bc_snap.contacts, bc_snap.deleted_ids)
         out_found, out_gone = _answers(
-            request.graph_ids, dict(zip(out_read, out_got, strict=True)),
+            request.graph_ids, {**dict(zip(out_read, out_got, strict=True)), **out_synced},
             lambda i: self.known.outlook_at(self.by_graph.get(i), i),
             outlook_snap.contacts, outlook_snap.removed_ids)
         return (
@@ -175,6 +209,16 @@ class KnownReader(Reader):
             dataclasses.replace(outlook_snap, contacts=tuple(out_found),
                                 removed_ids=frozenset(out_gone)),
         )
+
+
+    def _synced(self, bc_ids: Sequence[str],
+                graph_ids: Sequence[str]) -> tuple[dict[str, Contact], dict[str, Contact]]:
+        """What the links' synced content answers of the reads left (linked contacts only)."""
+        if self.synced is None:
+            return {}, {}
+        bc_links = {i: link for i in bc_ids if (link := self.by_bc.get(canon_bc_id(i)))}
+        graph_links = {i: link for i in graph_ids if (link := self.by_graph.get(i))}
+        return self.synced.answer(bc_links, graph_links)
 
 
 async def _found(read: Awaitable[Contact]) -> Contact | None:

@@ -143,7 +143,8 @@ async def apply_changes(
     bc_changes = await _confirm_unlinked(bc_changes, links, bc, known)
     inputs = RunInputs(setup, SyncMode.SYNC, bc_changes, outlook_snap, folder_id)
     report = await plan_and_apply(inputs, session, dry_run=False, links=links,
-                                  reader=nrt.KnownReader(known, links, folder_id),
+                                  reader=nrt.KnownReader(known, links, folder_id,
+                                                         nrt.SyncedSides(store, setup)),
                                   on_written=known.written)
     await replan_conflicts(report, inputs, session)
     if (read_outlook_delta and report.execution is not None

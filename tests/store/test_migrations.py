@@ -98,6 +98,32 @@ def test_a_store_with_the_processed_events_table_upgrades_without_it(db_url: str
     engine.dispose()
 
 
+def test_links_saved_before_synced_content_upgrade_with_none(db_url: str) -> None:
+    """Version 4's links have no synced content: the upgrade keeps them as they were, with
+    none (their next change is read by GET), and a link saved after it keeps its content."""
+    write_v2_setups(db_url, [("anna", "anna@contoso.test")])
+    engine = create_db_engine(db_url)
+    assert migrate(engine, target=4) == [3, 4]
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO links (user_id, bc_id, graph_id, bc_etag, bc_modified, graph_change_key,"
+            " synced_hash, origin, updated_at) VALUES ('anna', 'b1', 'g1', 'W/\"e1\"', NULL,"
+            " 'k1', 'h1', 'bc', :at)"), {"at": T0})
+    with Store.open(db_url) as store:
+        assert versions(store.engine) == list(range(1, LATEST_VERSION + 1))
+        assert schema_of(store.engine) == expected_schema()
+        link = store.links.get("anna", "b1")
+        assert link is not None
+        assert (link.graph_id, link.bc_etag, link.graph_change_key, link.synced_hash) == (
+            "g1", 'W/"e1"', "k1", "h1")
+        assert store.links.synced_contents("anna", ["b1"]) == {}
+        store.links.upsert(link, '{"bc": {}}')
+        assert store.links.synced_contents("anna", ["B1"]) == {"b1": '{"bc": {}}'}
+        store.links.upsert(link)  # saved again without content: none, never a stale one
+        assert store.links.synced_contents("anna", ["b1"]) == {}
+    engine.dispose()
+
+
 def test_a_newer_database_is_refused(db_url: str) -> None:
     engine = create_db_engine(db_url)
     migrate(engine)

@@ -209,6 +209,20 @@ def test_links_bulk_round_trip(store: Store) -> None:
     assert store.links.count("alice") == 5
 
 
+def test_links_keep_their_synced_content_in_bulk_and_load_without_it(store: Store) -> None:
+    """Big batches (PostgreSQL: COPY) keep each link's content; a user's links load without
+    it, and the near-real-time path reads it for the ids it asks."""
+    store.setups.add(setup_for("bob"))
+    links = [link_for("bob", n) for n in range(1500)]
+    contents = {("bob", link.bc_id): f'{{"n": {n}}}' for n, link in enumerate(links) if n % 2}
+    assert store.links.upsert_many(links, contents) == 1500
+    assert store.links.synced_contents("bob", ["bc-000001", "bc-000002", "bc-000003"]) == {
+        "bc-000001": '{"n": 1}', "bc-000003": '{"n": 3}'}
+    assert dataclasses.replace(store.links.for_user("bob")[1], updated_at=None) == links[1]
+    store.links.upsert_many(links[:2])  # saved again without content: none, not the old one
+    assert store.links.synced_contents("bob", ["bc-000001"]) == {}
+
+
 def test_users_holding_a_link_to_a_bc_contact(store: Store) -> None:
     for user in ("carol", "alice", "bob"):
         store.setups.add(setup_for(user))
