@@ -148,10 +148,16 @@ class Skip:
 @dataclass(frozen=True, slots=True)
 class NeedsRead:
     """The pair cannot be decided without reading this contact (the one id that is set);
-    the caller reads it and plans again."""
+    the caller reads it and plans again.
+
+    `current`: read it from the service as it is now. A version known from an earlier read or
+    write, or kept in the link row (sync/near_real_time.py), stands in for a read only where
+    the plan then writes that very contact with If-Match, which refuses a contact changed or
+    gone since; a plan that only writes the other side (a create) would rest on it unchecked."""
 
     bc_id: str = ""
     graph_id: str = ""
+    current: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,7 @@ class ReadRequest:
     graph_ids: frozenset[str] = frozenset()  # NeedsRead: these Outlook contacts, by id
     outlook_searches: frozenset[tuple[str, str]] = frozenset()  # FindInOutlook (BC id, email)
     bc_emails: frozenset[str] = frozenset()  # FindInBc: BC contacts with these emails
+    current_bc_ids: frozenset[str] = frozenset()  # of bc_ids: as BC holds them now (a GET)
 
     def __bool__(self) -> bool:
         return bool(self.bc_ids or self.graph_ids or self.outlook_searches or self.bc_emails)
@@ -196,15 +203,18 @@ class ReadRequest:
         graph_ids: set[str] = set()
         searches: set[tuple[str, str]] = set()
         emails: set[str] = set()
+        current: set[str] = set()
         for a in actions:
             if isinstance(a, NeedsRead):
                 (bc_ids.add(a.bc_id) if a.bc_id else graph_ids.add(a.graph_id))
+                if a.current and a.bc_id:
+                    current.add(a.bc_id)
             elif isinstance(a, FindInOutlook):
                 searches.add((a.bc_id, a.email))
             elif isinstance(a, FindInBc):
                 emails.add(a.email)
         return cls(frozenset(bc_ids), frozenset(graph_ids), frozenset(searches),
-                   frozenset(emails))
+                   frozenset(emails), frozenset(current))
 
 
 Action = (

@@ -284,8 +284,8 @@ def _plan_unlinked(ctx: _Context, bc: Side, outlook: Side) -> list[Action]:
         graph_id, tag = m.as_text(outlook.get("id")), m.bc_id_of(outlook)
         if tag and bc is None:
             return [DeleteFromOutlook(graph_id, Reason.BC_DELETED, tag, _if_match(outlook))]
-        if tag:
-            return [NeedsRead(bc_id=tag)]
+        if tag:  # the plan may link it and write Outlook only: BC as it is now
+            return [NeedsRead(bc_id=tag, current=True)]
         return _create_in_bc(ctx, outlook)
     return []
 
@@ -315,8 +315,8 @@ def _plan_linked(ctx: _Context, bc: Side, outlook: Side, link: Link) -> list[Act
         return _remove(ctx, link, Reason.BC_DELETED, None, outlook)
     if isinstance(bc, Unread):
         if outlook is None:
-            if recreate:
-                return [NeedsRead(bc_id=link.bc_id)]
+            if recreate:  # created again from BC, nothing written to BC: BC as it is now
+                return [NeedsRead(bc_id=link.bc_id, current=True)]
             return [DropLink(link.bc_id, link.graph_id, Reason.DELETED_IN_OUTLOOK)]
         if isinstance(outlook, Mapping) and outlook_changed(outlook, link):
             return [NeedsRead(bc_id=link.bc_id)]

@@ -40,7 +40,7 @@ Case table (link = we created or linked the pair):
   no   | not eligible       | exists, our tag     | DeleteFromOutlook (we put it there)
   no   | not eligible       | exists, no tag      | Skip (never update BC from an unlinked contact)
   no   | none               | exists, our tag     | DeleteFromOutlook(bc_deleted)
-  no   | unread             | exists, our tag     | NeedsRead(bc)
+  no   | unread             | exists, our tag     | NeedsRead(bc, current)
   no   | none/unread        | exists, no tag      | CreateInBc + SaveLink if it has a name and a
        |                    |                     |   valid email and setup.create_in_bc, else Skip
        |                    |                     |   (outside the user's filter: no SaveLink)
@@ -50,7 +50,8 @@ Case table (link = we created or linked the pair):
   yes  | none/not eligible  | none                | DropLink
   yes  | eligible           | none (deleted there)| policy recreate: DropLink + CreateInOutlook +
        |                    |                     |   SaveLink; policy unlink: DropLink
-  yes  | unread             | none                | unlink: DropLink; recreate: NeedsRead(bc)
+  yes  | unread             | none                | unlink: DropLink; recreate:
+       |                    |                     |   NeedsRead(bc, current)
   yes  | unread             | changed             | NeedsRead(bc)
   yes  | changed            | unread              | NeedsRead(outlook)
   yes  | unchanged          | unchanged           | nothing
@@ -75,7 +76,8 @@ Likewise a CreateInBc is first a FindInBc(graph_id, email) unless the BC snapsho
 
 Every NeedsRead / FindInOutlook / FindInBc of a plan is gathered in `Plan.reads` (a
 ReadRequest): the runner reads exactly that (sync/reads.py), plans again, and hands the
-executor only the final plan.
+executor only the final plan. A read marked `current` must be the service's answer now, never
+a version known (NeedsRead): what the plan does with it writes the other side only.
 """
 
 from __future__ import annotations

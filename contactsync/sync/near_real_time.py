@@ -19,6 +19,11 @@
   the pair's content as last synced at the link's versions (engine/synced.py), loaded for the
   change's own links in one query on the first miss. The same If-Match guard applies; a link
   without content (saved before it was kept) is read by GET as before.
+- **Only where a write checks it.** A version known (either way) answers a read only for a
+  pair the plan then writes on that side with If-Match. A BC contact the plan acts on without
+  writing it (recreated in Outlook after the person deleted it there; a tagged contact linked
+  again) is read as BC holds it now (`ReadRequest.current_bc_ids`): one deleted in BC meanwhile
+  must not come back from what we knew of it.
 """
 
 from __future__ import annotations
@@ -183,11 +188,12 @@ class KnownReader(Reader):
                     outlook_snap: OutlookSnapshot) -> Snapshots:
         # Reads that are needed go out together: the clients' budgets pace them.
         bc, graph, mailbox = self.bc, self.graph, self.mailbox
-        bc_read = [i for i in request.bc_ids
-                   if self.known.bc_at(self.by_bc.get(canon_bc_id(i)), i) is None]
+        current = request.current_bc_ids  # acted on without a write to them: never a known one
+        bc_read = [i for i in request.bc_ids if i in current
+                   or self.known.bc_at(self.by_bc.get(canon_bc_id(i)), i) is None]
         out_read = [i for i in request.graph_ids
                     if self.known.outlook_at(self.by_graph.get(i), i) is None]
-        bc_synced, out_synced = self._synced(bc_read, out_read)
+        bc_synced, out_synced = self._synced([i for i in bc_read if i not in current], out_read)
         bc_read = [i for i in bc_read if i not in bc_synced]
         out_read = [i for i in out_read if i not in out_synced]
         bc_got, out_got = await asyncio.gather(

@@ -488,6 +488,21 @@ def test_plan_contact_single_pair_and_unread_sides() -> None:
     ]
 
 
+def test_a_read_whose_answer_nothing_conditional_checks_asks_for_bc_as_it_is_now() -> None:
+    """A recreate (or the link of a tagged contact) writes Outlook only: no If-Match would
+    refuse a BC contact changed or deleted since a version known, so BC must be read now. A
+    pull writes BC with If-Match: a version known may answer its read."""
+    setup = UserSetup(user_id=USER, mailbox=USER)
+    removed = OutlookSnapshot.delta([{"id": "g1", "@removed": {}}])
+    recreate = plan_user(None, removed, [L1], setup, SyncMode.SYNC).reads
+    assert (recreate.bc_ids, recreate.current_bc_ids) == ({"b1"}, {"b1"})
+    tagged = plan_user(None, OutlookSnapshot.delta([G1]), [], setup, SyncMode.SYNC).reads
+    assert tagged.current_bc_ids == {"b1"}
+    edited = OutlookSnapshot.delta([changed_outlook(G1, jobTitle="Buyer")])
+    pull = plan_user(None, edited, [L1], setup, SyncMode.SYNC).reads
+    assert (pull.bc_ids, pull.current_bc_ids) == ({"b1"}, frozenset())
+
+
 def test_bc_ids_compare_in_any_case() -> None:
     """Issue 12, defect 7: BC ids are GUIDs; an Outlook tag or a link that spells one in upper
     case is the same BC contact (no duplicate created, no retag, no write)."""

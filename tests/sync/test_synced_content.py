@@ -195,3 +195,23 @@ async def test_a_contact_deleted_behind_our_back_is_read_and_handled_as_before(
         changed = world.emulators.bc.update_contact(bc_id, {"jobTitle": "From BC"})
         await _restarted(world, bc_changes=BcSnapshot.changes([changed]))
         assert _by_email(await world.folder())["p2@example.com"]["jobTitle"] == "From BC"
+
+
+async def test_a_contact_deleted_on_both_sides_is_not_created_again_from_the_link(
+    world: World,
+) -> None:
+    """Deleted in BC and, by the person, in Outlook, neither deletion applied yet: the
+    Outlook deletion alone would create the contact again from BC (recreate policy), and that
+    create writes nothing to BC, so no If-Match could refuse a BC contact known only from
+    the link's content. BC is read as it is now: the contact stays gone and its link goes."""
+    people = await _synced_people(world)
+    graph_id = await _graph_id(world, "p2@example.com")
+    world.emulators.bc.delete_contact(people[2]["id"])
+    world.emulators.graph.person_delete_contact(MAILBOX, graph_id)
+    _reset_counters(world)
+
+    await _restarted(world, read_outlook_delta=True)
+
+    assert "p2@example.com" not in _by_email(await world.folder())
+    assert _requests(world, "bc") == {"GET": 1}, "BC read as it is now"
+    assert world.store.links.for_ids(MAILBOX, [people[2]["id"]], [graph_id]) == []
