@@ -215,3 +215,29 @@ async def test_a_contact_deleted_on_both_sides_is_not_created_again_from_the_lin
     assert "p2@example.com" not in _by_email(await world.folder())
     assert _requests(world, "bc") == {"GET": 1}, "BC read as it is now"
     assert world.store.links.for_ids(MAILBOX, [people[2]["id"]], [graph_id]) == []
+
+
+async def test_a_bc_deletion_whose_outlook_delete_landed_unanswered_is_not_undone(
+    world: World,
+) -> None:
+    """The broker-outage story: a BC deletion reaches the applier, Graph deletes the Outlook
+    contact but every answer to the DELETE is lost, so the pair fails and keeps its link.
+    Graph's notification of that deletion comes next: the link's Outlook contact is gone,
+    BC's is not read yet. BC is read as it is now (gone): the link is dropped, and the contact
+    deleted in BC is not created again from what the link kept of it."""
+    people = await _synced_people(world)
+    bc_id, graph_id = people[2]["id"], await _graph_id(world, "p2@example.com")
+    world.emulators.bc.delete_contact(bc_id)
+    graph = world.emulators.graph
+    graph.add_fault(kind="drop_response", status=503, method="DELETE", route="contacts")
+    graph.add_fault(kind="status", status=503, method="DELETE", route="contacts", count=10)
+    failed = await apply_changes(world.setup(), graph=world.graph, bc=world.bc,
+                                 store=world.store, bc_changes=BcSnapshot.changes([], [bc_id]),
+                                 sessions=Sessions())
+    assert failed.execution is not None and failed.execution.failures, "the DELETE's answer lost"
+    graph.clear_faults()
+
+    await _restarted(world, read_outlook_delta=True)
+
+    assert "p2@example.com" not in _by_email(await world.folder())
+    assert world.store.links.for_ids(MAILBOX, [bc_id], [graph_id]) == []
