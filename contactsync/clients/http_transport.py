@@ -35,6 +35,10 @@ import aiohttp
 import httpx
 from yarl import URL
 
+# The standard variables the pool reads (README's Settings table has their rows): proxies
+# through urllib's getproxies / proxy_bypass (`_proxy`), CAs through httpx's SSL context.
+ENVIRONMENT = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE",
+               "SSL_CERT_DIR")
 # Methods safe to send twice: only these are repeated after a pooled connection turned out
 # to be closed. Writes go back to the client, which looks before it repeats (resilience.py).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -1,7 +1,8 @@
 """README's "Settings" table is the one list of variables an admin sets: every setting has its
 row, every row names a setting or a variable the code reads outside `Settings` (the config
 file, the state directory, the debug switch, azure-identity's AZURE_* that
-contactsync/credentials.py uses), and each of those has its row too."""
+contactsync/credentials.py uses, the proxy and CA variables the clients' pool reads), and each
+of those has its row too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from pydantic import AliasChoices
 
 import contactsync.credentials
+from contactsync.clients.http_transport import ENVIRONMENT as POOL_VARIABLES
 from contactsync.console.signin import SignInSettings
 from contactsync.settings import Settings
 
@@ -63,9 +65,12 @@ def test_every_setting_has_a_row_and_every_row_a_setting() -> None:
     settings = setting_variables()
     without_row = sorted(n for n, names in settings.items() if not names & set(rows))
     assert without_row == [], f"settings without a row in README's Settings table: {without_row}"
-    known = set().union(*settings.values()) | named_in_code() | azure_variables()
+    known = (set().union(*settings.values()) | named_in_code() | azure_variables()
+             | set(POOL_VARIABLES))
     without_setting = sorted(set(rows) - known)
     assert without_setting == [], f"rows naming no setting: {without_setting}"
+    unlisted = sorted(set(POOL_VARIABLES) - set(rows))
+    assert unlisted == [], f"variables the clients' pool reads without a row: {unlisted}"
 
 
 def test_every_azure_variable_the_credentials_read_has_a_row() -> None:
