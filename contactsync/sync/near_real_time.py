@@ -74,7 +74,11 @@ class KnownContacts:
         self.hits += 1
         return contact
 
-
+    @property
+    def keeps(self) -> bool:
+        """Whether anything is kept at all: a one-shot session's cache holds nothing, so
+        what it sees is not even copied (sync/session.py)."""
+        return self.max_items > 0
 
 
 def _bc_version(contact: Contact) -> str:
@@ -92,14 +96,14 @@ class Known:
         self.bc_client, self.graph_client = bc, graph
 
     def saw_bc(self, contacts: Iterable[Contact]) -> None:
-        if not self.bc.max_items:  # a one-shot session's: kept nowhere
+        if not self.bc.keeps:
             return
         for contact in contacts:
             if _bc_version(contact):
                 self.bc.put(m.as_text(contact.get("id")), contact)
 
     def saw_outlook(self, contacts: Iterable[Contact], bc_id: str = "") -> None:
-        if not self.outlook.max_items:
+        if not self.outlook.keeps:
             return
         for contact in contacts:
             key = m.graph_change_key(contact)
