@@ -1,9 +1,9 @@
 """What the near-real-time path (`runner.apply_changes`) adds to a Sync: fewer reads, no echoes.
 
 - **Own links only.** A change needs the links of the contacts it names (by BC id, Graph id or
-  our BC-id tag), not the user's thousands. Where the plan could reach the mass-delete rail
-  (more changed items than its floor, or a complete listing) all links load, so the rail
-  counts the whole folder as before.
+  our BC-id tag), not the user's thousands. A complete listing loads them all; so does a
+  plan the mass-delete rail stops on the change's links (plan_loop), since the rail weighs
+  the removals against the whole folder: a batch of fifty edits loads fifty links, not 5,000.
 - **Stale snapshots.** A BC snapshot older than the version the link holds is not a change:
   the planner decides that (engine/echoes.py `bc_stale`), as it decides every echo.
 - **Known versions instead of reads.** The planner asks to read the other side of a pair
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -41,7 +42,6 @@ from contactsync.engine import mapping as m
 from contactsync.engine.actions import ReadRequest
 from contactsync.engine.links import Link, canon_bc_id
 from contactsync.engine.planner import BcSnapshot, OutlookSnapshot
-from contactsync.engine.rails import over_floor
 from contactsync.engine.synced import bc_at_link, outlook_at_link
 from contactsync.schemas.setup import UserSetup
 from contactsync.store import Store
@@ -134,17 +134,21 @@ class Known:
 
 def links_for(store: Store, setup: UserSetup, bc_snap: BcSnapshot | None,
               outlook_snap: OutlookSnapshot | None) -> list[Link]:
-    """The links this change can touch; all of the user's where the delete rail could fire."""
+    """The links this change can touch (all of the user's for a complete listing). Where the
+    delete rail stops the plan, it is planned again with all of them (`every_link`)."""
     bc_snap, outlook_snap = bc_snap or BcSnapshot(), outlook_snap or OutlookSnapshot()
-    items = (len(bc_snap.contacts) + len(bc_snap.deleted_ids) + len(outlook_snap.contacts)
-             + len(outlook_snap.removed_ids))
-    if bc_snap.complete or outlook_snap.complete or over_floor(items, setup.max_delete_floor):
+    if bc_snap.complete or outlook_snap.complete:
         return store.links.for_user(setup.user_id)
     bc_ids = {m.as_text(c.get("id")) for c in bc_snap.contacts} | set(bc_snap.deleted_ids)
     bc_ids |= {tag for c in outlook_snap.contacts if (tag := m.bc_id_of(c))}
     graph_ids = {m.as_text(c.get("id")) for c in outlook_snap.contacts}
     graph_ids |= set(outlook_snap.removed_ids)
     return store.links.for_ids(setup.user_id, bc_ids, graph_ids)
+
+
+def every_link(store: Store, setup: UserSetup) -> Callable[[], list[Link]]:
+    """All of the user's links, loaded only when called (plan_loop: a plan the rail stops)."""
+    return functools.partial(store.links.for_user, setup.user_id)
 
 
 class SyncedSides:

@@ -6,7 +6,7 @@ write met a newer version (412) are read afresh and planned once more.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain
@@ -44,29 +44,44 @@ async def plan_and_apply(
     inputs: RunInputs, session: UserSession, *, dry_run: bool,
     links: Sequence[Link] | None = None, reader: Reader | None = None,
     on_written: WriteHook | None = None,
+    every_link: Callable[[], Sequence[Link]] | None = None,
 ) -> SyncReport:
     """Plan, read exactly what the plan asks (its ReadRequest) and plan again, then execute
     unless this is a dry run. `links` (default: all of the user's), `reader` and `on_written`
-    are the near-real-time path's (sync/near_real_time.py)."""
+    are the near-real-time path's (sync/near_real_time.py). `every_link`: `links` are only the
+    change's, and this loads all of the user's, for a plan the delete rail stops."""
     setup, mode = inputs.setup, inputs.mode
     graph, bc, store = session.graph, session.bc, session.store
-    if links is None:
-        links = store.links.for_user(setup.user_id)
+    planned_links = store.links.for_user(setup.user_id) if links is None else links
     bc_snap, outlook_snap = inputs.bc or BcSnapshot(), inputs.outlook or OutlookSnapshot()
 
     def plan_now() -> Plan:
-        return plan_user(bc_snap, outlook_snap, links, setup, mode, since=inputs.since,
+        return plan_user(bc_snap, outlook_snap, planned_links, setup, mode, since=inputs.since,
                          force=inputs.force)
 
     if reader is None:
         reader = Reader(bc, graph, setup.mailbox, inputs.folder_id)
-    plan = plan_now()
-    for _ in range(READ_ROUNDS):  # a read can lead to another (a contact read, then created)
-        if not plan.reads:
-            break
-        bc_snap, outlook_snap = await reader(plan.reads, bc_snap, outlook_snap)
-        del plan  # not two plans of a 100,000-contact run alive at once
+
+    async def plan_with_reads() -> Plan:
+        nonlocal bc_snap, outlook_snap
         plan = plan_now()
+        for _ in range(READ_ROUNDS):  # a read can lead to another (a contact read, then created)
+            if not plan.reads:
+                break
+            bc_snap, outlook_snap = await reader(plan.reads, bc_snap, outlook_snap)
+            del plan  # not two plans of a 100,000-contact run alive at once
+            plan = plan_now()
+        return plan
+
+    plan = await plan_with_reads()
+    if plan.stop is not None and every_link is not None:
+        # The rail weighs the removals against the folder, which the change's links undercount:
+        # a stop on them may be none on all of them (a smaller folder only stops sooner, so a
+        # plan that passes on the change's links passes on all). Rare: a change removing more
+        # than the rail's floor; every other change never loads the user's 100,000 links.
+        del plan
+        planned_links = every_link()
+        plan = await plan_with_reads()
 
     # Only a dry run reports the writes themselves: a full sync's are 100,000 Graph bodies.
     report = SyncReport(setup.user_id, mode, dry_run, plan.summary, plan.stop,
@@ -103,7 +118,8 @@ async def replan_conflicts(report: SyncReport, inputs: RunInputs, session: UserS
     retry = await plan_and_apply(again, session, dry_run=False,
                                   links=links,
                                   reader=nrt.KnownReader(known, links, inputs.folder_id),
-                                  on_written=known.written)
+                                  on_written=known.written,
+                                  every_link=nrt.every_link(store, inputs.setup))
     execution.failures = [f for f in execution.failures if not f.conflict]
     if retry.execution is not None:
         execution.failures.extend(retry.execution.failures)

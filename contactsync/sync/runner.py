@@ -145,7 +145,8 @@ async def apply_changes(
     report = await plan_and_apply(inputs, session, dry_run=False, links=links,
                                   reader=nrt.KnownReader(known, links, folder_id,
                                                          nrt.SyncedSides(store, setup)),
-                                  on_written=known.written)
+                                  on_written=known.written,
+                                  every_link=nrt.every_link(store, setup))
     await replan_conflicts(report, inputs, session)
     if (read_outlook_delta and report.execution is not None
             and not report.execution.failures):

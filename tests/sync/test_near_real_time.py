@@ -250,3 +250,28 @@ async def test_a_bc_contact_adopting_the_users_own_outlook_contact_is_audited_an
     assert _patches(world, "graph") == 2, "the write met the edit (If-Match), then went again"
     audits = world.store.audit.list_records(user_id=MAILBOX, kind=AuditKind.DUPLICATE)
     assert [a.details["outlook"].get("job_title") for a in audits] == ["Edited title"]
+
+
+@pytest.mark.parametrize(("folder", "stops"), [(60, False), (30, True)])
+async def test_the_delete_rail_weighs_a_batch_of_deletions_against_the_whole_folder(
+    world: World, folder: int, stops: bool
+) -> None:
+    """A near-real-time batch loads only its own links, yet the mass-delete rail counts the
+    whole folder: 25 BC deletions (over the floor of 20) leave a folder of 60 at a share of 0.5
+    (25 < 30), and stop in a folder of 30, which keeps every contact."""
+    people = await _linked_people(world, folder)
+    setup = world.setup(max_delete_share=0.5)
+    gone = [p["id"] for p in people[:25]]
+    for bc_id in gone:
+        world.emulators.bc.delete_contact(bc_id)
+
+    report = await apply_changes(setup, graph=world.graph, bc=world.bc, store=world.store,
+                                 bc_changes=BcSnapshot.changes([], deleted_ids=gone))
+
+    left = {c["emailAddresses"][0]["address"] for c in await world.folder()}
+    if stops:
+        assert report.stop is not None and "of 30 contacts" in str(report.stop), str(report.stop)
+        assert len(left) == folder, "the rail withheld every deletion"
+    else:
+        assert report.stop is None, str(report.stop)
+        assert left == {f"p{i}@example.com" for i in range(25, folder)}
