@@ -3,6 +3,7 @@
 
     sync.commands (key user id) --> Applier --> Graph / BC writes, links
                                         +--> sync.results (key user id)
+                                        +--> bc.contact.changes (what its BC writes left)
 
 A poll's records are one group; they are split by user (the key). Within a user the commands
 run in offset order, different users side by side (`handle`), and consecutive `bc_change` /
@@ -15,7 +16,10 @@ Every command gets one `SyncResult` (ok / stopped by the safety rail / failed wi
 expired: its deadline passed before the applier took it, so it is not run late); the handler
 returns them and the worker publishes them, committing only once the broker acked them. A
 coalesced segment's counts go on its first command's result; the others carry its status with
-zero counts (summing results never counts one write twice). A setup stopped for sharing
+zero counts (summing results never counts one write twice). An Outlook change taken to BC
+is published as the BC change it made (BC's answer, the feed's message id), for the other
+users holding the contact: they get it without waiting for BC's notification (decision 2).
+A setup stopped for sharing
 another's folder gets `stopped` results. An unknown or disabled user yields a failed result (no
 retry, no dead letter). A `RetryableError` from the services propagates: the Worker retries the
 group, then dead-letters it. A non-retryable service error (a mailbox that does not exist,
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from contactsync import metrics, tracing
@@ -55,15 +60,18 @@ from contactsync.engine.planner import BcSnapshot
 from contactsync.errors import StoreUnavailable
 from contactsync.kafka.bridge import Bridge
 from contactsync.kafka.publish import Outgoing, Publish, carrying
-from contactsync.kafka.topics import SYNC_COMMANDS, SYNC_RESULTS, topic_name
+from contactsync.kafka.topics import BC_CONTACT_CHANGES, SYNC_COMMANDS, SYNC_RESULTS, topic_name
 from contactsync.kafka.worker import RetryPolicy, Worker, WorkRecord, build_worker
 from contactsync.logs import get_logger
+from contactsync.schemas.contacts import BcContact
 from contactsync.schemas.messages import (
     BcChangeKind,
+    BcContactChanged,
     CommandKind,
     ResultStatus,
     SyncCommand,
     SyncResult,
+    bc_change_event_id,
 )
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
@@ -111,6 +119,7 @@ class _Outcome:
     skipped: dict[str, int] = field(default_factory=dict)
     duration_ms: int = 0
     plan: list[str] = field(default_factory=list)  # a dry run's writes, by contact
+    bc_written: list[dict[str, Any]] = field(default_factory=list)  # BC's answers to our writes
 
     def merged(self) -> _Outcome:
         """The outcome of a command applied in the run of its segment's first command: its
@@ -187,6 +196,7 @@ class Applier:
         self.store = store
         self._services_factory = services_factory or (lambda: open_services(settings, store))
         self._results_topic = topic_name(settings, SYNC_RESULTS)
+        self._changes_topic = topic_name(settings, BC_CONTACT_CHANGES)
         self.bridge = Bridge()
         self._stack: AsyncExitStack | None = None
         self._services: Services | None = None
@@ -261,6 +271,7 @@ class Applier:
         if not commands:
             return None
         sent: list[tuple[_Command, Outgoing]] = []
+        changes: list[Outgoing] = []  # BC contacts our writes changed, for the other users
         try:
             chains: list[tuple[UserSetup, list[list[_Command]]]] = []
             for user_id, user_commands in _by_user(self._drop_expired(commands, sent)):
@@ -269,23 +280,25 @@ class Applier:
                     chains.append((setup, _segments(user_commands)))
             for wave in range(max((len(segments) for _, segments in chains), default=0)):
                 self._apply_wave([(setup, segments[wave]) for setup, segments in chains
-                                  if wave < len(segments)], sent)
+                                  if wave < len(segments)], sent, changes)
         except OperationalError as exc:  # the database is away or locked: worth retrying
             raise carrying(StoreUnavailable(f"state store unavailable: {exc}"),
-                           self._results(sent)) from exc
+                           self._results(sent, changes)) from exc
         except Exception as exc:
-            carrying(exc, self._results(sent))  # the work done so far still goes out
+            carrying(exc, self._results(sent, changes))  # the work done so far still goes out
             raise
-        return self._results(sent)
+        return self._results(sent, changes)
 
-    def _results(self, sent: list[tuple[_Command, Outgoing]]) -> Publish:
-        """The results to publish; once acked, their commands count as finished."""
+    def _results(self, sent: list[tuple[_Command, Outgoing]],
+                 changes: list[Outgoing]) -> Publish:
+        """The results to publish, and the BC changes our writes made; once every one is
+        acked, the commands count as finished."""
 
         def acked() -> None:
             self._remember_finished(c for c, _ in sent)
             self.published += len(sent)
 
-        return Publish([message for _, message in sent], then=acked)
+        return Publish([*(message for _, message in sent), *changes], then=acked)
 
     def _drop_expired(self, commands: list[_Command],
                       sent: list[tuple[_Command, Outgoing]]) -> list[_Command]:
@@ -324,7 +337,7 @@ class Applier:
         return setup
 
     def _apply_wave(self, wave: list[tuple[UserSetup, list[_Command]]],
-                    sent: list[tuple[_Command, Outgoing]]) -> None:
+                    sent: list[tuple[_Command, Outgoing]], changes: list[Outgoing]) -> None:
         """Near-real-time segments of different users concurrently, then every segment's
         outcome in turn (those that raised last, so the others' results still go out)."""
         # What each segment's side-by-side run answered (None: it runs on its own below).
@@ -355,6 +368,7 @@ class Applier:
             outcome = self._apply_segment(setup, segment, ran_together[i])
             for i, c in enumerate(segment):
                 sent.append((c, self._send(c, outcome if i == 0 else outcome.merged())))
+            changes.extend(self._bc_changes(outcome.bc_written, segment[0].trace_id))
 
     def _remember_finished(self, commands: Iterable[_Command]) -> None:
         for c in commands:
@@ -402,6 +416,7 @@ class Applier:
             return _Outcome(ResultStatus.FAILED, reason,
                             duration_ms=int((time.perf_counter() - started) * 1000))
         outcome = outcome_of(report)
+        outcome.bc_written = report.bc_written
         if outcome.status is ResultStatus.OK and not first.dry_run:
             metrics.USER_LAST_SUCCESS.labels(metrics.user_label(setup.user_id)).set(time.time())
         _log().info("applied", user_id=setup.user_id, kind=str(first.kind),
@@ -423,6 +438,31 @@ class Applier:
                                        read_outlook_delta=hint, sessions=self._sessions))
 
     # --- results ---
+
+    def _bc_changes(self, written: list[dict[str, Any]], trace_id: str) -> list[Outgoing]:
+        """BC contacts as our writes left them (an Outlook change taken to BC), published as
+        the change feed publishes a BC change, with the feed's own message id: the other users
+        holding the contact get it now, not after BC's notification (up to 30 s on a real
+        tenant) and the feed's next round; the feed's copy that follows is the same message,
+        recognised downstream as a duplicate (decision 2). A write BC answered without a
+        usable contact is left to the feed."""
+        out = []
+        company_id = self._services_now().bc.company_id
+        for raw in written:
+            try:
+                snapshot = BcContact.model_validate(raw)
+            except ValidationError:
+                continue
+            modified = snapshot.last_modified_date_time
+            if modified is not None and modified.tzinfo is None:
+                modified = modified.replace(tzinfo=UTC)
+            change = BcContactChanged(company_id=company_id, contact_id=snapshot.id,
+                                      kind=BcChangeKind.UPSERT, snapshot=snapshot,
+                                      last_modified=modified)
+            out.append(Outgoing(self._changes_topic, snapshot.id, change, trace_id=trace_id,
+                                event_id=bc_change_event_id(change,
+                                                            snapshot.etag or str(modified))))
+        return out
 
     def _send(self, c: _Command, outcome: _Outcome) -> Outgoing:
         result = SyncResult(

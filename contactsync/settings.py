@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         default="", description="BC API base URL up to and including /api/v2.0"
     )
     bc_company: str = Field(default="", description="BC company id (GUID) or name")
+    bc_poll_seconds: float = Field(
+        default=30.0, gt=0,
+        description="With a live BC subscription: how often the change feed queries BC anyway "
+        "(a notification can be lost); without one it polls every 5 s",
+    )
     bc_deletion_scan_seconds: float = Field(
         default=60.0, gt=0,
         description="Without a live BC subscription: how often the change feed compares the "

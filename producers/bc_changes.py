@@ -59,7 +59,6 @@ import re
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -80,7 +79,12 @@ from contactsync.kafka.worker import Worker, WorkRecord, build_worker, by_record
 from contactsync.logs import get_logger
 from contactsync.retry import RetryPolicy, backoff_delay
 from contactsync.schemas.contacts import BcContact
-from contactsync.schemas.messages import BcChangeKind, BcContactChanged, BcNotification
+from contactsync.schemas.messages import (
+    BcChangeKind,
+    BcContactChanged,
+    BcNotification,
+    bc_change_event_id,
+)
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
@@ -104,7 +108,6 @@ MIN_GATHER_S = 0.005  # hints already on their way still share the round
 # carries the only copy of its contact id), backing off up to 30 s.
 HINTS_RETRY = RetryPolicy(max_attempts=sys.maxsize, base_delay=1.0, max_delay=30.0)
 _CONTACT_ID = re.compile(r"contacts\(([^)]+)\)\s*$", re.IGNORECASE)
-_EVENT_IDS = uuid.UUID("0d7c3a52-2f0e-4b8e-9c41-6a2b1f9e7d13")  # namespace of message ids
 
 
 def _log() -> Any:
@@ -427,10 +430,8 @@ class BcChangeFeed:
 
     def _outgoing(self, change: BcContactChanged, trace_id: str | None,
                   version: str) -> Outgoing:
-        event_id = uuid.uuid5(_EVENT_IDS, f"{self.company_id}\x1f{change.contact_id}\x1f"
-                                          f"{change.kind}\x1f{version}").hex
         return Outgoing(self._changes_topic, change.contact_id, change, trace_id=trace_id,
-                        event_id=event_id)
+                        event_id=bc_change_event_id(change, version))
 
     def _remember(self, fresh: Mapping[str, tuple[datetime | None, str]],
                   watermark: datetime) -> None:
@@ -518,10 +519,12 @@ def run_bc_changes(
     store: Store,
     stop: threading.Event,
     *,
-    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    poll_interval: float | None = None,
     fallback_poll_interval: float = DEFAULT_FALLBACK_POLL_INTERVAL,
 ) -> None:
-    """The `bc-changes` role: the configured company's feed until `stop` is set."""
+    """The `bc-changes` role: the configured company's feed until `stop` is set; its timer
+    runs every `poll_interval` seconds (default: the settings' `bc_poll_seconds`) while a BC
+    subscription is live."""
     if not (settings.bc_base_url and settings.bc_company):
         raise ConfigError("no Business Central configured: set CONTACTSYNC_BC_BASE_URL and "
                           "CONTACTSYNC_BC_COMPANY")
@@ -534,6 +537,8 @@ def run_bc_changes(
             stop)
         if bc is None:
             return
+        if poll_interval is None:
+            poll_interval = settings.bc_poll_seconds
         BcChangeFeed(settings, store, bc, None, loop=bridge.loop, poll_interval=poll_interval,
                      fallback_poll_interval=fallback_poll_interval,
                      deletion_scan_interval=settings.bc_deletion_scan_seconds).run(stop)

@@ -17,6 +17,7 @@ worker would write from. Only `bc.contact.changed` carries a snapshot, read from
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -82,6 +83,17 @@ class BcContactChanged(_Payload):
         default=None, description="The full contact as BC returned it; None for deletions"
     )
     last_modified: datetime | None = None
+
+
+_BC_CHANGE_IDS = uuid.UUID("0d7c3a52-2f0e-4b8e-9c41-6a2b1f9e7d13")  # namespace of their ids
+
+
+def bc_change_event_id(change: BcContactChanged, version: str) -> str:
+    """The message id of a BC change at `version` (its ETag, or its modified time). The change
+    feed and the applier that made the change both publish it; one id for both makes the
+    second a duplicate that the router's derived command ids and the applier recognise."""
+    return uuid.uuid5(_BC_CHANGE_IDS, f"{change.company_id}\x1f{change.contact_id}\x1f"
+                                      f"{change.kind}\x1f{version}").hex
 
 
 class CommandKind(StrEnum):

@@ -33,9 +33,10 @@ def applier(metrics_port: MetricsPort = None) -> None:
 
 
 def bc_changes(
-    poll_interval: Annotated[float, typer.Option(
-        "--poll-interval", min=0.1, help="Seconds between timer rounds while BC sends webhooks"
-    )] = 30.0,
+    poll_interval: Annotated[float | None, typer.Option(
+        "--poll-interval", min=0.1, help="Seconds between timer rounds while BC sends webhooks "
+        "(default: CONTACTSYNC_BC_POLL_SECONDS, 30)"
+    )] = None,
     fallback_poll_interval: Annotated[float, typer.Option(
         "--fallback-poll-interval", min=0.1,
         help="Seconds between timer rounds when BC offers no webhooks on contacts",

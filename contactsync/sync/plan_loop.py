@@ -104,7 +104,8 @@ async def plan_and_apply(
     return report
 
 
-async def replan_conflicts(report: SyncReport, inputs: RunInputs, session: UserSession) -> None:
+async def replan_conflicts(report: SyncReport, inputs: RunInputs, session: UserSession,
+                           on_written: WriteHook | None = None) -> None:
     """Pairs whose write met a newer version (412): read both sides afresh, plan them again
     and apply that, once; what still fails stays in the report (the next change retries)."""
     execution = report.execution
@@ -118,7 +119,7 @@ async def replan_conflicts(report: SyncReport, inputs: RunInputs, session: UserS
     retry = await plan_and_apply(again, session, dry_run=False,
                                   links=links,
                                   reader=nrt.KnownReader(known, links, inputs.folder_id),
-                                  on_written=known.written,
+                                  on_written=on_written or known.written,
                                   every_link=nrt.every_link(store, inputs.setup))
     execution.failures = [f for f in execution.failures if not f.conflict]
     if retry.execution is not None:

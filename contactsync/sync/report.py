@@ -6,6 +6,7 @@ result and the reconcile's line (schemas.report.UserLine) are all made from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from contactsync.engine.actions import Action
 from contactsync.engine.links import SyncMode
@@ -28,6 +29,9 @@ class SyncReport:
     planned_writes: list[Action] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)  # a dry run's writes, by contact name
     skipped_contacts: dict[str, list[str]] = field(default_factory=dict)  # by reason, named
+    # BC contacts as our writes left them (the service's answers), near-real-time runs only:
+    # the applier publishes them as BC changes, for the other users' folders (consumers/applier).
+    bc_written: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stopped_reason(self) -> str | None:

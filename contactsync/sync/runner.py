@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -142,12 +142,20 @@ async def apply_changes(
     links = nrt.links_for(store, setup, bc_changes, outlook_snap)
     bc_changes = await _confirm_unlinked(bc_changes, links, bc, known)
     inputs = RunInputs(setup, SyncMode.SYNC, bc_changes, outlook_snap, folder_id)
+    written_in_bc: list[dict[str, Any]] = []
+
+    def written(side: str, contact: Mapping[str, Any], bc_id: str) -> None:
+        known.written(side, contact, bc_id)
+        if side == "bc":
+            written_in_bc.append(dict(contact))
+
     report = await plan_and_apply(inputs, session, dry_run=False, links=links,
                                   reader=nrt.KnownReader(known, links, folder_id,
                                                          nrt.SyncedSides(store, setup)),
-                                  on_written=known.written,
+                                  on_written=written,
                                   every_link=nrt.every_link(store, setup))
-    await replan_conflicts(report, inputs, session)
+    await replan_conflicts(report, inputs, session, on_written=written)
+    report.bc_written = written_in_bc
     if (read_outlook_delta and report.execution is not None
             and not report.execution.failures):
         store.state.set_delta_link(setup.user_id, new_delta_link)

@@ -23,6 +23,7 @@ from contactsync.engine.links import SyncMode
 from contactsync.kafka.local_broker import free_port
 from contactsync.kafka.topics import ensure_topics_at
 from contactsync.pipeline import Pipeline
+from contactsync.producers import bc_changes
 from contactsync.schemas.setup import UserSetup
 from contactsync.settings import Settings
 from contactsync.store import Store
@@ -120,13 +121,17 @@ def system(kafka_settings: Settings, bc_webhooks: bool) -> Iterator[System]:
 
 
 @contextlib.contextmanager
-def running_system(kafka_settings: Settings, bc_webhooks: bool = True) -> Iterator[System]:
+def running_system(kafka_settings: Settings, bc_webhooks: bool = True,
+                   bc_notification_delay: float | None = None) -> Iterator[System]:
     """Topics, emulators with two users and three BC contacts, a first Full sync, then every
-    role running on `kafka_settings`' broker (with its security, if any)."""
+    role running on `kafka_settings`' broker (with its security, if any). BC notifies after
+    50 ms; or after `bc_notification_delay` seconds, with the change feed's timer (which
+    would find the change first) at an hour."""
     ensure_topics_at(kafka_settings, kafka_settings)
-    emulators = start_emulators(graph_config=GraphEmulatorConfig.fast(),
-                                bc_config=BcEmulatorConfig.for_tests(
-                                    webhooks_supported=bc_webhooks))
+    bc_config = BcEmulatorConfig.for_tests(webhooks_supported=bc_webhooks)
+    if bc_notification_delay is not None:
+        bc_config.notification_delay_seconds = bc_notification_delay
+    emulators = start_emulators(graph_config=GraphEmulatorConfig.fast(), bc_config=bc_config)
     port = free_port()
     settings = kafka_settings.model_copy(update={
         "graph_base_url": emulators.graph_base_url,
@@ -134,6 +139,7 @@ def running_system(kafka_settings: Settings, bc_webhooks: bool = True) -> Iterat
         "bc_company": emulators.bc.company_id,
         "webhook_public_url": f"http://127.0.0.1:{port}",
         "bc_deletion_scan_seconds": 1.0,
+        **({} if bc_notification_delay is None else {"bc_poll_seconds": 3600.0}),
     })
     store = Store.open(settings.database_url)
     for mailbox, contact_filter in ((ANNA, {}), (BEN, {"city": "Seattle"})):
@@ -185,6 +191,21 @@ def test_an_outlook_edit_reaches_bc_and_our_writes_cause_no_more_writes(system: 
     settled = system.quiet()
     time.sleep(3)  # any echo of our own writes would show up as more writes now
     assert system.writes() == settled, "an echo of our own write caused another write"
+
+
+def test_an_outlook_edit_reaches_the_other_users_before_bc_tells_of_it(kafka_settings: Settings):
+    """BC tells of a change only after its notification delay (30 s on a real tenant; the
+    change feed's own timer held off too): an Outlook edit the applier took to BC reaches the
+    other users holding the contact from the applier's own write, in seconds."""
+    with running_system(kafka_settings, bc_notification_delay=30.0) as system:
+        # The feed polls every 5 s until it reads that the BC subscription is live (the store
+        # is asked every 5 s): past that, only BC's notification would tell it of the edit.
+        time.sleep(bc_changes.DEFAULT_FALLBACK_POLL_INTERVAL + bc_changes.SUBSCRIBED_TTL_S + 1)
+        contact = system.folder(ANNA)["sea1@example.com"]
+        system.emulators.graph.person_update_contact(ANNA, contact["id"], {"jobTitle": "Poet"})
+        eventually(lambda: system.folder(BEN)["sea1@example.com"].get("jobTitle") == "Poet",
+                   timeout=10.0, what="Anna's Outlook edit in Ben's folder, BC's notice pending")
+        assert system.bc_by_email()["sea1@example.com"]["jobTitle"] == "Poet"
 
 
 def test_new_outlook_contacts_with_name_and_email_go_to_bc_and_others_do_not(system: System):
