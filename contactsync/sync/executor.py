@@ -2,8 +2,10 @@
 
 A plan is a list of groups, one per contact pair (engine/actions.py). Groups are independent:
 one that fails is reported with its reason and the others go on. Creates in Outlook of all
-groups go out together through `$batch` (20 per request); everything else runs group by group,
-a few groups at a time (the clients' request budgets pace the services).
+groups go out together through `$batch` (20 per request), and so do the updates in Outlook that
+are a group's first write (when there are at least two: one stays a plain PATCH); everything
+else runs group by group, a few groups at a time (the clients' request budgets pace the
+services), each group's writes in the plan's order.
 
 Idempotent when stopped at any point and run again (docs/architecture.md 9): an Outlook contact we
 created carries our BC-id tag, so the next run finds it instead of creating it twice; a BC contact
@@ -23,7 +25,7 @@ from typing import Any
 
 from contactsync.clients.bc import BcClient
 from contactsync.clients.errors import CREDENTIAL_FAILURES, Conflict, NotFound, ServiceError
-from contactsync.clients.graph import GraphClient
+from contactsync.clients.graph import ContactUpdate, GraphClient, UpdateResult
 from contactsync.engine import mapping as m
 from contactsync.engine.actions import (
     Action,
@@ -45,6 +47,9 @@ from contactsync.store.records import AuditKind, AuditRecord
 
 FLUSH_EVERY = 500  # groups per link/audit transaction: bounds what a crash can leave unrecorded
 PARALLEL_GROUPS = 8
+# Fewer updates than this go one PATCH each: a batch of one costs more than the PATCH.
+BULK_UPDATES_FROM = 2
+_WRITES = (CreateInOutlook, UpdateOutlook, DeleteFromOutlook, CreateInBc, UpdateBc)
 # (side "bc" | "outlook", the contact a write answered, its BC id): the near-real-time path
 # keeps these as the newest versions it knows (sync/near_real_time.py).
 WriteHook = Callable[[str, Mapping[str, Any], str], None]
@@ -85,6 +90,20 @@ class _GroupState:
     outlook_kept: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class _SentUpdate:
+    """A group's UpdateOutlook sent in bulk, and what Graph answered it."""
+
+    action: UpdateOutlook
+    result: UpdateResult
+
+    def answer(self) -> Mapping[str, Any]:
+        """The updated contact; a failed item raises its error, as the single PATCH would."""
+        if self.result.error is not None:
+            raise self.result.error
+        return self.result.contact or {}
+
+
 @dataclass
 class _Records:
     saves: list[Link] = field(default_factory=list)
@@ -119,11 +138,12 @@ class Executor:
     async def _run_chunk(self, chunk: Sequence[tuple[Action, ...]]) -> None:
         records = _Records()
         created = await self._create_in_outlook(chunk)
+        updated = await self._update_in_outlook(chunk)
         gate = asyncio.Semaphore(PARALLEL_GROUPS)
 
         async def one(index: int, group: tuple[Action, ...]) -> None:
             async with gate:
-                await self._run_group(group, created.get(index), records)
+                await self._run_group(group, created.get(index), records, updated.get(index))
 
         await asyncio.gather(*(one(i, g) for i, g in enumerate(chunk)))
         self._flush(records)
@@ -154,12 +174,28 @@ class Executor:
                     results[index] = Failure(action.bc_id, "", _reason(result.error))
         return results
 
+    # --- Outlook updates that open a group, in bulk --------------------------------------------
+    async def _update_in_outlook(
+        self, chunk: Sequence[tuple[Action, ...]]
+    ) -> dict[int, _SentUpdate]:
+        """Send, through `$batch`, each group's update in Outlook that is its first write (so the
+        order of a group's writes stays the plan's); the group applies the answer when it runs."""
+        to_update = [(i, a) for i, g in enumerate(chunk)
+                     if isinstance(a := _first_write(g), UpdateOutlook)]
+        if len(to_update) < BULK_UPDATES_FROM:
+            return {}
+        answers = await self.graph.update_contacts(self.mailbox, [
+            ContactUpdate(a.graph_id, a.fields, a.if_match, a.bc_id) for _, a in to_update])
+        return {index: _SentUpdate(action, answer)
+                for (index, action), answer in zip(to_update, answers, strict=True)}
+
     # --- one pair ---------------------------------------------------------------------------
     async def _run_group(
         self,
         group: tuple[Action, ...],
         created: _GroupState | Failure | None,
         records: _Records,
+        sent: _SentUpdate | None = None,
     ) -> None:
         if isinstance(created, Failure):
             self.report.failures.append(created)
@@ -168,6 +204,9 @@ class Executor:
         pending = _Records()
         try:
             for action in group:
+                if sent is not None and action is sent.action:
+                    self._outlook_updated(state, sent.action, sent.answer())
+                    continue
                 await self._apply(action, state, pending)
         except CREDENTIAL_FAILURES:
             raise  # the credential's failure, not this pair's: the whole run waits for it
@@ -189,10 +228,7 @@ class Executor:
                 self.mailbox, action.graph_id, action.fields, if_match=action.if_match,
                 bc_id=action.bc_id,
             )
-            state.graph_change_key = m.graph_change_key(result)
-            state.outlook_kept = outlook_side(result, action.bc_id)
-            self._written("outlook", result, action.bc_id)
-            self.report.writes["updated_outlook"] += 1
+            self._outlook_updated(state, action, result)
         elif isinstance(action, DeleteFromOutlook):
             await self.graph.delete_contact(self.mailbox, action.graph_id, if_match=action.if_match)
             self.report.writes["deleted_from_outlook"] += 1
@@ -228,6 +264,14 @@ class Executor:
             pass  # counted by the plan's summary
         # CreateInOutlook ran in bulk before the group; NeedsRead and FindInOutlook are reads
         # the runner did before the plan came here (one left is the next run's).
+
+    def _outlook_updated(
+        self, state: _GroupState, action: UpdateOutlook, result: Mapping[str, Any]
+    ) -> None:
+        state.graph_change_key = m.graph_change_key(result)
+        state.outlook_kept = outlook_side(result, action.bc_id)
+        self._written("outlook", result, action.bc_id)
+        self.report.writes["updated_outlook"] += 1
 
     def _written(self, side: str, contact: Mapping[str, Any], bc_id: str) -> None:
         if self.on_written is not None:
@@ -284,6 +328,10 @@ def _created_from(create: CreateInOutlook) -> dict[str, Any] | None:
     """The BC side of a create in Outlook: the contact its body is built from."""
     body = create.fields
     return bc_side(body.source) if isinstance(body, m.GraphBodyFromBc) else None
+
+
+def _first_write(group: tuple[Action, ...]) -> Action | None:
+    return next((a for a in group if isinstance(a, _WRITES)), None)
 
 
 def _ids_of(group: tuple[Action, ...]) -> tuple[str, str]:

@@ -48,6 +48,16 @@ def with_bc_id(fields: Mapping[str, Any], bc_id: str) -> Json:
     return body
 
 
+def update_body(fields: Mapping[str, Any], bc_id: str | None) -> Json:
+    """A PATCH's body: the fields, tagged with `bc_id` when given (one shape, single or batched)."""
+    return with_bc_id(fields, bc_id) if bc_id is not None else dict(fields)
+
+
+def if_match_header(version: str) -> str:
+    """If-Match for a changeKey or an `@odata.etag` (already `W/"..."`), as Outlook compares it."""
+    return version if version.startswith(("W/", '"')) else f'W/"{version}"'
+
+
 
 # Reads that return contacts expand our BC-id tag.
 EXPAND_BC_ID = f"singleValueExtendedProperties($filter=id eq {_odata_str(BC_ID_PROPERTY)})"
@@ -165,15 +175,13 @@ class ContactsApi(GraphTransport):
     ) -> Json:
         """PATCH the given fields (send displayName too: Outlook may regenerate it). With
         `if_match` (a changeKey or an `@odata.etag`) a newer version gives Conflict."""
-        body = with_bc_id(fields, bc_id) if bc_id is not None else dict(fields)
+        body = update_body(fields, bc_id)
         path = self._contact(mailbox, contact_id)
 
         def build() -> RequestInformation:
             ri = self._request(Method.PATCH, path, body=body)
             if if_match:
-                ri.headers.try_add(
-                    "If-Match", if_match if if_match.startswith(("W/", '"')) else f'W/"{if_match}"'
-                )
+                ri.headers.try_add("If-Match", if_match_header(if_match))
             return ri
 
         resp = await self._send(mailbox, build)
@@ -188,9 +196,7 @@ class ContactsApi(GraphTransport):
         def build() -> RequestInformation:
             ri = self._request(Method.DELETE, path)
             if if_match:
-                ri.headers.try_add(
-                    "If-Match", if_match if if_match.startswith(("W/", '"')) else f'W/"{if_match}"'
-                )
+                ri.headers.try_add("If-Match", if_match_header(if_match))
             return ri
 
         try:
