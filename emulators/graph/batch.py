@@ -4,6 +4,16 @@ Each inner request is replayed through the whole ASGI app (counting, faults, per
 throttling and the same handlers), at most `batch_parallelism` at a time as Graph dispatches
 them to Outlook. `dependsOn` sequences a request after others; if one of those failed it gets
 424 without running. Responses come back in completion order (Graph promises no order).
+
+What an inner request gets is what the same request alone gets, as "Combine multiple HTTP
+requests using JSON batching" (learn.microsoft.com/graph/json-batching) describes: its own
+"headers" (so a PATCH's If-Match is compared: a stale changeKey answers 412 with Graph's error
+body, or 409 under `stale_change_key_status`), its own status and body (404 for a contact that
+is gone). "Throttling and batching" (learn.microsoft.com/graph/throttling) says both that each
+inner request is evaluated against the limits on its own (an inner 429 with its own
+Retry-After: the per-mailbox throttle runs per inner request here) and that "the batch itself
+fails with 424": the readings differ, so both are played, the second as an injected fault on
+route "$batch" (424, 429, 5xx, or a lost answer after the inner requests ran).
 """
 
 from __future__ import annotations

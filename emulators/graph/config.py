@@ -4,6 +4,8 @@ tests shrink the delays so a whole suite runs in seconds."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -38,6 +40,12 @@ class GraphEmulatorConfig(BaseModel):
     delivery_max_batch: int = 50
     delivery_backoff_base_seconds: float = 10.0
     delivery_max_attempts: int = 10
+    # A stale If-Match (a changeKey the contact has moved on from): Graph's error table
+    # (learn.microsoft.com/graph/errors, "HTTP status codes") gives 412 Precondition Failed,
+    # which Outlook answers with code ErrorIrresolvableConflict; some report that code with 409.
+    # Both readings are offered (the product treats either as "re-read and re-plan"), in a
+    # single request and in a `$batch` inner request alike.
+    stale_change_key_status: Literal[409, 412] = 412
     # Strictness: reject what Graph does not document (unknown $filter forms, unknown properties)
     # with 400, so product code cannot come to depend on it.
     strict: bool = True

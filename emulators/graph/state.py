@@ -198,13 +198,12 @@ class GraphState:
         self.check_if_match(c, if_match)
         self._remove(c, notify=True)
 
-    @staticmethod
-    def check_if_match(c: Contact, if_match: str | None) -> None:
+    def check_if_match(self, c: Contact, if_match: str | None) -> None:
         if if_match is None or if_match.strip() == "*":
             return
         if _strip_etag(if_match) != c.change_key:
             raise GraphError(
-                412,
+                self.config.stale_change_key_status,
                 "ErrorIrresolvableConflict",
                 "The send or update operation could not be performed because the change key "
                 "passed in the request does not match the current change key for the item.",
