@@ -17,7 +17,7 @@ from contactsync.clients.errors import (
     SyncStateExpired,
     Unauthorized,
 )
-from contactsync.clients.graph import BC_ID_PROPERTY, GraphClient, bc_id_of
+from contactsync.clients.graph import BC_ID_PROPERTY, ContactUpdate, GraphClient, bc_id_of
 from contactsync.clients.graph_errors import graph_failure
 from contactsync.clients.resilience import RetryPolicy, retry_delay
 from tests.emulators.graph_fixtures import (  # noqa: F401
@@ -258,6 +258,93 @@ async def test_throttled_inner_requests_are_retried_alone(
     assert tags == [f"I{n}" for n in range(5)]
     posts = graph.emu.counters_snapshot()["by_status"]
     assert posts["429"] == 2
+
+
+PATCH_ONE = ("PATCH", "/v1.0/users/{u}/contacts/{c}")
+BATCH = ("POST", "/v1.0/$batch")
+
+
+async def _read_all(client: GraphClient, uid: str, ids: list[str]) -> list[dict[str, object]]:
+    return [await client.get_contact(uid, cid) for cid in ids]
+
+
+def _retitle(contacts: list[dict[str, object]], title: str) -> list[ContactUpdate]:
+    """Each contact's PATCH as the executor sends it: If-Match its changeKey, tagged."""
+    return [ContactUpdate(str(c["id"]), {"jobTitle": title}, str(c["changeKey"]), f"BC{n}")
+            for n, c in enumerate(contacts)]
+
+
+@pytest.mark.parametrize("stale_status", [412, 409])
+async def test_bulk_updates_answer_each_item(
+    graph: GraphEnv, client: GraphClient, stale_status: int
+) -> None:
+    """25 PATCHes in two `$batch`es (20 + 5), each with If-Match and the BC-id tag: one edited
+    by a person since our read answers Conflict (412, or 409: both readings of Graph's stale
+    changeKey), one deleted answers NotFound, the others land with their new changeKey, in the
+    order given."""
+    graph.emu.config.stale_change_key_status = stale_status
+    u = graph.emu.seed(users=1, contacts_per_user=25)["users"][0]
+    uid, ids = u["id"], u["contactIds"]
+    read = await _read_all(client, uid, ids)
+    graph.emu.person_update_contact(uid, ids[3], {"jobTitle": "Person's"})
+    graph.emu.person_delete_contact(uid, ids[21])
+    graph.emu.reset_counters()
+    results = await client.update_contacts(uid, _retitle(read, "Bulk"))
+    assert [r.graph_id for r in results] == [str(c["id"]) for c in read]
+    stale = results[3].error
+    assert isinstance(stale, Conflict) and stale.status == stale_status
+    assert stale.code == "ErrorIrresolvableConflict"  # Graph's error body, read per item
+    assert isinstance(results[21].error, NotFound)
+    landed = [r for n, r in enumerate(results) if n not in (3, 21)]
+    assert all(r.ok and r.contact and r.contact["jobTitle"] == "Bulk" for r in landed)
+    assert all(r.contact and r.contact["changeKey"] != c["changeKey"]
+               for r, c in zip(results, read, strict=False) if r.ok)
+    assert _routes(graph)[BATCH] == 2 and _routes(graph)[PATCH_ONE] == 25  # all inside
+    stored = {c["id"]: c for c in graph.emu.contacts(uid, u["folderId"])}
+    assert stored[ids[3]]["jobTitle"] == "Person's", "the newer version was not overwritten"
+    assert stored[ids[0]]["_ext"] == {BC_ID_PROPERTY: "BC0"}
+
+
+@pytest.mark.parametrize("how", ["fault", "mailbox throttled"])
+async def test_bulk_update_items_throttled_go_again(
+    graph: GraphEnv, client: GraphClient, how: str
+) -> None:
+    """Graph throttles each inner request (learn.microsoft.com/graph/throttling, "Throttling
+    and batching"): the throttled PATCHes go again after their Retry-After, and each lands."""
+    u = graph.emu.seed(users=1, contacts_per_user=5)["users"][0]
+    uid, ids = u["id"], u["contactIds"]
+    read = await _read_all(client, uid, ids)
+    graph.emu.reset_counters()
+    if how == "fault":
+        graph.emu.add_fault(kind="status", status=429, count=1, method="PATCH",
+                            route="/contacts/", retry_after=1)
+    else:
+        graph.emu.throttle_storm(uid, 1)
+    results = await client.update_contacts(uid, _retitle(read, "Again"))
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert graph.emu.counters_snapshot()["by_status"]["429"] >= 1
+    assert _routes(graph)[BATCH] == 2
+    assert {c["jobTitle"] for c in graph.emu.contacts(uid, u["folderId"])} == {"Again"}
+
+
+@pytest.mark.parametrize(("kind", "status"), [
+    ("status", 424), ("status", 429), ("status", 503), ("drop_response", 504)])
+async def test_bulk_updates_after_a_whole_batch_failed(
+    graph: GraphEnv, client: GraphClient, kind: str, status: int
+) -> None:
+    """A whole `$batch` that failed goes again for every item. One that had run (its answer
+    lost) meets our own PATCHes: each answers Conflict, and the contact holds what we wrote."""
+    u = graph.emu.seed(users=1, contacts_per_user=4)["users"][0]
+    uid, ids = u["id"], u["contactIds"]
+    read = await _read_all(client, uid, ids)
+    graph.emu.add_fault(kind=kind, status=status, count=1, route="/$batch", retry_after=1)
+    results = await client.update_contacts(uid, _retitle(read, "Whole"))
+    if kind == "status":  # refused before any inner request ran
+        assert all(r.ok for r in results), [r.error for r in results]
+    else:
+        assert all(isinstance(r.error, Conflict) for r in results)
+    assert _routes(graph)[BATCH] == 2
+    assert {c["jobTitle"] for c in graph.emu.contacts(uid, u["folderId"])} == {"Whole"}
 
 
 def test_503_retry_after_is_honoured_like_429s() -> None:
