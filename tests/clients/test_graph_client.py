@@ -307,10 +307,11 @@ async def test_bulk_updates_answer_each_item(
 
 @pytest.mark.parametrize("how", ["fault", "mailbox throttled"])
 async def test_bulk_update_items_throttled_go_again(
-    graph: GraphEnv, client: GraphClient, how: str
+    graph: GraphEnv, client: GraphClient, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Graph throttles each inner request (learn.microsoft.com/graph/throttling, "Throttling
-    and batching"): the throttled PATCHes go again after their Retry-After, and each lands."""
+    and batching"): the throttled PATCHes go again after their Retry-After, said in a retry
+    line as a single request's retry is, and each lands."""
     u = graph.emu.seed(users=1, contacts_per_user=5)["users"][0]
     uid, ids = u["id"], u["contactIds"]
     read = await _read_all(client, uid, ids)
@@ -324,6 +325,7 @@ async def test_bulk_update_items_throttled_go_again(
     assert all(r.ok for r in results), [r.error for r in results]
     assert graph.emu.counters_snapshot()["by_status"]["429"] >= 1
     assert _routes(graph)[BATCH] == 2
+    assert "Graph is throttling (HTTP 429), retry 1 of" in caplog.text
     assert {c["jobTitle"] for c in graph.emu.contacts(uid, u["folderId"])} == {"Again"}
 
 

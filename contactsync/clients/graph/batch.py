@@ -35,7 +35,12 @@ from contactsync.clients.graph.contacts import (
 )
 from contactsync.clients.graph.transport import Json, prefer_header
 from contactsync.clients.graph_errors import SERVICE, graph_failure
-from contactsync.clients.resilience import default_is_ambiguous, retry_delay
+from contactsync.clients.resilience import (
+    default_is_ambiguous,
+    retry_delay,
+    retry_line,
+    retry_log,
+)
 
 BATCH_LIMIT = 20
 
@@ -170,6 +175,9 @@ class BatchApi(ContactsApi):
                 for i, failed in failures.items():
                     results[i].error = failed
                 return
+            # As the single-request path reports a retry (resilience.retrying): never silent.
+            retry_log.warning(retry_line(
+                retry_number + 1, self.options.policy.max_attempts - 1, worst, delay))
             retry_after = server_retry_after(worst)
             if retry_after:
                 self._budget.pause(mailbox, float(retry_after))
