@@ -104,6 +104,30 @@ async def test_a_person_editing_one_contact_meanwhile_costs_that_pair_a_reread_a
     await _nothing_left_to_write(world)
 
 
+async def test_a_contact_deleted_in_outlook_meanwhile_is_read_again_and_recreated(
+    world: World,
+) -> None:
+    """Its PATCH in the batch answers 404: the pair is read again (gone) and, BC being
+    master, the contact is created again from BC; the others land."""
+    people = await _linked_people(world, 4)
+    gone = _by_email(await world.folder())[people[1]["email"]]["id"]
+    original = world.graph.update_contacts
+
+    async def person_deletes_first(mailbox: str, updates: Any) -> Any:
+        world.emulators.graph.person_delete_contact(MAILBOX, gone)
+        world.graph.update_contacts = original  # type: ignore[method-assign]
+        return await original(mailbox, updates)
+
+    world.graph.update_contacts = person_deletes_first  # type: ignore[method-assign]
+    report = await _retitle_in_bc(world, people, "Kept")
+
+    assert report.execution is not None and report.execution.failures == []
+    assert await _titles(world) == _expected(people, "Kept"), "recreated with BC's values"
+    assert gone not in {c["id"] for c in await world.folder()}
+    assert report.execution.writes["created_in_outlook"] == 1
+    await _nothing_left_to_write(world)
+
+
 async def test_a_throttled_item_goes_again_alone(world: World) -> None:
     people = await _linked_people(world, 5)
     world.emulators.graph.reset_counters()
