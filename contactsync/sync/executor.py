@@ -138,12 +138,15 @@ class Executor:
     async def _run_chunk(self, chunk: Sequence[tuple[Action, ...]]) -> None:
         records = _Records()
         created = await self._create_in_outlook(chunk)
-        updated = await self._update_in_outlook(chunk)
+        to_update = _bulk_updates(chunk)
+        # The groups that do not wait for the batched updates run meanwhile.
+        updating = asyncio.ensure_future(self._update_in_outlook(to_update))
         gate = asyncio.Semaphore(PARALLEL_GROUPS)
 
         async def one(index: int, group: tuple[Action, ...]) -> None:
+            sent = (await updating)[index] if index in to_update else None
             async with gate:
-                await self._run_group(group, created.get(index), records, updated.get(index))
+                await self._run_group(group, created.get(index), records, sent)
 
         await asyncio.gather(*(one(i, g) for i, g in enumerate(chunk)))
         self._flush(records)
@@ -176,18 +179,15 @@ class Executor:
 
     # --- Outlook updates that open a group, in bulk --------------------------------------------
     async def _update_in_outlook(
-        self, chunk: Sequence[tuple[Action, ...]]
+        self, to_update: Mapping[int, UpdateOutlook]
     ) -> dict[int, _SentUpdate]:
-        """Send, through `$batch`, each group's update in Outlook that is its first write (so the
-        order of a group's writes stays the plan's); the group applies the answer when it runs."""
-        to_update = [(i, a) for i, g in enumerate(chunk)
-                     if isinstance(a := _first_write(g), UpdateOutlook)]
-        if len(to_update) < BULK_UPDATES_FROM:
+        """Send the updates through `$batch`; each group applies its answer when it runs."""
+        if not to_update:
             return {}
         answers = await self.graph.update_contacts(self.mailbox, [
-            ContactUpdate(a.graph_id, a.fields, a.if_match, a.bc_id) for _, a in to_update])
+            ContactUpdate(a.graph_id, a.fields, a.if_match, a.bc_id) for a in to_update.values()])
         return {index: _SentUpdate(action, answer)
-                for (index, action), answer in zip(to_update, answers, strict=True)}
+                for (index, action), answer in zip(to_update.items(), answers, strict=True)}
 
     # --- one pair ---------------------------------------------------------------------------
     async def _run_group(
@@ -328,6 +328,13 @@ def _created_from(create: CreateInOutlook) -> dict[str, Any] | None:
     """The BC side of a create in Outlook: the contact its body is built from."""
     body = create.fields
     return bc_side(body.source) if isinstance(body, m.GraphBodyFromBc) else None
+
+
+def _bulk_updates(chunk: Sequence[tuple[Action, ...]]) -> dict[int, UpdateOutlook]:
+    """Each group's update in Outlook that is its first write (so the order of a group's writes
+    stays the plan's), by group index; none when fewer than BULK_UPDATES_FROM."""
+    found = {i: a for i, g in enumerate(chunk) if isinstance(a := _first_write(g), UpdateOutlook)}
+    return found if len(found) >= BULK_UPDATES_FROM else {}
 
 
 def _first_write(group: tuple[Action, ...]) -> Action | None:
