@@ -27,6 +27,15 @@
 - Offsets are committed after each batch and in `on_partitions_revoked`, only past finished
   records (contiguous per partition). Stopping (the `threading.Event`) mid-batch leaves the rest
   uncommitted: it is delivered again, which the handlers must tolerate (idempotent effects).
+  kafka-python 3 runs rebalance listeners on its IO thread, where the blocking `commit()`
+  raises; the revoke-time commit is `commit_async`'s future, awaited by an async listener.
+- A consumer whose group membership does not complete (not STABLE: mid-join, or commits
+  refused with RebalanceInProgress) for longer than `stuck_after` (max(30 s, 2 x the session
+  timeout)) is closed and built again with the same settings, with a warning: after a broker
+  outage kafka-python can stay mid-join for good, holding no partition while the role's timed
+  work goes on. Its unfinished records are delivered again (at-least-once). An empty poll that
+  returned at once or spun on the CPU backs off instead of polling again in a busy loop; a
+  consumer that keeps spinning counts as stuck too.
 
 Keep `max_poll_records` x (handler time + retry budget) under the consumer's
 max_poll_interval_ms (300 s by default), or the group evicts the worker mid-batch.
@@ -43,8 +52,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from contactsync import metrics
 from contactsync.credential_health import CREDENTIAL_PAUSE_S, HEALTH
@@ -60,6 +69,9 @@ from contactsync.schemas.envelope import Envelope, MessageError, decode
 from contactsync.settings import Settings
 
 LAG_EVERY_SECONDS = 5.0  # how often a worker measures its lag (one ListOffsets request)
+STUCK_FLOOR_S = 30.0  # a membership unsettled this long (at least) gets a fresh consumer
+SPIN_BACKOFF_MAX_S = 5.0  # the longest wait after polls that spun
+CLOSE_TIMEOUT_MS = 5000  # closing a stuck consumer: never wait on it for long
 
 
 def _log() -> Any:
@@ -155,21 +167,62 @@ class _Outcome:
     first_failed_at: datetime | None = None  # when the first attempt failed
 
 
-class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+class _CommitOnRevoke(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """Async: kafka-python 3 calls listeners on its IO thread, where a blocking call into the
+    consumer (`commit()`) raises RuntimeError; awaiting is what it allows there."""
+
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
 
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._worker.commit(set(revoked))
-        self._worker.tracker.forget(set(revoked))
-        self._worker.forget_lag(set(revoked))
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.commit_revoked(set(revoked))
 
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         pass
 
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         self._worker.tracker.forget(set(lost))  # evicted: a commit would fail anyway
         self._worker.forget_lag(set(lost))
+
+
+def stuck_bound(consumer: KafkaConsumer) -> float:
+    """How long a consumer's membership may stay unsettled before it is built again: twice
+    the session timeout (the broker evicts a silent member within one), at least 30 s."""
+    session_ms = consumer.config.get("session_timeout_ms") or 45_000
+    return max(STUCK_FLOOR_S, 2 * session_ms / 1000)
+
+
+class MembershipWatch:
+    """Since when the consumer's group membership has been unsettled (a pure clock)."""
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+        self._since: float | None = None
+
+    def stuck(self, settled: bool, now: float) -> bool:
+        """Record what this cycle saw; True once unsettled for longer than the bound."""
+        if settled:
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = now
+        return now - self._since > self.bound
+
+    def unsettled_for(self, now: float) -> float:
+        return 0.0 if self._since is None else now - self._since
+
+    def reset(self) -> None:
+        self._since = None
+
+
+def same_consumer(consumer: KafkaConsumer) -> Callable[[], KafkaConsumer]:
+    """A builder of fresh consumers with `consumer`'s settings (group, instance id, ...)."""
+    config = {k: v for k, v in consumer.config.items() if k in KafkaConsumer.DEFAULT_CONFIG}
+    return lambda: KafkaConsumer(**config)
+
+
+def _to_commit(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
 
 
 class Worker:
@@ -188,8 +241,14 @@ class Worker:
         rng: random.Random | None = None,
         credential_pause: float = CREDENTIAL_PAUSE_S,
         gather: Callable[[], float] | None = None,
+        remake: Callable[[], KafkaConsumer] | None = None,
+        stuck_after: float | None = None,
     ) -> None:
         self.consumer = consumer
+        # A consumer stuck outside its group is replaced by `remake()` (same settings).
+        self._remake = remake or same_consumer(consumer)
+        self.membership = MembershipWatch(stuck_after or stuck_bound(consumer))
+        self._spins = 0  # empty polls in a row that returned at once or spun on the CPU
         # Once a poll returned records: seconds to keep polling for more, so that they are
         # handled together (the BC feed answers every hint gathered with one query).
         self.gather = gather
@@ -244,9 +303,11 @@ class Worker:
             if self._stop.wait(max(0.0, self._paused_until - time.monotonic())):
                 return 0
             self._paused_until = None
+        started, cpu = time.monotonic(), time.thread_time()
         polled: dict[TopicPartition, list[Any]] = self.consumer.poll(
             timeout_ms=self.poll_timeout_ms
         )
+        spun = not polled and self._spun(time.monotonic() - started, time.thread_time() - cpu)
         if polled and self.gather is not None:
             deadline = time.monotonic() + self.gather()
             while (left := deadline - time.monotonic()) > 0:
@@ -280,7 +341,58 @@ class Worker:
             self._rewind({TopicPartition(r.topic, r.partition) for r in records})
         self.commit()
         self._export_lag()
+        self._watch_membership(spun)
         return len(records)
+
+    # --- a consumer that never settles in its group ---
+
+    def _spun(self, wall: float, cpu: float) -> bool:
+        """An empty poll that came back at once, or burnt the CPU the whole time (kafka-python
+        polls again without sleeping while its heartbeat is overdue): wait before the next
+        one, longer each time in a row."""
+        timeout = self.poll_timeout_ms / 1000
+        if wall >= timeout / 10 and cpu <= wall / 2:
+            self._spins = 0
+            return False
+        self._spins += 1
+        delay = min(SPIN_BACKOFF_MAX_S, timeout * 2 ** min(self._spins - 1, 8))
+        _log().debug("empty poll returned at once or spun; backing off", wait_s=delay,
+                     cpu_s=round(cpu, 3), wall_s=round(wall, 3))
+        self._stop.wait(delay)
+        return True
+
+    def _settled(self) -> bool:
+        """Whether the consumer is a full member of its group (joined and synced)."""
+        return bool(self.consumer.group_metadata().state is MemberState.STABLE)
+
+    def _watch_membership(self, spun: bool) -> None:
+        now = time.monotonic()
+        if self.membership.stuck(self._settled() and not spun, now):
+            self.replace_consumer(self.membership.unsettled_for(now))
+
+    def replace_consumer(self, unsettled_for: float) -> None:
+        """Close the consumer and go on with a fresh one built with the same settings; the
+        records not committed yet are delivered again (the group starts from the commits)."""
+        try:
+            fresh = self._remake()
+        except Exception as exc:  # the broker is away: try again after another bound
+            _log().warning("consumer not in its group and no fresh one could be built; "
+                           "trying again later", group=self.group, error=str(exc),
+                           unsettled_s=round(unsettled_for, 1))
+            self.membership.reset()
+            return
+        _log().warning("consumer did not complete joining its group; replacing it with a "
+                       "fresh one (uncommitted records are delivered again)", group=self.group,
+                       unsettled_s=round(unsettled_for, 1), bound_s=self.membership.bound)
+        old, self.consumer = self.consumer, fresh
+        self.forget_lag(set(old.assignment()))
+        try:
+            old.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
+        except Exception as exc:  # it is being dropped: nothing more to do with it
+            _log().debug("closing the stuck consumer failed", error=str(exc))
+        self.tracker = OffsetTracker()
+        self._subscribed = False
+        self.membership.reset()
 
     def _export_lag(self, every: float = LAG_EVERY_SECONDS) -> None:
         """Per assigned partition, end offset minus position; at most every `every` seconds
@@ -465,14 +577,27 @@ class Worker:
         if not offsets:
             return
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            self.consumer.commit(_to_commit(offsets))
         except Exception as exc:  # rebalanced away: the records are delivered again elsewhere
             _log().warning("offset commit failed", error=str(exc))
             return
         self.tracker.committed(offsets)
 
+    async def commit_revoked(self, revoked: set[TopicPartition]) -> None:
+        """On the client's IO thread, before the partitions go: commit their finished work
+        (`commit_async`'s future, awaited), then forget them."""
+        offsets = self.tracker.committable(revoked)
+        if offsets:
+            try:
+                await self.consumer.commit_async(_to_commit(offsets))
+            except Exception as exc:  # the next owner redelivers the rest: at-least-once
+                _log().warning("offset commit on revoke failed", error=str(exc))
+        self.tracker.forget(revoked)
+        self.forget_lag(revoked)
+
     def close(self) -> None:
-        """Close the consumer without committing anything more (and our own producer)."""
+        """Close the consumer (and our own producer); the revoke listener commits finished
+        work only, so unfinished records are delivered again."""
         self.consumer.close(autocommit=False)
         if self._owned_producer is not None:
             self._owned_producer.close(timeout=10)
@@ -488,16 +613,20 @@ def build_worker(
     retry: RetryPolicy | None = None,
     credential_pause: float = CREDENTIAL_PAUSE_S,
     gather: Callable[[], float] | None = None,
+    stuck_after: float | None = None,
     **consumer_overrides: Any,
 ) -> Worker:
     """A worker on the settings' broker: consumer in the role's group `group_id` (prefixed like
     the topics), one producer for the handler's messages and the dead letters. Returns once the
     topics have their leaders."""
     await_topics(settings, [*topic_bases, DEADLETTER])
-    consumer = role_consumer(settings, group_id, **consumer_overrides)
+    def consumer() -> KafkaConsumer:
+        return role_consumer(settings, group_id, **consumer_overrides)
+
     producer = make_producer(settings, client_id=f"contactsync-{group_id}")
     sink = DeadLetterSink(producer, topic_name(settings, DEADLETTER))
     topics = [topic_name(settings, base) for base in topic_bases]
-    return Worker(consumer, topics, handler, sink, group_by=group_by, retry=retry,
+    return Worker(consumer(), topics, handler, sink, group_by=group_by, retry=retry,
                   owned_producer=producer, publisher=Publisher(producer),
-                  credential_pause=credential_pause, gather=gather)
+                  credential_pause=credential_pause, gather=gather, remake=consumer,
+                  stuck_after=stuck_after)
