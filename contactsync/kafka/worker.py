@@ -123,9 +123,11 @@ class OffsetTracker:
         self._pending: dict[TopicPartition, set[int]] = {}
         self._next: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        self._first: dict[TopicPartition, int] = {}  # where polling started: nothing to commit
 
     def track(self, tp: TopicPartition, offset: int) -> None:
         self._pending.setdefault(tp, set()).add(offset)
+        self._first.setdefault(tp, offset)
         self._next[tp] = max(self._next.get(tp, 0), offset + 1)
 
     def done(self, tp: TopicPartition, offset: int) -> None:
@@ -142,7 +144,7 @@ class OffsetTracker:
                 continue
             pending = self._pending.get(tp)
             position = min(pending) if pending else next_offset
-            if position > self._committed.get(tp, -1):
+            if position > self._committed.get(tp, self._first.get(tp, -1)):
                 out[tp] = position
         return out
 
@@ -154,6 +156,7 @@ class OffsetTracker:
             self._pending.pop(tp, None)
             self._next.pop(tp, None)
             self._committed.pop(tp, None)
+            self._first.pop(tp, None)
 
 
 @dataclass
