@@ -35,7 +35,9 @@
   outage kafka-python can stay mid-join for good, holding no partition while the role's timed
   work goes on. Its unfinished records are delivered again (at-least-once). An empty poll that
   returned at once or spun on the CPU backs off instead of polling again in a busy loop; a
-  consumer that keeps spinning counts as stuck too.
+  consumer that keeps spinning counts as stuck too. A retriable Kafka error out of `poll()`
+  (kafka-python lets a refused connection out while it looks for the group's coordinator) is
+  a warning and a backoff, never the end of the loop.
 
 Keep `max_poll_records` x (handler time + retry budget) under the consumer's
 max_poll_interval_ms (300 s by default), or the group evicts the worker mid-batch.
@@ -53,6 +55,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import RetriableError
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from contactsync import metrics
@@ -297,24 +300,18 @@ class Worker:
 
     def run_once(self) -> int:
         """One poll, process, commit cycle; returns how many records were polled."""
-        if not self._subscribed:
-            for topic in self.topics:  # known before the first join: the group leader's
-                self.consumer.partitions_for_topic(topic)  # assignor sees every partition
-            self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
-            self._subscribed = True
         if self._paused_until is not None:  # the credential failed: wait, then try again
             if self._stop.wait(max(0.0, self._paused_until - time.monotonic())):
                 return 0
             self._paused_until = None
-        started, cpu = time.monotonic(), time.thread_time()
-        polled: dict[TopicPartition, list[Any]] = self.consumer.poll(
-            timeout_ms=self.poll_timeout_ms
-        )
-        spun = not polled and self._spun(time.monotonic() - started, time.thread_time() - cpu)
+        polled, spun = self._poll()
         if polled and self.gather is not None:
             deadline = time.monotonic() + self.gather()
             while (left := deadline - time.monotonic()) > 0:
-                more = self.consumer.poll(timeout_ms=max(1, int(left * 1000)))
+                try:
+                    more = self.consumer.poll(timeout_ms=max(1, int(left * 1000)))
+                except RetriableError:  # handle what came; the next poll says what is wrong
+                    break
                 if not more:
                     break
                 for tp, batch in more.items():
@@ -346,6 +343,25 @@ class Worker:
         self._export_lag()
         self._watch_membership(spun)
         return len(records)
+
+    def _poll(self) -> tuple[dict[TopicPartition, list[Any]], bool]:
+        """Subscribe (once), then poll: (the records by partition, whether the poll spun or
+        failed and was backed off)."""
+        started, cpu = time.monotonic(), time.thread_time()
+        try:
+            if not self._subscribed:
+                for topic in self.topics:  # known before the first join: the group leader's
+                    self.consumer.partitions_for_topic(topic)  # assignor sees every partition
+                self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
+                self._subscribed = True
+            polled: dict[TopicPartition, list[Any]] = self.consumer.poll(
+                timeout_ms=self.poll_timeout_ms)
+        except RetriableError as exc:  # kafka-python lets some broker outages out of poll()
+            _log().warning("could not poll the broker; polling again", group=self.group,
+                           error=str(exc))
+            return {}, self._spun(0.0, 0.0)
+        spun = not polled and self._spun(time.monotonic() - started, time.thread_time() - cpu)
+        return polled, spun
 
     # --- a consumer that never settles in its group ---
 
