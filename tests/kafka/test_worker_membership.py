@@ -5,24 +5,20 @@ is replaced instead of idling silently for good."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from structlog.testing import capture_logs
 
-from contactsync.kafka.io import make_consumer, make_producer
+from contactsync.kafka.io import make_consumer
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, group_name, topic_name
 from contactsync.kafka.worker import MembershipWatch, WorkRecord, build_worker
-from contactsync.schemas.envelope import encode, wrap
-from contactsync.schemas.messages import CommandKind, SyncCommand
 from contactsync.settings import Settings
+from tests.kafka.helpers import produce, reasons, until
 
 pytestmark = pytest.mark.kafka
-
-WAIT_S = 60.0  # generous: a wait-until, never a timing assertion
 
 
 class Interrupted(BaseException):
@@ -35,22 +31,6 @@ def settings(kafka_settings: Settings) -> Settings:
     return kafka_settings
 
 
-def _produce(settings: Settings, reasons: Sequence[str], partition: int = 0) -> None:
-    producer = make_producer(settings.kafka_bootstrap_servers)
-    try:
-        for reason in reasons:
-            value = encode(wrap(SyncCommand(user_id="u", kind=CommandKind.SYNC, reason=reason)))
-            producer.send(topic_name(settings, SYNC_COMMANDS), value=value, key=b"u",
-                          partition=partition)
-        producer.flush(timeout=10)
-    finally:
-        producer.close(timeout=5)
-
-
-def _reasons(records: Sequence[WorkRecord]) -> list[str]:
-    return [r.payload.reason for r in records]
-
-
 def _committed(settings: Settings, group: str) -> int | None:
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
                              group_id=group_name(settings, group), enable_auto_commit=False)
@@ -60,45 +40,34 @@ def _committed(settings: Settings, group: str) -> int | None:
         consumer.close(autocommit=False)
 
 
-def _until(done: Callable[[], bool], what: str, step: Callable[[], object] | None = None
-           ) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not done():
-        assert time.monotonic() < deadline, f"not within {WAIT_S:.0f} s: {what}"
-        if step is not None:
-            step()
-        else:
-            time.sleep(0.1)
-
-
 def test_finished_records_are_committed_when_the_partitions_are_revoked(settings: Settings):
     """The batch's commit never ran (the process was interrupted after the first record was
     finished): closing revokes the partitions, and the listener commits that record, so the
     next owner starts after it instead of redelivering it."""
-    _produce(settings, ["done", "interrupted"])
+    produce(settings, ["done", "interrupted"])
     group = f"g-{uuid.uuid4().hex[:8]}"
     handled: list[str] = []
 
     def interrupting(records: Sequence[WorkRecord]) -> None:
-        if _reasons(records) == ["interrupted"]:
+        if reasons(records) == ["interrupted"]:
             raise Interrupted
-        handled.extend(_reasons(records))
+        handled.extend(reasons(records))
 
     first = build_worker(settings, group, [SYNC_COMMANDS], interrupting,
                          group_instance_id="first")
     try:
         with pytest.raises(Interrupted):
-            _until(lambda: False, "the interruption", first.run_once)
+            until(lambda: False, "the interruption", first.run_once)
         assert _committed(settings, group) is None  # the batch's own commit never ran
     finally:
         first.close()
     assert _committed(settings, group) == 1  # the revoke-time commit landed
 
     second = build_worker(settings, group, [SYNC_COMMANDS],
-                          lambda records: handled.extend(_reasons(records)),
+                          lambda records: handled.extend(reasons(records)),
                           group_instance_id="second")
     try:
-        _until(lambda: "interrupted" in handled, "the next owner's delivery", second.run_once)
+        until(lambda: "interrupted" in handled, "the next owner's delivery", second.run_once)
     finally:
         second.close()
     assert handled == ["done", "interrupted"]  # "done" was not delivered again
@@ -111,11 +80,11 @@ def test_a_consumer_that_cannot_complete_joining_is_replaced_and_consumes(settin
     group = f"g-{uuid.uuid4().hex[:8]}"
     other = make_consumer(settings, group_name(settings, group), client_id="other")
     other.subscribe([topic_name(settings, SYNC_COMMANDS)])
-    _until(lambda: bool(other.assignment()), "the other member's partitions",
+    until(lambda: bool(other.assignment()), "the other member's partitions",
            lambda: other.poll(timeout_ms=200))
     handled: list[str] = []
     worker = build_worker(settings, group, [SYNC_COMMANDS],
-                          lambda records: handled.extend(_reasons(records)),
+                          lambda records: handled.extend(reasons(records)),
                           group_instance_id="worker", stuck_after=3.0)
     first_consumer = worker.consumer
     stop = threading.Event()
@@ -123,10 +92,10 @@ def test_a_consumer_that_cannot_complete_joining_is_replaced_and_consumes(settin
     try:
         with capture_logs() as logs:
             thread.start()
-            _until(lambda: worker.consumer is not first_consumer, "a fresh consumer")
+            until(lambda: worker.consumer is not first_consumer, "a fresh consumer")
         other.close(autocommit=False)  # leaves the group: the rebalance can complete
-        _produce(settings, ["after"])
-        _until(lambda: handled == ["after"], "the record produced afterwards")
+        produce(settings, ["after"])
+        until(lambda: handled == ["after"], "the record produced afterwards")
     finally:
         stop.set()
         thread.join(timeout=30)
