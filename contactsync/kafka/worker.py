@@ -221,6 +221,17 @@ class MembershipWatch:
         self._since = None
 
 
+def poll_spun(wall: float, cpu: float, timeout: float) -> bool:
+    """Whether an empty poll of `timeout` seconds came back at once (under a tenth of it) or
+    kept this thread on the CPU for more than half of the time it took."""
+    return wall < timeout / 10 or cpu > wall / 2
+
+
+def spin_backoff(timeout: float, spins: int) -> float:
+    """The wait after `spins` such polls in a row: the poll timeout, doubling, at most 5 s."""
+    return min(SPIN_BACKOFF_MAX_S, timeout * 2 ** min(spins - 1, 8))
+
+
 def same_consumer(consumer: KafkaConsumer) -> Callable[[], KafkaConsumer]:
     """A builder of fresh consumers with `consumer`'s settings (group, instance id, ...)."""
     config = {k: v for k, v in consumer.config.items() if k in KafkaConsumer.DEFAULT_CONFIG}
@@ -370,11 +381,11 @@ class Worker:
         polls again without sleeping while its heartbeat is overdue): wait before the next
         one, longer each time in a row."""
         timeout = self.poll_timeout_ms / 1000
-        if wall >= timeout / 10 and cpu <= wall / 2:
+        if not poll_spun(wall, cpu, timeout):
             self._spins = 0
             return False
         self._spins += 1
-        delay = min(SPIN_BACKOFF_MAX_S, timeout * 2 ** min(self._spins - 1, 8))
+        delay = spin_backoff(timeout, self._spins)
         _log().debug("empty poll returned at once or spun; backing off", wait_s=delay,
                      cpu_s=round(cpu, 3), wall_s=round(wall, 3))
         self._stop.wait(delay)

@@ -14,7 +14,13 @@ from structlog.testing import capture_logs
 
 from contactsync.kafka.io import make_consumer
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, group_name, topic_name
-from contactsync.kafka.worker import MembershipWatch, WorkRecord, build_worker
+from contactsync.kafka.worker import (
+    MembershipWatch,
+    WorkRecord,
+    build_worker,
+    poll_spun,
+    spin_backoff,
+)
 from contactsync.settings import Settings
 from tests.kafka.helpers import produce, reasons, until
 
@@ -114,3 +120,10 @@ def test_membership_watch_counts_from_the_first_unsettled_cycle():
     assert watch.unsettled_for(now=150.0) == 10.0
 
 
+
+
+def test_an_empty_poll_that_came_back_at_once_or_spun_is_backed_off():
+    assert not poll_spun(wall=0.5, cpu=0.01, timeout=0.5)  # waited idle: poll again
+    assert poll_spun(wall=0.001, cpu=0.0, timeout=0.5)  # came back at once
+    assert poll_spun(wall=0.5, cpu=0.45, timeout=0.5)  # spun on the CPU the whole time
+    assert [spin_backoff(0.5, n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 4.0, 5.0]
