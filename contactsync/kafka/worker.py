@@ -229,7 +229,7 @@ def poll_spun(wall: float, cpu: float, timeout: float) -> bool:
 
 def spin_backoff(timeout: float, spins: int) -> float:
     """The wait after `spins` such polls in a row: the poll timeout, doubling, at most 5 s."""
-    return min(SPIN_BACKOFF_MAX_S, timeout * 2 ** min(spins - 1, 8))
+    return min(SPIN_BACKOFF_MAX_S, timeout * 2.0 ** min(spins - 1, 8))
 
 
 def same_consumer(consumer: KafkaConsumer) -> Callable[[], KafkaConsumer]:
