@@ -177,11 +177,12 @@ class _CommitOnRevoke(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     """Async: kafka-python 3 calls listeners on its IO thread, where a blocking call into the
     consumer (`commit()`) raises RuntimeError; awaiting is what it allows there."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, consumer: KafkaConsumer) -> None:
         self._worker = worker
+        self._consumer = consumer  # the one it listens to (the worker may have a fresh one)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._worker.commit_revoked(set(revoked))
+        await self._worker.commit_revoked(self._consumer, set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         pass
@@ -363,7 +364,7 @@ class Worker:
             if not self._subscribed:
                 for topic in self.topics:  # known before the first join: the group leader's
                     self.consumer.partitions_for_topic(topic)  # assignor sees every partition
-                self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
+                self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self, self.consumer))
                 self._subscribed = True
             polled: dict[TopicPartition, list[Any]] = self.consumer.poll(
                 timeout_ms=self.poll_timeout_ms)
@@ -613,13 +614,14 @@ class Worker:
             return
         self.tracker.committed(offsets)
 
-    async def commit_revoked(self, revoked: set[TopicPartition]) -> None:
+    async def commit_revoked(self, consumer: KafkaConsumer,
+                             revoked: set[TopicPartition]) -> None:
         """On the client's IO thread, before the partitions go: commit their finished work
         (`commit_async`'s future, awaited), then forget them."""
         offsets = self.tracker.committable(revoked)
         if offsets:
             try:
-                await self.consumer.commit_async(_to_commit(offsets))
+                await consumer.commit_async(_to_commit(offsets))
             except Exception as exc:  # the next owner redelivers the rest: at-least-once
                 _log().warning("offset commit on revoke failed", error=str(exc))
         self.tracker.forget(revoked)
