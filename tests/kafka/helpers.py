@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from contactsync.kafka.io import make_producer
-from contactsync.kafka.topics import SYNC_COMMANDS, topic_name
+from kafka import KafkaConsumer
+
+from contactsync.kafka.io import make_consumer, make_producer
+from contactsync.kafka.topics import SYNC_COMMANDS, group_name, topic_name
 from contactsync.kafka.worker import WorkRecord
 from contactsync.schemas.envelope import encode, wrap
 from contactsync.schemas.messages import CommandKind, SyncCommand
@@ -37,6 +40,18 @@ def produce(settings: Settings, reasons: Sequence[str], partition: int | None = 
         producer.flush(timeout=30)
     finally:
         producer.close(timeout=5)
+
+
+def other_member(settings: Settings, group: str, **config: Any) -> KafkaConsumer:
+    """A plain consumer in the role group `group` holding sync.commands' partitions, which
+    then stops polling: it stays a member (its heartbeats go on) without ever rejoining."""
+    other = make_consumer(settings, group_name(settings, group), client_id="other", **config)
+    topic = topic_name(settings, SYNC_COMMANDS)
+    other.partitions_for_topic(topic)  # known before its join: the leader assigns them all
+    other.subscribe([topic])
+    until(lambda: bool(other.assignment()), "the other member's partitions",
+          lambda: other.poll(timeout_ms=200))
+    return other
 
 
 def reasons(records: Sequence[WorkRecord]) -> list[str]:

@@ -12,7 +12,6 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from structlog.testing import capture_logs
 
-from contactsync.kafka.io import make_consumer
 from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, group_name, topic_name
 from contactsync.kafka.worker import (
     MembershipWatch,
@@ -22,7 +21,7 @@ from contactsync.kafka.worker import (
     spin_backoff,
 )
 from contactsync.settings import Settings
-from tests.kafka.helpers import produce, reasons, until
+from tests.kafka.helpers import other_member, produce, reasons, until
 
 pytestmark = pytest.mark.kafka
 
@@ -84,10 +83,7 @@ def test_a_consumer_that_cannot_complete_joining_is_replaced_and_consumes(settin
     past the bound the worker says so and builds a fresh consumer, which joins once the other
     member is gone and consumes what is produced then."""
     group = f"g-{uuid.uuid4().hex[:8]}"
-    other = make_consumer(settings, group_name(settings, group), client_id="other")
-    other.subscribe([topic_name(settings, SYNC_COMMANDS)])
-    until(lambda: bool(other.assignment()), "the other member's partitions",
-           lambda: other.poll(timeout_ms=200))
+    other = other_member(settings, group)
     handled: list[str] = []
     worker = build_worker(settings, group, [SYNC_COMMANDS],
                           lambda records: handled.extend(reasons(records)),

@@ -10,11 +10,10 @@ import pytest
 from kafka.structs import MemberState
 from structlog.testing import capture_logs
 
-from contactsync.kafka.io import make_consumer
-from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at, group_name, topic_name
+from contactsync.kafka.topics import SYNC_COMMANDS, ensure_topics_at
 from contactsync.kafka.worker import build_worker
 from contactsync.settings import Settings
-from tests.kafka.helpers import produce, reasons, until
+from tests.kafka.helpers import other_member, produce, reasons, until
 from tests.kafka_fixtures import KafkaHandle
 
 pytestmark = pytest.mark.kafka
@@ -30,11 +29,8 @@ def test_a_worker_mid_join_when_the_broker_stops_consumes_once_it_is_back(
     ensure_topics_at(kafka_settings.kafka_bootstrap_servers, kafka_settings)
     group = f"g-{uuid.uuid4().hex[:8]}"
     # A short session: once the broker is back it drops the departed member within seconds.
-    other = make_consumer(kafka_settings, group_name(kafka_settings, group), client_id="other",
-                          session_timeout_ms=6000, heartbeat_interval_ms=1000)
-    other.subscribe([topic_name(kafka_settings, SYNC_COMMANDS)])
-    until(lambda: bool(other.assignment()), "the other member's partitions",
-          lambda: other.poll(timeout_ms=200))
+    other = other_member(kafka_settings, group, session_timeout_ms=6000,
+                         heartbeat_interval_ms=1000)
     handled: list[str] = []
     worker = build_worker(kafka_settings, group, [SYNC_COMMANDS],
                           lambda records: handled.extend(reasons(records)),
