@@ -9,7 +9,9 @@
   matches the snapshot, plus every enabled user holding a link to that BC id (so a contact
   that left a filter, was privacy-blocked or turned into a company is removed from the folder
   by the planner). Eligibility (Person, name, email, privacy) is the planner's call, not ours.
-  A deletion goes to the link holders only.
+  A deletion goes to the link holders only. A change is routed once: the applier publishes
+  the BC change its own write made and the change feed the same one later, under one id
+  (`schemas.messages.bc_change_event_id`); the ids of the last 10,000 routed are remembered.
 - A Graph change notification becomes a `graph_hint` for its (enabled) user; one per user per
   poll group, since one delta read answers them all (decision 2). A notification whose
   changeKey is the one our own last write recorded in the link is that write's echo and asks
@@ -30,6 +32,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +71,7 @@ from contactsync.store import Store
 GROUP_ID = "contactsync-router"
 TOPICS = (BC_CONTACT_CHANGES, GRAPH_NOTIFICATIONS, GRAPH_LIFECYCLE)
 MISSED_REASON = "missed notifications"
+ROUTED_REMEMBERED = 10_000  # BC change ids routed lately: the feed's copy of one we routed
 _COMMAND_IDS = uuid.UUID("5b0c1c1e-8f57-4c53-9d7e-3a1f0d2b6c41")  # namespace of command ids
 
 
@@ -172,6 +176,9 @@ class Router:
         self.cache = SetupCache(store, refresh_seconds)
         self._commands_topic = topic_name(settings, SYNC_COMMANDS)
         self.routed = 0  # commands published, for logs and tests
+        # Ids of the BC changes whose commands were acked: the applier publishes a BC change
+        # its write made, the feed publishes the same change (same id) later; routed once.
+        self._routed_changes: OrderedDict[str, None] = OrderedDict()
 
     # --- the role ---
 
@@ -198,8 +205,10 @@ class Router:
             outgoing = self.route(records)
         except OperationalError as exc:  # the database is away or locked: worth retrying
             raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        changes = [r.envelope.event_id for r in records if isinstance(r.payload, BcContactChanged)]
 
         def routed() -> None:
+            self._remember_routed(changes)
             self.routed += len(outgoing)
             if outgoing:
                 _log().debug("routed", commands=len(outgoing))
@@ -215,9 +224,12 @@ class Router:
         echo_keys = self._link_change_keys(records)
         out: list[Outgoing] = []
         hinted: set[tuple[str, CommandKind]] = set()
+        changes_seen: set[str] = set()
         for record in records:
             payload = record.payload
             if isinstance(payload, BcContactChanged):
+                if not self._first_copy(record.envelope.event_id, changes_seen):
+                    continue
                 linked = holders.get(canon_bc_id(payload.contact_id), [])
                 for user_id in self._bc_targets(payload, users, linked):
                     out.append(self._outgoing(record, user_id, SyncCommand(
@@ -237,6 +249,20 @@ class Router:
                                type=record.envelope.type, topic=record.topic,
                                partition=record.partition, offset=record.offset)
         return out
+
+    def _first_copy(self, event_id: str, seen_now: set[str]) -> bool:
+        """Whether this BC change was not routed yet (nor earlier in this poll)."""
+        if event_id in self._routed_changes or event_id in seen_now:
+            return False
+        seen_now.add(event_id)
+        return True
+
+    def _remember_routed(self, event_ids: Iterable[str]) -> None:
+        for event_id in event_ids:
+            self._routed_changes[event_id] = None
+            self._routed_changes.move_to_end(event_id)
+        while len(self._routed_changes) > ROUTED_REMEMBERED:
+            self._routed_changes.popitem(last=False)
 
     def _bc_targets(self, change: BcContactChanged, users: dict[str, RoutedUser],
                     link_holders: Iterable[str]) -> list[str]:

@@ -211,23 +211,42 @@ def test_missed_on_the_lifecycle_topic_becomes_a_sync(settings: Settings, store:
     assert got == [(SEATTLE, CommandKind.SYNC, MISSED_REASON)]
 
 
-def test_a_redelivered_input_yields_the_same_command_ids(settings: Settings, store: Store) -> None:
-    envelope = wrap(_change("c-5", BcChangeKind.UPSERT, displayName="Cy", email="c@x.test",
-                            city="Seattle"), trace_id="trace-dup")
+def _send_twice(settings: Settings, envelope: Envelope[Any], *, restart_between: bool,
+                store: Store) -> None:
+    """The same message twice, as a producer retry, a replay or a second publisher would; the
+    router restarted between them or not."""
     producer = make_producer(settings.kafka_bootstrap_servers)
     try:
-        for _ in range(2):  # the same message twice, as a producer retry or replay would
+        for copy in range(2):
             producer.send(topic_name(settings, BC_CONTACT_CHANGES), key=b"c-5",
                           value=encode(envelope))
-        producer.flush(timeout=10)
+            producer.flush(timeout=10)
+            if restart_between or copy == 1:
+                route(settings, store, inputs=1 if restart_between else 2)
     finally:
         producer.close(timeout=5)
-    route(settings, store, inputs=2)
+
+
+def test_a_redelivered_input_yields_the_same_command_ids(settings: Settings, store: Store) -> None:
+    """After a restart the router remembers nothing: the copy is routed again, to the same
+    command ids (the applier skips a command it finished)."""
+    envelope = wrap(_change("c-5", BcChangeKind.UPSERT, displayName="Cy", email="c@x.test",
+                            city="Seattle"), trace_id="trace-dup")
+    _send_twice(settings, envelope, restart_between=True, store=store)
     commands = read_all(settings, SYNC_COMMANDS)
     assert [key for key, _ in commands] == [SEATTLE, SEATTLE]
     first, second = (e for _, e in commands)
     assert first.event_id == second.event_id != envelope.event_id
     assert first.trace_id == "trace-dup"
+
+
+def test_a_bc_change_published_twice_is_routed_once(settings: Settings, store: Store) -> None:
+    """The applier publishes the BC change its write made, the change feed the same change
+    later (one id): the second copy asks nobody for anything."""
+    envelope = wrap(_change("c-5", BcChangeKind.UPSERT, displayName="Cy", email="c@x.test",
+                            city="Seattle"), trace_id="trace-dup")
+    _send_twice(settings, envelope, restart_between=False, store=store)
+    assert [key for key, _ in read_all(settings, SYNC_COMMANDS)] == [SEATTLE]
 
 
 def test_run_routes_until_stopped_and_sees_new_users_after_a_refresh(settings: Settings,
