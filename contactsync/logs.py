@@ -75,7 +75,7 @@ def redact_processor(
     return event_dict
 
 
-class _CurrentStderr:
+class CurrentStderr:
     """Whatever `sys.stderr` is when a line is written, not when logging was configured: a
     command run inside another (a test's CliRunner, an embedding tool) swaps stderr and closes
     its copy afterwards, and a handler holding that copy would fail on every later line."""
@@ -92,7 +92,7 @@ class _CurrentStderr:
 
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:
     """Configure structlog (and the stdlib loggers it shares a stream with) once per process."""
-    out = stream or _CurrentStderr()
+    out = stream or CurrentStderr()
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=out.isatty())

@@ -64,9 +64,11 @@ def settings_and_logging(*, one_shot: bool = True) -> Settings:
 
 
 def _plain_retry_lines() -> None:
-    from contactsync.logs import redact_text
+    from contactsync.logs import CurrentStderr, redact_text
 
-    handler = logging.StreamHandler(sys.stderr)
+    # The stderr of the moment, like every log line: a command run inside another (a test's
+    # CliRunner, an embedding tool) closes its stderr afterwards.
+    handler = logging.StreamHandler(CurrentStderr())
     handler.setFormatter(logging.Formatter("%(message)s"))
 
     def redact(record: logging.LogRecord) -> bool:

@@ -87,7 +87,9 @@ def _contact(contact: dict[str, object]) -> str:
 
 
 def _sentence(error: Exception, capsys: pytest.CaptureFixture[str]) -> str:
-    """What a command that met `error` prints (the CLI's `user_errors`)."""
+    """What a command that met `error` prints (the CLI's `user_errors`), without the retry
+    lines before it (a CLI command run earlier in this process prints them on stderr)."""
+    capsys.readouterr()
     with pytest.raises(typer.Exit), user_errors():
         raise error
     return capsys.readouterr().err.strip()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from contactsync.cli.common import RETRY_LOGGER
 from contactsync.cli.main import app
 from contactsync.emulators.running import RunningEmulators
 from tests.sync.conftest import MAILBOX
@@ -95,3 +97,15 @@ def test_unknown_user_and_missing_tenant_are_clear_errors(env: None, monkeypatch
     # `users add` checks the mailbox and the filter at the services: it needs them too.
     refused = runner.invoke(app, ["users", "add", MAILBOX, "--user-id", "u2", "--folder", "F2"])
     assert refused.exit_code == 1 and "CONTACTSYNC_BC_BASE_URL" in refused.output
+
+
+def test_a_retry_line_after_a_command_run_inside_another_goes_to_the_stderr_of_the_moment(
+        env: None, capsys: pytest.CaptureFixture[str]):
+    """A one-shot command run by a CliRunner (or a tool embedding the CLI), whose stderr is
+    closed once it returns: a later retry line is printed where stderr is now, not lost with
+    a "--- Logging error ---" page in its place."""
+    assert runner.invoke(app, ["users", "list"]).exit_code == 0
+    logging.getLogger(RETRY_LOGGER).warning("Graph not reachable, retry 1 of 4 in 0.0 s")
+    err = capsys.readouterr().err
+    assert "Logging error" not in err
+    assert "Graph not reachable, retry 1 of 4 in 0.0 s" in err
