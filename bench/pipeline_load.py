@@ -161,10 +161,10 @@ def _p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) > 1 else float("nan")
 
 
-def _notify_delay(from_bc: bool, place: str) -> float:
-    """The emulators' own notification delays on a change's path to `place` (an Outlook edit
-    reaches the other users from the applier's BC write, not from BC's notification)."""
-    del place  # every place of an edit is reached after the one notification
+def _notify_delay(from_bc: bool) -> float:
+    """The emulators' own notification delay on an edit's path, the same to every place it
+    lands (an Outlook edit reaches the other users from the applier's BC write, not from
+    BC's notification)."""
     return BC_NOTIFY_DELAY if from_bc else GRAPH_NOTIFY_DELAY
 
 
@@ -240,7 +240,7 @@ def _run_rate(emu: EmulatorProcess, rate: int, people: list[tuple[str, str, str,
                 landed += 1
                 latency = max(0.0, seen[(place, token)] - t0)
                 latencies.append(latency)
-                added.append(max(0.0, latency - _notify_delay(from_bc, place)))
+                added.append(max(0.0, latency - _notify_delay(from_bc)))
     writes = writes1 - writes0
     return {
         "rate": rate, "changes": n, "expected": expected, "landed": landed,

@@ -450,18 +450,12 @@ class Applier:
         company_id = self._services_now().bc.company_id
         for raw in written:
             try:
-                snapshot = BcContact.model_validate(raw)
+                change = BcContactChanged.upsert(company_id, BcContact.model_validate(raw))
             except ValidationError:
                 continue
-            modified = snapshot.last_modified_date_time
-            if modified is not None and modified.tzinfo is None:
-                modified = modified.replace(tzinfo=UTC)
-            change = BcContactChanged(company_id=company_id, contact_id=snapshot.id,
-                                      kind=BcChangeKind.UPSERT, snapshot=snapshot,
-                                      last_modified=modified)
-            out.append(Outgoing(self._changes_topic, snapshot.id, change, trace_id=trace_id,
-                                event_id=bc_change_event_id(change,
-                                                            snapshot.etag or str(modified))))
+            out.append(Outgoing(self._changes_topic, change.contact_id, change,
+                                trace_id=trace_id,
+                                event_id=bc_change_event_id(change, change.version)))
         return out
 
     def _send(self, c: _Command, outcome: _Outcome) -> Outgoing:

@@ -336,17 +336,14 @@ class BcChangeFeed:
         async for page in self.bc.iter_contact_pages(flt):
             for raw in page:
                 contact = BcContact.model_validate(raw)
-                modified = contact.last_modified_date_time
+                change = BcContactChanged.upsert(self.company_id, contact)
+                modified = change.last_modified
                 if modified is not None:
-                    modified = _aware(modified)
                     done.highest = max(done.highest, modified)
                 if self._published.get(contact.id) == (modified, contact.etag):
                     done.report.unchanged += 1
                     continue
-                change = BcContactChanged(company_id=self.company_id, contact_id=contact.id,
-                                          kind=BcChangeKind.UPSERT, snapshot=contact,
-                                          last_modified=modified)
-                done.messages.append(self._outgoing(change, None, contact.etag or str(modified)))
+                done.messages.append(self._outgoing(change, None, change.version))
                 done.fresh[contact.id] = (modified, contact.etag)
         return done
 

@@ -18,7 +18,7 @@ worker would write from. Only `bc.contact.changed` carries a snapshot, read from
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -83,6 +83,21 @@ class BcContactChanged(_Payload):
         default=None, description="The full contact as BC returned it; None for deletions"
     )
     last_modified: datetime | None = None
+
+    @classmethod
+    def upsert(cls, company_id: str, contact: BcContact) -> BcContactChanged:
+        """The change a contact as BC returned it stands for (its modified time in UTC)."""
+        modified = contact.last_modified_date_time
+        if modified is not None and modified.tzinfo is None:
+            modified = modified.replace(tzinfo=UTC)
+        return cls(company_id=company_id, contact_id=contact.id, kind=BcChangeKind.UPSERT,
+                   snapshot=contact, last_modified=modified)
+
+    @property
+    def version(self) -> str:
+        """What tells this version of the contact apart: its ETag, else its modified time."""
+        etag = self.snapshot.etag if self.snapshot is not None else ""
+        return etag or str(self.last_modified)
 
 
 _BC_CHANGE_IDS = uuid.UUID("0d7c3a52-2f0e-4b8e-9c41-6a2b1f9e7d13")  # namespace of their ids
